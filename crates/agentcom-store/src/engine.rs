@@ -1,0 +1,98 @@
+//! The engine trait: the narrow surface the hub needs from an embedded store.
+
+use std::sync::Arc;
+
+use crate::{StoreError, Table};
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put {
+        table: Table,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        table: Table,
+        key: Vec<u8>,
+    },
+}
+
+impl WriteOp {
+    pub fn table(&self) -> Table {
+        match self {
+            WriteOp::Put { table, .. } | WriteOp::Delete { table, .. } => *table,
+        }
+    }
+}
+
+/// Per-table figures kept as counters, never computed by scanning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub record_count: u64,
+    /// Sum of key and value lengths of the live records.
+    pub logical_bytes: u64,
+}
+
+/// An embedded key-value engine with one ordered tree per [`Table`].
+///
+/// Contract for implementations:
+/// - `apply` is atomic across tables: after a crash either every op of a batch is present
+///   or none is. It is visible to readers at once but durable only after `flush`.
+/// - `flush` makes every batch applied before the call durable.
+/// - `stats` are maintained with the writes (atomically with them), not by scanning.
+pub trait Engine: Send + Sync + 'static {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Every record of `table` whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, table: Table, prefix: &[u8])
+        -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError>;
+    fn flush(&self) -> Result<(), StoreError>;
+    fn stats(&self, table: Table) -> TableStats;
+    /// Bytes the engine occupies on disk (whole store).
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Did opening the store recover from an unclean shutdown?
+    fn was_recovered(&self) -> bool;
+    /// Short engine name for reports (`"sled"`).
+    fn name(&self) -> &'static str;
+}
+
+/// Read-only access to the store, shared by every actor. Writes go through the store actor.
+#[derive(Clone)]
+pub struct StoreReader {
+    engine: Arc<dyn Engine>,
+}
+
+impl StoreReader {
+    pub fn new(engine: Arc<dyn Engine>) -> Self {
+        StoreReader { engine }
+    }
+
+    pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.engine.get(table, key)
+    }
+
+    pub fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.engine.scan_prefix(table, prefix)
+    }
+
+    pub fn stats(&self, table: Table) -> TableStats {
+        self.engine.stats(table)
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.engine.size_on_disk()
+    }
+
+    pub fn was_recovered(&self) -> bool {
+        self.engine.was_recovered()
+    }
+
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+}

@@ -1,0 +1,19 @@
+//! AgentCom storage: the table registry, the engine trait and its sled implementation,
+//! and the versioned record codec.
+//!
+//! Architecture invariant: the hub's store actor is the only caller of [`Engine::apply`];
+//! everyone else reads through a [`StoreReader`].
+
+mod codec;
+mod engine;
+mod error;
+mod records;
+mod sled_engine;
+mod table;
+
+pub use codec::{decode, encode, CODEC_VERSION};
+pub use engine::{Engine, StoreReader, TableStats, WriteOp};
+pub use error::StoreError;
+pub use records::{seq_key, TokenRecord};
+pub use sled_engine::SledEngine;
+pub use table::Table;
