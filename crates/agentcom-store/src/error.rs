@@ -1,7 +1,7 @@
 use crate::Table;
 
 /// Everything that can go wrong below the store actor.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the data directory {path} is in use by another process (is a hub running?)")]
     Locked { path: String },

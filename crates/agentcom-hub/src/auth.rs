@@ -1,0 +1,73 @@
+//! The auth actor: creates and revokes tokens. Checking a presented token is a read and
+//! does not go through the actor (see [`crate::Hub::authenticate`]).
+
+use agentcom_core::auth::Role;
+use agentcom_store::{StoreReader, TokenRecord};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::service::Service;
+use crate::store::{write_then, StoreMsg};
+use crate::{now_ms, tokens, HubError};
+
+pub enum AuthMsg {
+    /// Mint a token; answers with the raw token once it is durable.
+    Create(String, Role, RpcReplyPort<Result<(String, TokenRecord), HubError>>),
+    /// Revoke every token of an agent; answers with how many were revoked.
+    Revoke(String, RpcReplyPort<Result<usize, HubError>>),
+    /// Make this token the bootstrap admin token.
+    Bootstrap(String, RpcReplyPort<Result<(), HubError>>),
+}
+
+pub struct AuthArgs {
+    pub reader: StoreReader,
+    pub store: Service<StoreMsg>,
+}
+
+pub struct AuthActor;
+
+impl Actor for AuthActor {
+    type Msg = AuthMsg;
+    type State = AuthArgs;
+    type Arguments = AuthArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: AuthArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            AuthMsg::Create(agent_id, role, reply) => {
+                let token = tokens::mint();
+                let (record, op) = tokens::create(&agent_id, role, &token, false, now_ms());
+                write_then(&state.store, vec![op], reply, move || (token, record)).await;
+            }
+            AuthMsg::Revoke(agent_id, reply) => match tokens::revoke(&state.reader, &agent_id) {
+                Ok(ops) => {
+                    let n = ops.len();
+                    write_then(&state.store, ops, reply, move || n).await;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            AuthMsg::Bootstrap(token, reply) => {
+                match tokens::bootstrap(&state.reader, &token, now_ms()) {
+                    Ok(ops) => write_then(&state.store, ops, reply, || ()).await,
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

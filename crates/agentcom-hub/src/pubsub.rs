@@ -1,0 +1,127 @@
+//! The pubsub actor: publishes [`HubEvent`]s to the subscribers of a [`Topic`] in the
+//! order they were published.
+//!
+//! Subscriptions live in a [`Subscriptions`] table shared with the hub, not in the actor's
+//! state, so a restart of the pubsub actor keeps every live session subscribed.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::events::{HubEvent, Topic};
+use crate::service::Service;
+
+/// A subscriber's callback. It returns `false` once the subscriber is gone, which removes
+/// the subscription.
+pub type Subscriber = Arc<dyn Fn(&Arc<HubEvent>) -> bool + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubscriptionId(u64);
+
+/// Topic → subscribers. Subscribing is synchronous; publishing goes through the actor.
+#[derive(Default)]
+pub struct Subscriptions {
+    next: AtomicU64,
+    topics: Mutex<HashMap<Topic, Vec<(SubscriptionId, Subscriber)>>>,
+}
+
+impl Subscriptions {
+    pub fn subscribe(&self, topic: Topic, subscriber: Subscriber) -> SubscriptionId {
+        let id = SubscriptionId(self.next.fetch_add(1, Ordering::Relaxed));
+        let mut topics = self.topics.lock().expect("subscriptions lock");
+        topics.entry(topic).or_default().push((id, subscriber));
+        id
+    }
+
+    pub fn unsubscribe(&self, topic: &Topic, id: SubscriptionId) {
+        let mut topics = self.topics.lock().expect("subscriptions lock");
+        if let Some(subs) = topics.get_mut(topic) {
+            subs.retain(|(sid, _)| *sid != id);
+            if subs.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    fn subscribers(&self, topic: &Topic) -> Vec<(SubscriptionId, Subscriber)> {
+        let topics = self.topics.lock().expect("subscriptions lock");
+        topics.get(topic).cloned().unwrap_or_default()
+    }
+
+    pub fn count(&self, topic: &Topic) -> usize {
+        let topics = self.topics.lock().expect("subscriptions lock");
+        topics.get(topic).map_or(0, Vec::len)
+    }
+}
+
+pub enum PubSubMsg {
+    Publish(Topic, Arc<HubEvent>),
+}
+
+pub struct PubSub;
+
+impl Actor for PubSub {
+    type Msg = PubSubMsg;
+    type State = Arc<Subscriptions>;
+    type Arguments = Arc<Subscriptions>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        subscriptions: Arc<Subscriptions>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(subscriptions)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        subscriptions: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let PubSubMsg::Publish(topic, event) = msg;
+        for (id, deliver) in subscriptions.subscribers(&topic) {
+            if !deliver(&event) {
+                subscriptions.unsubscribe(&topic, id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cheap handle for publishing events.
+#[derive(Clone)]
+pub struct Publisher {
+    service: Service<PubSubMsg>,
+}
+
+impl Publisher {
+    pub fn new(service: Service<PubSubMsg>) -> Self {
+        Publisher { service }
+    }
+
+    /// Publish without waiting. An event published while the pubsub actor is being
+    /// restarted waits for the new instance (briefly) in a background task.
+    pub fn publish(&self, topic: Topic, event: HubEvent) {
+        let msg = PubSubMsg::Publish(topic, Arc::new(event));
+        match self.service.current() {
+            Some(actor) => {
+                if let Err(ractor::MessagingErr::SendErr(msg)) = actor.send_message(msg) {
+                    self.publish_later(msg);
+                }
+            }
+            None => self.publish_later(msg),
+        }
+    }
+
+    fn publish_later(&self, msg: PubSubMsg) {
+        let service = self.service.clone();
+        tokio::spawn(async move {
+            if let Err(e) = service.send(msg, crate::service::DEFAULT_WAIT).await {
+                tracing::warn!(actor = "pubsub", error = %e, "event dropped");
+            }
+        });
+    }
+}

@@ -1,0 +1,156 @@
+//! The store actor: the only writer to the engine, with group commit.
+//!
+//! A write is applied to the engine at once (visible to readers) and answered only after a
+//! flush that started after it was applied. Writes that arrive while a flush is running
+//! wait for the next one, so one fsync covers many writes: the committer task drains every
+//! waiting acknowledgement before each flush.
+
+use std::sync::Arc;
+
+use agentcom_store::{Engine, StoreError, WriteOp};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc;
+
+use crate::service::{Service, DEFAULT_WAIT};
+
+/// How long a write may wait for its acknowledgement.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The answer to a write: `Ok` once it is durable.
+pub type WriteResult = Result<(), StoreError>;
+
+pub enum StoreMsg {
+    /// Apply a batch atomically and answer once it is durable.
+    Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
+}
+
+/// How acknowledgements are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Many writes share one flush (the default).
+    GroupCommit,
+    /// Every write is flushed on its own before the next is applied (for comparison).
+    FlushEachWrite,
+}
+
+pub struct StoreArgs {
+    pub engine: Arc<dyn Engine>,
+    pub durability: Durability,
+}
+
+pub struct StoreState {
+    engine: Arc<dyn Engine>,
+    durability: Durability,
+    committer: mpsc::UnboundedSender<RpcReplyPort<WriteResult>>,
+}
+
+pub struct StoreActor;
+
+impl Actor for StoreActor {
+    type Msg = StoreMsg;
+    type State = StoreState;
+    type Arguments = StoreArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: StoreArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(committer(args.engine.clone(), rx));
+        Ok(StoreState {
+            engine: args.engine,
+            durability: args.durability,
+            committer: tx,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let StoreMsg::Write(batch, reply) = msg;
+        if let Err(e) = state.engine.apply(&batch) {
+            tracing::error!(actor = "store", error = %e, "write failed");
+            let _ = reply.send(Err(e));
+            return Ok(());
+        }
+        match state.durability {
+            Durability::GroupCommit => {
+                // The committer outlives this instance only while it has waiters.
+                if let Err(mpsc::error::SendError(reply)) = state.committer.send(reply) {
+                    let _ = reply.send(flush(state.engine.clone()).await);
+                }
+            }
+            Durability::FlushEachWrite => {
+                let _ = reply.send(flush(state.engine.clone()).await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Pending acknowledgements are flushed by the committer, which ends when the last
+        // sender (this state) is dropped.
+        let _ = flush(state.engine.clone()).await;
+        Ok(())
+    }
+}
+
+async fn flush(engine: Arc<dyn Engine>) -> WriteResult {
+    tokio::task::spawn_blocking(move || engine.flush())
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Engine(format!("flush task failed: {e}"))))
+}
+
+/// Group commit: take every waiting acknowledgement, flush once, answer them all.
+async fn committer(
+    engine: Arc<dyn Engine>,
+    mut waiting: mpsc::UnboundedReceiver<RpcReplyPort<WriteResult>>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = waiting.recv().await {
+        batch.push(first);
+        while let Ok(next) = waiting.try_recv() {
+            batch.push(next);
+        }
+        let result = flush(engine.clone()).await;
+        for reply in batch.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Send `ops` to the store now (keeping this actor's write order) and answer `reply` with
+/// `done()` once they are durable, without holding up the actor meanwhile.
+pub async fn write_then<T: Send + 'static>(
+    store: &Service<StoreMsg>,
+    ops: Vec<WriteOp>,
+    reply: RpcReplyPort<Result<T, crate::HubError>>,
+    done: impl FnOnce() -> T + Send + 'static,
+) {
+    if ops.is_empty() {
+        let _ = reply.send(Ok(done()));
+        return;
+    }
+    let pending = store
+        .request(|port| StoreMsg::Write(ops, port), DEFAULT_WAIT)
+        .await;
+    tokio::spawn(async move {
+        let result = match pending {
+            Err(e) => Err(e.into()),
+            Ok(pending) => match pending.wait(WRITE_TIMEOUT).await {
+                Ok(Ok(())) => Ok(done()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let _ = reply.send(result);
+    });
+}
