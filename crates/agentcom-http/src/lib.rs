@@ -1,0 +1,33 @@
+//! AgentCom's HTTP front end on hyper 1: routing, authentication, JSON bodies, and the
+//! agent and dashboard websocket endpoints.
+//!
+//! Architecture invariant: this is the only crate that knows the wire JSON. Handlers turn
+//! requests into typed hub calls and typed results into the reference's shapes.
+
+mod api;
+mod handlers;
+mod routes;
+mod server;
+mod ws;
+
+use std::time::Duration;
+
+pub use server::serve;
+
+/// Limits and timers of the front end.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_body_bytes: usize,
+    pub max_ws_message_bytes: usize,
+    pub ws_idle_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_body_bytes: 1 << 20,
+            max_ws_message_bytes: 1 << 20,
+            ws_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}

@@ -183,6 +183,12 @@ impl Hub {
         &self.publisher
     }
 
+    /// Agents present (identified on a websocket). Presence arrives with agent
+    /// identification; until an agent can identify, none is present.
+    pub fn presence_count(&self) -> usize {
+        0
+    }
+
     /// The owner of `token`, if it is a live token.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
         Ok(tokens::lookup(&self.reader, token)?.map(|r| Principal {

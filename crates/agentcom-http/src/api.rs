@@ -1,0 +1,237 @@
+//! Request and response plumbing shared by every handler: JSON bodies, errors, auth.
+
+use agentcom_hub::service::ServiceError;
+use agentcom_hub::supervisor::SupervisorError;
+use agentcom_hub::{Hub, HubError, Principal};
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+pub type Response = hyper::Response<Full<Bytes>>;
+pub type Request = hyper::Request<Incoming>;
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: Value) -> Response {
+    let mut res = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    res
+}
+
+pub fn ok(body: Value) -> Response {
+    json(StatusCode::OK, body)
+}
+
+/// An error answer: `{"error": code, "message"?, "field"?}` plus extra fields.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str) -> Self {
+        let mut body = Map::new();
+        body.insert("error".into(), code.into());
+        ApiError { status, body }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.body.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn bad_request(code: &str) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code)
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found")
+    }
+
+    /// The reference's A1 failure.
+    pub fn unauthorized_bearer() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized")
+            .with("hint", "provide Authorization: Bearer <token>")
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized")
+    }
+
+    pub fn admin_only() -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "admin_only")
+            .with("message", "this route needs an admin token")
+    }
+
+    pub fn into_response(self) -> Response {
+        json(self.status, Value::Object(self.body))
+    }
+}
+
+/// The one place where hub errors become status codes and error codes.
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        let message = e.to_string();
+        match e {
+            HubError::Invalid { field, .. } => ApiError::bad_request("invalid_field").with("field", field),
+            HubError::Service(ServiceError::Timeout(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_timeout")
+            }
+            HubError::Service(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_unavailable"),
+            HubError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            HubError::Supervisor(SupervisorError::UnknownActor(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "actor_not_found")
+            }
+            HubError::Supervisor(SupervisorError::NotRestartable(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "actor_not_restartable")
+            }
+            HubError::Supervisor(SupervisorError::NoCrashHook(_)) => ApiError::not_found(),
+            HubError::Supervisor(SupervisorError::StartFailed { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_start_failed")
+            }
+        }
+        .with("message", message)
+    }
+}
+
+pub type ApiResult = Result<Response, ApiError>;
+
+/// Read a JSON body through the size limit. No content type (or an empty body) reads as
+/// `{}`, a content type other than JSON is 415, malformed JSON 400, too large 413.
+pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
+    if let Some(ct) = &content_type {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+                .with("message", "send the body as application/json"));
+        }
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                    .with("message", format!("request bodies are limited to {limit} bytes"))
+            } else {
+                ApiError::bad_request("invalid_body").with("message", "the request body could not be read")
+            }
+        })?
+        .to_bytes();
+    if content_type.is_none() || bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Map::new()));
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json").with("message", e.to_string()))
+}
+
+/// Read a body that must be a JSON object.
+pub async fn read_object(req: Request, limit: usize) -> Result<Map<String, Value>, ApiError> {
+    match read_json(req, limit).await? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request("invalid_body").with("message", "the body must be a JSON object")),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (exactly one, exact scheme).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let token = value.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// A query-string parameter, percent-decoded.
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+/// Decode `%XX` escapes (and `+` as space in query strings).
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => out.push(b' '),
+            (None, b) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Resolve the caller from the Bearer header (A1).
+pub fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let token = bearer(headers).ok_or_else(ApiError::unauthorized_bearer)?;
+    hub.authenticate(token)?.ok_or_else(ApiError::unauthorized_bearer)
+}
+
+/// Resolve the caller from the Bearer header or a `token` query parameter (A2).
+pub fn caller_or_token_param(hub: &Hub, headers: &HeaderMap, uri: &http::Uri) -> Result<Principal, ApiError> {
+    let token = match bearer(headers) {
+        Some(t) => t.to_string(),
+        None => query_param(uri, "token").ok_or_else(ApiError::unauthorized)?,
+    };
+    hub.authenticate(&token)?.ok_or_else(ApiError::unauthorized)
+}
+
+/// An admin caller, or 401/403.
+pub fn admin(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let who = caller(hub, headers)?;
+    if who.role.is_admin() {
+        Ok(who)
+    } else {
+        Err(ApiError::admin_only())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("%23dev"), "#dev");
+        assert_eq!(percent_decode("a+b"), "a b");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn bearer_needs_exact_scheme() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "Bearer abc ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        h.append(header::AUTHORIZATION, "Bearer def".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,232 @@
+//! The websocket endpoints: the upgrade handshake, and the two tasks of each connection
+//! (reader → session actor, session's outbound queue → writer).
+
+use std::time::Duration;
+
+use agentcom_hub::events::HubEvent;
+use agentcom_hub::sessions::{
+    CloseReason, Inbound, Outbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
+};
+use agentcom_hub::{Hub, Principal};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use ractor::ActorRef;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::api::{bearer, ApiError, ApiResult, Request};
+use crate::server::App;
+
+/// `GET /ws`: agents authenticate later, with `identify`.
+pub async fn upgrade_agent(app: &App, req: Request) -> ApiResult {
+    upgrade(app, req, SessionKind::Agent, None)
+}
+
+/// `GET /ws/dashboard`: needs an admin or viewer token on the upgrade request.
+pub async fn upgrade_dashboard(app: &App, req: Request) -> ApiResult {
+    let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized_bearer)?;
+    let who = app
+        .hub
+        .authenticate(token)?
+        .ok_or_else(ApiError::unauthorized_bearer)?;
+    if !who.role.may_view_dashboard() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden")
+            .with("message", "the dashboard needs an admin or viewer token"));
+    }
+    upgrade(app, req, SessionKind::Dashboard, Some(who))
+}
+
+fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+fn upgrade(app: &App, mut req: Request, kind: SessionKind, principal: Option<Principal>) -> ApiResult {
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_upgrade = header_has(&req, header::CONNECTION, "upgrade") && header_has(&req, header::UPGRADE, "websocket");
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        let mut res = ApiError::new(StatusCode::UPGRADE_REQUIRED, "upgrade_required")
+            .with("message", "this path only accepts websocket upgrades")
+            .into_response();
+        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return Ok(res);
+    };
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return Err(ApiError::bad_request("unsupported_websocket_version"));
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let hub = app.hub.clone();
+    let limit = app.settings.max_ws_message_bytes;
+    let idle = app.settings.ws_idle_timeout;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0)
+                    .max_message_size(Some(limit))
+                    .max_frame_size(Some(limit));
+                let stream = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                run_socket(hub, kind, principal, stream, idle).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut res = hyper::Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    Ok(res)
+}
+
+async fn run_socket<S>(hub: Hub, kind: SessionKind, principal: Option<Principal>, stream: WebSocketStream<S>, idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    let (close_tx, close_rx) = watch::channel(None);
+    let args = SessionArgs {
+        kind,
+        principal,
+        io: SessionIo {
+            outbound: out_tx,
+            close: close_tx,
+        },
+        subscriptions: hub.subscriptions().clone(),
+    };
+    let (mut sink, mut source) = stream.split();
+    let session = match hub.open_session(args).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "could not open a session");
+            let _ = sink.send(close(1011, "hub unavailable")).await;
+            return;
+        }
+    };
+    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
+    read_loop(&mut source, &session, idle).await;
+    session.stop(Some("connection closed".into()));
+    let _ = writer.await;
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_string().into(),
+    }))
+}
+
+/// Read frames until the client goes away, the connection idles out, or a frame breaks
+/// a limit; each understood frame goes to the session actor.
+async fn read_loop<S>(source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>, session: &ActorRef<SessionMsg>, idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let frame = match tokio::time::timeout(idle, source.next()).await {
+            Err(_) => {
+                let _ = session.send_message(SessionMsg::Close(CloseReason::new(1000, "idle timeout")));
+                return;
+            }
+            Ok(None) => return,
+            Ok(Some(frame)) => frame,
+        };
+        let inbound = match frame {
+            Ok(Message::Text(text)) => parse(text.as_str()),
+            Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
+            Ok(Message::Close(_)) => return,
+            Ok(_) => continue,
+            Err(WsError::Capacity(_)) => {
+                let _ = session.send_message(SessionMsg::Close(CloseReason::new(1009, "message too big")));
+                return;
+            }
+            Err(_) => return,
+        };
+        if session.send_message(SessionMsg::Inbound(inbound)).is_err() {
+            return;
+        }
+    }
+}
+
+fn parse(text: &str) -> Inbound {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Inbound::Message {
+            kind: map.get("type").and_then(Value::as_str).map(str::to_string),
+        },
+        Ok(_) => Inbound::Message { kind: None },
+        Err(_) => Inbound::Malformed("invalid_json"),
+    }
+}
+
+/// Encode and send what the session queues; send the close frame it asks for.
+async fn write_loop<S>(
+    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    mut close_rx: watch::Receiver<Option<CloseReason>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        tokio::select! {
+            biased;
+            changed = close_rx.changed() => {
+                let reason = close_rx.borrow().clone();
+                if changed.is_ok() {
+                    if let Some(reason) = reason {
+                        let _ = sink.send(close(reason.code, &reason.reason)).await;
+                        return;
+                    }
+                }
+            }
+            frame = outbound.recv() => match frame {
+                Some(frame) => {
+                    if sink.send(Message::Text(encode(&frame).into())).await.is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    // The session ended without asking for a close: a crash or a stop.
+                    let reason = close_rx.borrow().clone().unwrap_or_else(|| CloseReason::new(1011, "session ended"));
+                    let _ = sink.send(close(reason.code, &reason.reason)).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// The wire JSON of an outbound frame.
+fn encode(frame: &Outbound) -> String {
+    match frame {
+        Outbound::Error(code) => json!({"type": "error", "error": code}),
+        Outbound::Event(event) => match event.as_ref() {
+            HubEvent::Actor(e) => json!({
+                "type": "events",
+                "data": [{
+                    "type": e.kind.as_str(),
+                    "actor": e.record.name,
+                    "status": e.record.status.as_str(),
+                    "restarts": e.record.restarts,
+                    "last_error": e.record.last_error,
+                    "last_backoff_ms": e.record.last_backoff_ms,
+                    "timestamp": agentcom_hub::now_ms(),
+                }],
+            }),
+        },
+    }
+    .to_string()
+}

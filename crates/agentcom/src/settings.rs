@@ -1,0 +1,300 @@
+//! `serve` settings: every setting of SPEC §8 from a flag, an `AGENTCOM_*` environment
+//! variable or a key of the optional TOML file, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Parse `250ms`, `60s`, `5m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration `{s}`: {e} (use e.g. 250ms, 60s, 5m, 24h, 7d)"))
+}
+
+/// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size `{s}` (use e.g. 1048576, 512KiB, 64MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("invalid size unit in `{s}` (use B, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The flags of `serve`. Every value is optional here so that the TOML file can fill in
+/// what neither a flag nor the environment gave.
+#[derive(Debug, Default, Args)]
+pub struct ServeArgs {
+    /// TOML file with settings (keys as in the table of the README).
+    #[arg(long, env = "AGENTCOM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "AGENTCOM_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Directory holding the database.
+    #[arg(long, env = "AGENTCOM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory for backups [default: <data_dir>/backups].
+    #[arg(long, env = "AGENTCOM_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+    #[arg(long, env = "AGENTCOM_BACKUP_INTERVAL", value_parser = parse_duration)]
+    pub backup_interval: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_BACKUP_KEEP")]
+    pub backup_keep: Option<u32>,
+    #[arg(long, env = "AGENTCOM_BACKUP_STALE_AFTER", value_parser = parse_duration)]
+    pub backup_stale_after: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_FRAGMENTATION_FLOOR", value_parser = parse_size)]
+    pub fragmentation_floor: Option<u64>,
+    /// Let anyone register an agent (never re-mints for an existing id).
+    #[arg(long, env = "AGENTCOM_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true")]
+    pub open_registration: Option<bool>,
+    /// Base URL handed to onboarded agents [default: from the Host header].
+    #[arg(long, env = "AGENTCOM_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Admin token (64 lowercase hex) created or refreshed at start.
+    #[arg(long, env = "AGENTCOM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    #[arg(long, env = "AGENTCOM_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "AGENTCOM_ACCEPT_TIMEOUT", value_parser = parse_duration)]
+    pub accept_timeout: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_TASK_SWEEP_INTERVAL", value_parser = parse_duration)]
+    pub task_sweep_interval: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_STUCK_TASK_AFTER", value_parser = parse_duration)]
+    pub stuck_task_after: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_WS_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub ws_idle_timeout: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_REAPER_INTERVAL", value_parser = parse_duration)]
+    pub reaper_interval: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_PRESENCE_TTL", value_parser = parse_duration)]
+    pub presence_ttl: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_DASHBOARD_FLUSH_INTERVAL", value_parser = parse_duration)]
+    pub dashboard_flush_interval: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_QUEUE_SAMPLE_INTERVAL", value_parser = parse_duration)]
+    pub queue_sample_interval: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_COMPLETED_TASK_TTL", value_parser = parse_duration)]
+    pub completed_task_ttl: Option<Duration>,
+    #[arg(long, env = "AGENTCOM_MAX_BODY_BYTES", value_parser = parse_size)]
+    pub max_body_bytes: Option<u64>,
+    #[arg(long, env = "AGENTCOM_MAX_WS_MESSAGE_BYTES", value_parser = parse_size)]
+    pub max_ws_message_bytes: Option<u64>,
+    /// Enable hooks for black-box tests (crash injection). Never in production.
+    #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
+    pub test_hooks: Option<bool>,
+}
+
+/// The TOML file: the same keys, snake_case, durations and sizes as strings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    bind: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    backup_dir: Option<PathBuf>,
+    backup_interval: Option<String>,
+    backup_keep: Option<u32>,
+    backup_stale_after: Option<String>,
+    fragmentation_floor: Option<String>,
+    open_registration: Option<bool>,
+    public_url: Option<String>,
+    admin_token: Option<String>,
+    log_format: Option<LogFormat>,
+    accept_timeout: Option<String>,
+    task_sweep_interval: Option<String>,
+    stuck_task_after: Option<String>,
+    ws_idle_timeout: Option<String>,
+    reaper_interval: Option<String>,
+    presence_ttl: Option<String>,
+    dashboard_flush_interval: Option<String>,
+    queue_sample_interval: Option<String>,
+    completed_task_ttl: Option<String>,
+    max_body_bytes: Option<String>,
+    max_ws_message_bytes: Option<String>,
+}
+
+/// Resolved settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub data_dir: PathBuf,
+    pub backup_dir: PathBuf,
+    pub backup_interval: Duration,
+    pub backup_keep: u32,
+    pub backup_stale_after: Duration,
+    pub fragmentation_floor: u64,
+    pub open_registration: bool,
+    pub public_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+    pub accept_timeout: Duration,
+    pub task_sweep_interval: Duration,
+    pub stuck_task_after: Duration,
+    pub ws_idle_timeout: Duration,
+    pub reaper_interval: Duration,
+    pub presence_ttl: Duration,
+    pub dashboard_flush_interval: Duration,
+    pub queue_sample_interval: Duration,
+    pub completed_task_ttl: Duration,
+    pub max_body_bytes: u64,
+    pub max_ws_message_bytes: u64,
+    pub test_hooks: bool,
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn file_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
+    v.map(|s| parse_duration(&s).map_err(|e| format!("{key}: {e}"))).transpose()
+}
+
+fn file_size(v: Option<String>, key: &str) -> Result<Option<u64>, String> {
+    v.map(|s| parse_size(&s).map_err(|e| format!("{key}: {e}"))).transpose()
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> Result<Settings, String> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let backup_dir = args
+            .backup_dir
+            .or(file.backup_dir)
+            .unwrap_or_else(|| data_dir.join("backups"));
+        let admin_token = args.admin_token.or(file.admin_token);
+        if let Some(t) = &admin_token {
+            if !agentcom_core::auth::is_token_format(t) {
+                return Err("admin_token must be 64 lowercase hex characters (e.g. `openssl rand -hex 32`)".into());
+            }
+        }
+        let max_body_bytes = args.max_body_bytes.or(file_size(file.max_body_bytes, "max_body_bytes")?).unwrap_or(1 << 20);
+        let max_ws_message_bytes = args
+            .max_ws_message_bytes
+            .or(file_size(file.max_ws_message_bytes, "max_ws_message_bytes")?)
+            .unwrap_or(1 << 20);
+        if max_body_bytes == 0 || max_ws_message_bytes == 0 {
+            return Err("max_body_bytes and max_ws_message_bytes must be positive".into());
+        }
+        macro_rules! dur {
+            ($name:ident, $default:expr) => {
+                args.$name
+                    .or(file_duration(file.$name, stringify!($name))?)
+                    .unwrap_or($default)
+            };
+        }
+        Ok(Settings {
+            bind: args.bind.or(file.bind).unwrap_or_else(|| "127.0.0.1:4000".parse().expect("valid")),
+            backup_interval: dur!(backup_interval, secs(24 * 3600)),
+            backup_keep: args.backup_keep.or(file.backup_keep).unwrap_or(3),
+            backup_stale_after: dur!(backup_stale_after, secs(48 * 3600)),
+            fragmentation_floor: args
+                .fragmentation_floor
+                .or(file_size(file.fragmentation_floor, "fragmentation_floor")?)
+                .unwrap_or(64 << 20),
+            open_registration: args.open_registration.or(file.open_registration).unwrap_or(false),
+            public_url: args.public_url.or(file.public_url),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            accept_timeout: dur!(accept_timeout, secs(60)),
+            task_sweep_interval: dur!(task_sweep_interval, secs(30)),
+            stuck_task_after: dur!(stuck_task_after, secs(300)),
+            ws_idle_timeout: dur!(ws_idle_timeout, secs(60)),
+            reaper_interval: dur!(reaper_interval, secs(30)),
+            presence_ttl: dur!(presence_ttl, secs(60)),
+            dashboard_flush_interval: dur!(dashboard_flush_interval, Duration::from_millis(100)),
+            queue_sample_interval: dur!(queue_sample_interval, secs(60)),
+            completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
+            test_hooks: args.test_hooks.unwrap_or(false),
+            data_dir,
+            backup_dir,
+            admin_token,
+            max_body_bytes,
+            max_ws_message_bytes,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), secs(300));
+        assert_eq!(parse_duration("7d").unwrap(), secs(7 * 86400));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.bind.to_string(), "127.0.0.1:4000");
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.backup_dir, PathBuf::from("./data/backups"));
+        assert_eq!(s.backup_keep, 3);
+        assert_eq!(s.fragmentation_floor, 64 << 20);
+        assert_eq!(s.max_body_bytes, 1 << 20);
+        assert_eq!(s.dashboard_flush_interval, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "bind = \"127.0.0.1:5000\"\nbackup_keep = 7\nws_idle_timeout = \"5s\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            backup_keep: Some(9),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.bind.port(), 5000);
+        assert_eq!(s.backup_keep, 9);
+        assert_eq!(s.ws_idle_timeout, secs(5));
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let err = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_admin_token_is_refused() {
+        let err = Settings::resolve(ServeArgs {
+            admin_token: Some("short".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("64 lowercase hex"));
+    }
+}
