@@ -50,7 +50,10 @@ impl std::str::FromStr for Role {
 
 /// Is `token` of the original's format: 64 lowercase hex characters?
 pub fn is_token_format(token: &str) -> bool {
-    token.len() == 64 && token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    token.len() == 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Is `agent_id` acceptable as an agent identifier: non-empty, at most 128 bytes, printable,

@@ -124,17 +124,26 @@ mod tests {
     fn validation_rejects_zero_empty_and_wrong_types() {
         let hb = ConfigKey::HeartbeatIntervalMs;
         assert_eq!(hb.validate(&ConfigValue::Millis(1)), Ok(()));
-        assert_eq!(hb.validate(&ConfigValue::Millis(0)), Err(ConfigError::NotPositive(hb)));
+        assert_eq!(
+            hb.validate(&ConfigValue::Millis(0)),
+            Err(ConfigError::NotPositive(hb))
+        );
         assert_eq!(
             hb.validate(&ConfigValue::Text("x".into())),
             Err(ConfigError::WrongType(hb))
         );
         let repo = ConfigKey::DefaultRepo;
-        assert_eq!(repo.validate(&ConfigValue::Text("  ".into())), Err(ConfigError::Empty(repo)));
+        assert_eq!(
+            repo.validate(&ConfigValue::Text("  ".into())),
+            Err(ConfigError::Empty(repo))
+        );
         assert_eq!(
             repo.validate(&ConfigValue::Text("x".repeat(MAX_TEXT_BYTES + 1))),
             Err(ConfigError::TooLong(repo))
         );
-        assert_eq!(repo.validate(&ConfigValue::Text("https://git/x".into())), Ok(()));
+        assert_eq!(
+            repo.validate(&ConfigValue::Text("https://git/x".into())),
+            Ok(())
+        );
     }
 }

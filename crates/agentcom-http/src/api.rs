@@ -79,11 +79,15 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         let message = e.to_string();
         match e {
-            HubError::Invalid { field, .. } => ApiError::bad_request("invalid_field").with("field", field),
+            HubError::Invalid { field, .. } => {
+                ApiError::bad_request("invalid_field").with("field", field)
+            }
             HubError::Service(ServiceError::Timeout(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_timeout")
             }
-            HubError::Service(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_unavailable"),
+            HubError::Service(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_unavailable")
+            }
             HubError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             HubError::Supervisor(SupervisorError::UnknownActor(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, "actor_not_found")
@@ -112,19 +116,27 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
     if let Some(ct) = &content_type {
         let essence = ct.split(';').next().unwrap_or("").trim();
         if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-                .with("message", "send the body as application/json"));
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            )
+            .with("message", "send the body as application/json"));
         }
     }
     let bytes = Limited::new(req.into_body(), limit)
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
-                    .with("message", format!("request bodies are limited to {limit} bytes"))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").with(
+                    "message",
+                    format!("request bodies are limited to {limit} bytes"),
+                )
             } else {
-                ApiError::bad_request("invalid_body").with("message", "the request body could not be read")
+                ApiError::bad_request("invalid_body")
+                    .with("message", "the request body could not be read")
             }
         })?
         .to_bytes();
@@ -139,7 +151,10 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
 pub async fn read_object(req: Request, limit: usize) -> Result<Map<String, Value>, ApiError> {
     match read_json(req, limit).await? {
         Value::Object(map) => Ok(map),
-        _ => Err(ApiError::bad_request("invalid_body").with("message", "the body must be a JSON object")),
+        _ => {
+            Err(ApiError::bad_request("invalid_body")
+                .with("message", "the body must be a JSON object"))
+        }
     }
 }
 
@@ -189,11 +204,16 @@ pub fn percent_decode(s: &str) -> String {
 /// Resolve the caller from the Bearer header (A1).
 pub fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized_bearer)?;
-    hub.authenticate(token)?.ok_or_else(ApiError::unauthorized_bearer)
+    hub.authenticate(token)?
+        .ok_or_else(ApiError::unauthorized_bearer)
 }
 
 /// Resolve the caller from the Bearer header or a `token` query parameter (A2).
-pub fn caller_or_token_param(hub: &Hub, headers: &HeaderMap, uri: &http::Uri) -> Result<Principal, ApiError> {
+pub fn caller_or_token_param(
+    hub: &Hub,
+    headers: &HeaderMap,
+    uri: &http::Uri,
+) -> Result<Principal, ApiError> {
     let token = match bearer(headers) {
         Some(t) => t.to_string(),
         None => query_param(uri, "token").ok_or_else(ApiError::unauthorized)?,

@@ -6,13 +6,17 @@ use agentcom_hub::supervisor::ChildRecord;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::api::{self, admin, caller, caller_or_token_param, ok, read_object, ApiError, ApiResult, Request};
+use crate::api::{
+    self, admin, caller, caller_or_token_param, ok, read_object, ApiError, ApiResult, Request,
+};
 use crate::server::App;
 
 /// Route 1: liveness and the number of agents present.
 pub async fn health(app: &App) -> ApiResult {
     let agents = app.hub.presence_count();
-    Ok(ok(json!({"status": "ok", "service": "agent_com", "agents_connected": agents})))
+    Ok(ok(
+        json!({"status": "ok", "service": "agent_com", "agents_connected": agents}),
+    ))
 }
 
 /// Routes 4 and 6: any valid token (Bearer or `token` parameter).
@@ -34,8 +38,11 @@ pub async fn put_millis_setting(app: &App, req: Request, key: ConfigKey) -> ApiR
         .and_then(Value::as_u64)
         .filter(|ms| *ms > 0)
         .ok_or_else(|| {
-            ApiError::bad_request(&format!("missing or invalid field: {} (positive integer)", key.name()))
-                .with("field", key.name())
+            ApiError::bad_request(&format!(
+                "missing or invalid field: {} (positive integer)",
+                key.name()
+            ))
+            .with("field", key.name())
         })?;
     app.hub.config_put(key, ConfigValue::Millis(ms)).await?;
     Ok(ok(json!({ key.name(): ms, "status": "updated" })))
@@ -43,10 +50,12 @@ pub async fn put_millis_setting(app: &App, req: Request, key: ConfigKey) -> ApiR
 
 /// Route 49: open, for the onboarding scripts.
 pub async fn get_default_repo(app: &App) -> ApiResult {
-    Ok(ok(match app.hub.config_get(ConfigKey::DefaultRepo).await? {
-        Some(ConfigValue::Text(url)) => json!({"default_repo": url, "configured": true}),
-        _ => json!({"default_repo": null, "configured": false}),
-    }))
+    Ok(ok(
+        match app.hub.config_get(ConfigKey::DefaultRepo).await? {
+            Some(ConfigValue::Text(url)) => json!({"default_repo": url, "configured": true}),
+            _ => json!({"default_repo": null, "configured": false}),
+        },
+    ))
 }
 
 /// Route 50: admin only; `url` must be a non-empty string.
@@ -72,19 +81,26 @@ pub async fn create_token(app: &App, req: Request) -> ApiResult {
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let agent_id = match body.get("agent_id") {
         None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing required field: agent_id").with("field", "agent_id"))
+            return Err(
+                ApiError::bad_request("missing required field: agent_id").with("field", "agent_id")
+            )
         }
         Some(Value::String(id)) if is_valid_agent_id(id) => id.clone(),
         Some(_) => {
             return Err(ApiError::bad_request("invalid_field")
                 .with("field", "agent_id")
-                .with("message", "agent_id must be a non-empty string without spaces or slashes"))
+                .with(
+                    "message",
+                    "agent_id must be a non-empty string without spaces or slashes",
+                ))
         }
     };
     let role = match body.get("role") {
         None | Some(Value::Null) => Role::Agent,
         Some(Value::String(r)) => r.parse::<Role>().map_err(|m| {
-            ApiError::bad_request("invalid_field").with("field", "role").with("message", m)
+            ApiError::bad_request("invalid_field")
+                .with("field", "role")
+                .with("message", m)
         })?,
         Some(_) => {
             return Err(ApiError::bad_request("invalid_field")
@@ -159,12 +175,17 @@ pub async fn list_actors(app: &App, req: Request) -> ApiResult {
 pub async fn restart_actor(app: &App, req: Request, name: String) -> ApiResult {
     admin(&app.hub, req.headers())?;
     let record = app.hub.restart_actor(&name).await?;
-    Ok(ok(json!({"status": "restarted", "actor": actor_json(&record)})))
+    Ok(ok(
+        json!({"status": "restarted", "actor": actor_json(&record)}),
+    ))
 }
 
 /// Test hook (only with `--test-hooks`): make an actor crash.
 pub async fn crash_actor(app: &App, req: Request, name: String) -> ApiResult {
     admin(&app.hub, req.headers())?;
     app.hub.crash_actor(&name).await?;
-    Ok(api::json(StatusCode::ACCEPTED, json!({"status": "crash_injected", "actor": name})))
+    Ok(api::json(
+        StatusCode::ACCEPTED,
+        json!({"status": "crash_injected", "actor": name}),
+    ))
 }

@@ -25,7 +25,10 @@ enum Endpoint {
 
 const ROUTES: &[(&str, Endpoint)] = &[
     ("/health", Endpoint::Health),
-    ("/api/config/heartbeat-interval", Endpoint::HeartbeatInterval),
+    (
+        "/api/config/heartbeat-interval",
+        Endpoint::HeartbeatInterval,
+    ),
     ("/api/config/mailbox-retention", Endpoint::MailboxRetention),
     ("/api/config/default-repo", Endpoint::DefaultRepo),
     ("/admin/tokens", Endpoint::Tokens),
@@ -45,7 +48,9 @@ impl Router {
     pub fn new() -> Self {
         let mut inner = matchit::Router::new();
         for (path, endpoint) in ROUTES {
-            inner.insert(*path, *endpoint).expect("route table is valid");
+            inner
+                .insert(*path, *endpoint)
+                .expect("route table is valid");
         }
         Router { inner }
     }
@@ -58,7 +63,13 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         return Err(ApiError::not_found());
     };
     let endpoint = *matched.value;
-    let param = |name: &str| matched.params.get(name).map(percent_decode).unwrap_or_default();
+    let param = |name: &str| {
+        matched
+            .params
+            .get(name)
+            .map(percent_decode)
+            .unwrap_or_default()
+    };
     let method = req.method().clone();
     use Endpoint as E;
     match (endpoint, method) {
@@ -73,7 +84,9 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::DefaultRepo, Method::PUT) => handlers::put_default_repo(app, req).await,
         (E::Tokens, Method::POST) => handlers::create_token(app, req).await,
         (E::Tokens, Method::GET) => handlers::list_tokens(app, req).await,
-        (E::AgentTokens, Method::DELETE) => handlers::revoke_tokens(app, req, param("agent_id")).await,
+        (E::AgentTokens, Method::DELETE) => {
+            handlers::revoke_tokens(app, req, param("agent_id")).await
+        }
         (E::Actors, Method::GET) => handlers::list_actors(app, req).await,
         (E::ActorRestart, Method::POST) => handlers::restart_actor(app, req, param("name")).await,
         (E::ActorCrash, Method::POST) if app.hub.settings().test_hooks => {

@@ -24,7 +24,12 @@ pub struct App {
 /// Serve HTTP and websockets on an already-bound listener until `shutdown` completes;
 /// then stop accepting, let requests in flight finish (up to 10 s) and return. The caller
 /// shuts the hub down afterwards (which closes websockets with 1001).
-pub async fn serve(listener: TcpListener, hub: Hub, settings: HttpSettings, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    hub: Hub,
+    settings: HttpSettings,
+    shutdown: impl Future<Output = ()>,
+) {
     let app = Arc::new(App {
         hub,
         settings,
@@ -75,7 +80,10 @@ pub async fn serve(listener: TcpListener, hub: Hub, settings: HttpSettings, shut
     drop(listener);
     let _ = stopping_tx.send(true);
     drop(alive);
-    if tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), all_done.recv())
+        .await
+        .is_err()
+    {
         tracing::warn!("some HTTP connections did not finish within 10 s");
     }
 }

@@ -52,17 +52,29 @@ fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
     })
 }
 
-fn upgrade(app: &App, mut req: Request, kind: SessionKind, principal: Option<Principal>) -> ApiResult {
+fn upgrade(
+    app: &App,
+    mut req: Request,
+    kind: SessionKind,
+    principal: Option<Principal>,
+) -> ApiResult {
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let is_upgrade = header_has(&req, header::CONNECTION, "upgrade") && header_has(&req, header::UPGRADE, "websocket");
+    let is_upgrade = header_has(&req, header::CONNECTION, "upgrade")
+        && header_has(&req, header::UPGRADE, "websocket");
     let Some(key) = key.filter(|_| is_upgrade) else {
         let mut res = ApiError::new(StatusCode::UPGRADE_REQUIRED, "upgrade_required")
             .with("message", "this path only accepts websocket upgrades")
             .into_response();
-        res.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        res.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return Ok(res);
     };
-    if req.headers().get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
         return Err(ApiError::bad_request("unsupported_websocket_version"));
     }
     let accept = derive_accept_key(key.as_bytes());
@@ -78,7 +90,12 @@ fn upgrade(app: &App, mut req: Request, kind: SessionKind, principal: Option<Pri
                     .write_buffer_size(0)
                     .max_message_size(Some(limit))
                     .max_frame_size(Some(limit));
-                let stream = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let stream = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 run_socket(hub, kind, principal, stream, idle).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -89,12 +106,20 @@ fn upgrade(app: &App, mut req: Request, kind: SessionKind, principal: Option<Pri
     let h = res.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_str(&accept).expect("base64 is a valid header"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).expect("base64 is a valid header"),
+    );
     Ok(res)
 }
 
-async fn run_socket<S>(hub: Hub, kind: SessionKind, principal: Option<Principal>, stream: WebSocketStream<S>, idle: Duration)
-where
+async fn run_socket<S>(
+    hub: Hub,
+    kind: SessionKind,
+    principal: Option<Principal>,
+    stream: WebSocketStream<S>,
+    idle: Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -132,14 +157,18 @@ fn close(code: u16, reason: &str) -> Message {
 
 /// Read frames until the client goes away, the connection idles out, or a frame breaks
 /// a limit; each understood frame goes to the session actor.
-async fn read_loop<S>(source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>, session: &ActorRef<SessionMsg>, idle: Duration)
-where
+async fn read_loop<S>(
+    source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
+    session: &ActorRef<SessionMsg>,
+    idle: Duration,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         let frame = match tokio::time::timeout(idle, source.next()).await {
             Err(_) => {
-                let _ = session.send_message(SessionMsg::Close(CloseReason::new(1000, "idle timeout")));
+                let _ =
+                    session.send_message(SessionMsg::Close(CloseReason::new(1000, "idle timeout")));
                 return;
             }
             Ok(None) => return,
@@ -151,7 +180,8 @@ where
             Ok(Message::Close(_)) => return,
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => {
-                let _ = session.send_message(SessionMsg::Close(CloseReason::new(1009, "message too big")));
+                let _ = session
+                    .send_message(SessionMsg::Close(CloseReason::new(1009, "message too big")));
                 return;
             }
             Err(_) => return,

@@ -11,7 +11,11 @@ use crate::{now_ms, tokens, HubError};
 
 pub enum AuthMsg {
     /// Mint a token; answers with the raw token once it is durable.
-    Create(String, Role, RpcReplyPort<Result<(String, TokenRecord), HubError>>),
+    Create(
+        String,
+        Role,
+        RpcReplyPort<Result<(String, TokenRecord), HubError>>,
+    ),
     /// Revoke every token of an agent; answers with how many were revoked.
     Revoke(String, RpcReplyPort<Result<usize, HubError>>),
     /// Make this token the bootstrap admin token.

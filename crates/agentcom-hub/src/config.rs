@@ -1,10 +1,10 @@
 //! The config actor: owns `agentcom_config`, answers reads from memory, and updates its
 //! cache only once a write is durable.
 
-use std::collections::HashMap;
 use agentcom_core::config::{ConfigKey, ConfigValue};
 use agentcom_store::{decode, encode, StoreReader, Table, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::HashMap;
 
 use crate::service::Service;
 use crate::store::{write_then, StoreMsg};
@@ -45,7 +45,10 @@ impl Actor for ConfigActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut values = HashMap::new();
         for key in ConfigKey::ALL {
-            if let Some(bytes) = args.reader.get(Table::AgentcomConfig, key.name().as_bytes())? {
+            if let Some(bytes) = args
+                .reader
+                .get(Table::AgentcomConfig, key.name().as_bytes())?
+            {
                 values.insert(key, (decode(Table::AgentcomConfig, &bytes)?, 0));
             }
         }

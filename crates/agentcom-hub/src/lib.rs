@@ -30,7 +30,9 @@ use crate::pubsub::{PubSub, PubSubMsg, Publisher, Subscriptions};
 use crate::service::{Service, ServiceError, Slot};
 use crate::sessions::{CloseReason, SessionArgs, SessionCounts, SessionMsg, Sessions, SessionsMsg};
 use crate::store::{Durability, StoreActor, StoreArgs, StoreMsg};
-use crate::supervisor::{ChildRecord, ChildSpec, Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg};
+use crate::supervisor::{
+    ChildRecord, ChildSpec, Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg,
+};
 
 /// Current time as Unix epoch milliseconds.
 pub fn now_ms() -> Millis {
@@ -114,20 +116,51 @@ impl Hub {
 
         let mut children = Vec::new();
         let (e, durability) = (engine.clone(), settings.durability);
-        children.push(ChildSpec::new("store", "service", store_slot.clone(), move || {
-            (StoreActor, StoreArgs { engine: e.clone(), durability })
-        }));
+        children.push(ChildSpec::new(
+            "store",
+            "service",
+            store_slot.clone(),
+            move || {
+                (
+                    StoreActor,
+                    StoreArgs {
+                        engine: e.clone(),
+                        durability,
+                    },
+                )
+            },
+        ));
         let subs = subscriptions.clone();
-        children.push(ChildSpec::new("pubsub", "service", pubsub_slot.clone(), move || {
-            (PubSub, subs.clone())
-        }));
+        children.push(ChildSpec::new(
+            "pubsub",
+            "service",
+            pubsub_slot.clone(),
+            move || (PubSub, subs.clone()),
+        ));
         let (r, s) = (reader.clone(), store.clone());
-        children.push(ChildSpec::new("auth", "service", auth_slot.clone(), move || {
-            (AuthActor, AuthArgs { reader: r.clone(), store: s.clone() })
-        }));
+        children.push(ChildSpec::new(
+            "auth",
+            "service",
+            auth_slot.clone(),
+            move || {
+                (
+                    AuthActor,
+                    AuthArgs {
+                        reader: r.clone(),
+                        store: s.clone(),
+                    },
+                )
+            },
+        ));
         let (r, s) = (reader.clone(), store.clone());
         let config_spec = ChildSpec::new("config", "service", config_slot.clone(), move || {
-            (ConfigActor, ConfigArgs { reader: r.clone(), store: s.clone() })
+            (
+                ConfigActor,
+                ConfigArgs {
+                    reader: r.clone(),
+                    store: s.clone(),
+                },
+            )
         });
         children.push(if settings.test_hooks {
             config_spec.with_crash_hook(|| ConfigMsg::Crash)
@@ -135,7 +168,10 @@ impl Hub {
             config_spec
         });
         children.push(
-            ChildSpec::new("sessions", "supervisor", sessions_slot.clone(), || (Sessions, ())).permanent(),
+            ChildSpec::new("sessions", "supervisor", sessions_slot.clone(), || {
+                (Sessions, ())
+            })
+            .permanent(),
         );
 
         let (supervisor, _) = Actor::spawn(
@@ -198,7 +234,10 @@ impl Hub {
     }
 
     pub async fn config_get(&self, key: ConfigKey) -> Result<Option<ConfigValue>, HubError> {
-        Ok(self.config.call(|r| ConfigMsg::Get(key, r), CALL_TIMEOUT).await?)
+        Ok(self
+            .config
+            .call(|r| ConfigMsg::Get(key, r), CALL_TIMEOUT)
+            .await?)
     }
 
     /// Write a config value; returns once it is durable.
@@ -209,7 +248,11 @@ impl Hub {
     }
 
     /// Mint a token; returns the raw token (shown once) once it is durable.
-    pub async fn token_create(&self, agent_id: &str, role: Role) -> Result<(String, TokenRecord), HubError> {
+    pub async fn token_create(
+        &self,
+        agent_id: &str,
+        role: Role,
+    ) -> Result<(String, TokenRecord), HubError> {
         let agent_id = agent_id.to_string();
         self.auth
             .call(|r| AuthMsg::Create(agent_id, role, r), CALL_TIMEOUT)
@@ -218,16 +261,23 @@ impl Hub {
 
     pub async fn token_revoke(&self, agent_id: &str) -> Result<usize, HubError> {
         let agent_id = agent_id.to_string();
-        self.auth.call(|r| AuthMsg::Revoke(agent_id, r), CALL_TIMEOUT).await?
+        self.auth
+            .call(|r| AuthMsg::Revoke(agent_id, r), CALL_TIMEOUT)
+            .await?
     }
 
     pub async fn token_bootstrap(&self, token: &str) -> Result<(), HubError> {
         let token = token.to_string();
-        self.auth.call(|r| AuthMsg::Bootstrap(token, r), CALL_TIMEOUT).await?
+        self.auth
+            .call(|r| AuthMsg::Bootstrap(token, r), CALL_TIMEOUT)
+            .await?
     }
 
     pub fn token_list(&self) -> Result<Vec<TokenRecord>, HubError> {
-        Ok(tokens::list(&self.reader)?.into_iter().map(|(_, r)| r).collect())
+        Ok(tokens::list(&self.reader)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
     }
 
     pub fn has_admin_token(&self) -> Result<bool, HubError> {
@@ -271,7 +321,10 @@ impl Hub {
 
     /// Open a websocket session actor.
     pub async fn open_session(&self, args: SessionArgs) -> Result<ActorRef<SessionMsg>, HubError> {
-        let reply = self.sessions.call(|r| SessionsMsg::Open(args, r), CALL_TIMEOUT).await?;
+        let reply = self
+            .sessions
+            .call(|r| SessionsMsg::Open(args, r), CALL_TIMEOUT)
+            .await?;
         reply.map_err(|reason| {
             HubError::Supervisor(SupervisorError::StartFailed {
                 name: "session".into(),
@@ -292,7 +345,10 @@ impl Hub {
     /// messages, and flush the store.
     pub async fn shutdown(&self) {
         let reason = CloseReason::new(sessions::close_code::GOING_AWAY, "hub shutting down");
-        let _ = self.sessions.call(|r| SessionsMsg::CloseAll(reason, r), Duration::from_secs(5)).await;
+        let _ = self
+            .sessions
+            .call(|r| SessionsMsg::CloseAll(reason, r), Duration::from_secs(5))
+            .await;
         let _ = self
             .supervisor
             .call(SupervisorMsg::StopAll, Some(Duration::from_secs(30)))

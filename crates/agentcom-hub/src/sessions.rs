@@ -130,7 +130,9 @@ impl Actor for Session {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Inbound(Inbound::Malformed(code)) => state.push(&myself, Outbound::Error(code)),
+            SessionMsg::Inbound(Inbound::Malformed(code)) => {
+                state.push(&myself, Outbound::Error(code))
+            }
             SessionMsg::Inbound(Inbound::Message { .. }) => {
                 // Until it identifies, an agent connection answers everything this way
                 // (reference §3.2, check 1). Dashboards send nothing that needs an answer yet.
@@ -172,7 +174,10 @@ impl SessionState {
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
     fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(frame) {
-            tracing::warn!(session = self.kind.as_str(), "outbound queue full; disconnecting");
+            tracing::warn!(
+                session = self.kind.as_str(),
+                "outbound queue full; disconnecting"
+            );
             self.io.close.send_replace(Some(CloseReason::new(
                 close_code::POLICY,
                 "outbound queue full (client too slow)",
@@ -190,7 +195,10 @@ pub struct SessionCounts {
 }
 
 pub enum SessionsMsg {
-    Open(SessionArgs, RpcReplyPort<Result<ActorRef<SessionMsg>, String>>),
+    Open(
+        SessionArgs,
+        RpcReplyPort<Result<ActorRef<SessionMsg>, String>>,
+    ),
     CloseAll(CloseReason, RpcReplyPort<()>),
     Count(RpcReplyPort<SessionCounts>),
 }

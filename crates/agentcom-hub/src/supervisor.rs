@@ -12,15 +12,18 @@ use std::time::{Duration, Instant};
 
 use agentcom_core::supervision::{CrashStreak, RestartPolicy};
 use agentcom_core::Millis;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use crate::events::{ActorEvent, ActorEventKind, HubEvent, Topic};
+use crate::now_ms;
 use crate::pubsub::Publisher;
 use crate::service::Slot;
-use crate::now_ms;
 
 type StartFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
 type StartFn = Arc<dyn Fn(ActorCell) -> StartFuture + Send + Sync>;
+type CrashFn = Arc<dyn Fn(&ActorCell) + Send + Sync>;
 
 /// How long a child gets to finish its queued messages when it is stopped on purpose.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,13 +35,18 @@ pub struct ChildSpec {
     restartable: bool,
     start: StartFn,
     vacate: Arc<dyn Fn() + Send + Sync>,
-    crash: Option<Arc<dyn Fn(&ActorCell) + Send + Sync>>,
+    crash: Option<CrashFn>,
 }
 
 impl ChildSpec {
     /// A child actor `A` whose current instance is published in `slot`. `make` builds the
     /// actor and its arguments afresh for every start.
-    pub fn new<A, F>(name: &'static str, kind: &'static str, slot: Arc<Slot<A::Msg>>, make: F) -> Self
+    pub fn new<A, F>(
+        name: &'static str,
+        kind: &'static str,
+        slot: Arc<Slot<A::Msg>>,
+        make: F,
+    ) -> Self
     where
         A: Actor,
         F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
@@ -145,7 +153,10 @@ pub enum SupervisorMsg {
     Restart(String, RpcReplyPort<Result<ChildRecord, SupervisorError>>),
     /// Test hook: make the named child crash.
     Crash(String, RpcReplyPort<Result<(), SupervisorError>>),
-    RestartDue { name: &'static str, incarnation: u64 },
+    RestartDue {
+        name: &'static str,
+        incarnation: u64,
+    },
     /// Stop every child, last started first, letting each finish its queued messages.
     StopAll(RpcReplyPort<()>),
 }
@@ -382,7 +393,10 @@ fn handle_crash(
     publish(publisher, ActorEventKind::Crashed, &child.record);
     let name = child.spec.name;
     let incarnation = child.incarnation;
-    myself.send_after(delay, move || SupervisorMsg::RestartDue { name, incarnation });
+    myself.send_after(delay, move || SupervisorMsg::RestartDue {
+        name,
+        incarnation,
+    });
 }
 
 fn publish(publisher: &Publisher, kind: ActorEventKind, record: &ChildRecord) {

@@ -24,7 +24,13 @@ pub fn token_key(token: &str) -> Vec<u8> {
 }
 
 /// The write that stores a new token.
-pub fn create(agent_id: &str, role: Role, token: &str, bootstrap: bool, now: Millis) -> (TokenRecord, WriteOp) {
+pub fn create(
+    agent_id: &str,
+    role: Role,
+    token: &str,
+    bootstrap: bool,
+    now: Millis,
+) -> (TokenRecord, WriteOp) {
     let record = TokenRecord {
         agent_id: agent_id.to_string(),
         role,
@@ -72,7 +78,11 @@ pub fn revoke(reader: &StoreReader, agent_id: &str) -> Result<Vec<WriteOp>, Stor
 }
 
 /// The writes that make `token` the bootstrap admin token, replacing an earlier one.
-pub fn bootstrap(reader: &StoreReader, token: &str, now: Millis) -> Result<Vec<WriteOp>, StoreError> {
+pub fn bootstrap(
+    reader: &StoreReader,
+    token: &str,
+    now: Millis,
+) -> Result<Vec<WriteOp>, StoreError> {
     let key = token_key(token);
     let mut ops: Vec<WriteOp> = list(reader)?
         .into_iter()
@@ -144,7 +154,10 @@ mod tests {
         let (old, new) = (mint(), mint());
         engine.apply(&bootstrap(&reader, &old, 1).unwrap()).unwrap();
         assert!(has_admin(&reader).unwrap());
-        assert!(bootstrap(&reader, &old, 2).unwrap().is_empty(), "idempotent");
+        assert!(
+            bootstrap(&reader, &old, 2).unwrap().is_empty(),
+            "idempotent"
+        );
         engine.apply(&bootstrap(&reader, &new, 3).unwrap()).unwrap();
         assert!(lookup(&reader, &old).unwrap().is_none());
         assert_eq!(lookup(&reader, &new).unwrap().unwrap().role, Role::Admin);

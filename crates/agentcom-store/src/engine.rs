@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 use crate::{StoreError, Table};
 
+/// A stored key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// One write of an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -44,8 +47,7 @@ pub struct TableStats {
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every record of `table` whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, table: Table, prefix: &[u8])
-        -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError>;
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
     fn stats(&self, table: Table) -> TableStats;
@@ -72,11 +74,7 @@ impl StoreReader {
         self.engine.get(table, key)
     }
 
-    pub fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
         self.engine.scan_prefix(table, prefix)
     }
 

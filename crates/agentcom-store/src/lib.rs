@@ -12,7 +12,7 @@ mod sled_engine;
 mod table;
 
 pub use codec::{decode, encode, CODEC_VERSION};
-pub use engine::{Engine, StoreReader, TableStats, WriteOp};
+pub use engine::{Engine, Record, StoreReader, TableStats, WriteOp};
 pub use error::StoreError;
 pub use records::{seq_key, TokenRecord};
 pub use sled_engine::SledEngine;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 
+use crate::engine::Record;
 use crate::{Engine, StoreError, Table, TableStats, WriteOp};
 
 const STATS_TREE: &str = "__stats";
@@ -33,7 +34,10 @@ impl SledEngine {
             .map_err(|e| open_error(&path, e))?;
         let mut trees = Vec::with_capacity(STATS_INDEX + 1);
         for table in Table::ALL {
-            trees.push(db.open_tree(table.name()).map_err(|e| open_error(&path, e))?);
+            trees.push(
+                db.open_tree(table.name())
+                    .map_err(|e| open_error(&path, e))?,
+            );
         }
         trees.push(db.open_tree(STATS_TREE).map_err(|e| open_error(&path, e))?);
         let engine = SledEngine {
@@ -164,11 +168,7 @@ impl Engine for SledEngine {
         Ok(self.trees[table.index()].get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
         self.trees[table.index()]
             .scan_prefix(prefix)
             .map(|entry| {
@@ -248,7 +248,9 @@ mod tests {
                 put(Table::AuthTokens, "t", "x"),
             ])
             .unwrap();
-        engine.apply(&[put(Table::AgentcomConfig, "a", "333")]).unwrap();
+        engine
+            .apply(&[put(Table::AgentcomConfig, "a", "333")])
+            .unwrap();
         let cfg = engine.stats(Table::AgentcomConfig);
         assert_eq!(cfg.record_count, 2);
         assert_eq!(cfg.logical_bytes, (1 + 3) + (1 + 2));
@@ -265,7 +267,10 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(engine.stats(Table::AgentcomConfig).record_count, 1);
-        assert_eq!(engine.get(Table::AgentcomConfig, b"a").unwrap().unwrap(), b"333");
+        assert_eq!(
+            engine.get(Table::AgentcomConfig, b"a").unwrap().unwrap(),
+            b"333"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use agentcom_core::auth::Role;
-use agentcom_hub::{now_ms, tokens, Hub, HubSettings};
 use agentcom_http::HttpSettings;
+use agentcom_hub::{now_ms, tokens, Hub, HubSettings};
 use agentcom_store::{Engine, SledEngine, StoreError, StoreReader};
 use clap::{Parser, Subcommand};
 
@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage tokens offline (the hub must not be running on the same data dir).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Serve(args)) => serve(*args),
         Some(Command::Token(cmd)) => token(cmd),
     };
     match result {
@@ -75,7 +75,8 @@ fn main() -> ExitCode {
 }
 
 fn open_store(data_dir: &Path) -> Result<SledEngine, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     SledEngine::open(data_dir).map_err(|e| match e {
         StoreError::Locked { .. } => format!("{e}. Stop the hub that uses {} first.", data_dir.display()),
         StoreError::Open { .. } => format!(
@@ -102,10 +103,14 @@ async fn run(settings: Settings) -> Result<(), String> {
         test_hooks: settings.test_hooks,
         ..HubSettings::default()
     };
-    let hub = Hub::start(engine, hub_settings).await.map_err(|e| format!("the hub failed to start: {e}"))?;
+    let hub = Hub::start(engine, hub_settings)
+        .await
+        .map_err(|e| format!("the hub failed to start: {e}"))?;
 
     if let Some(token) = &settings.admin_token {
-        hub.token_bootstrap(token).await.map_err(|e| format!("cannot store the admin token: {e}"))?;
+        hub.token_bootstrap(token)
+            .await
+            .map_err(|e| format!("cannot store the admin token: {e}"))?;
     } else if !hub.has_admin_token().map_err(|e| e.to_string())? {
         let (token, _) = hub
             .token_create(tokens::BOOTSTRAP_ADMIN_ID, Role::Admin)
@@ -153,7 +158,9 @@ async fn shutdown_signal() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCOM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -162,9 +169,9 @@ fn init_logging(format: LogFormat) {
 
 fn token(cmd: TokenCommand) -> Result<(), String> {
     let data_dir = match &cmd {
-        TokenCommand::Create { data_dir, .. } | TokenCommand::List { data_dir } | TokenCommand::Revoke { data_dir, .. } => {
-            data_dir.clone()
-        }
+        TokenCommand::Create { data_dir, .. }
+        | TokenCommand::List { data_dir }
+        | TokenCommand::Revoke { data_dir, .. } => data_dir.clone(),
     };
     let engine = Arc::new(open_store(&data_dir)?);
     let reader = StoreReader::new(engine.clone());
@@ -182,7 +189,13 @@ fn token(cmd: TokenCommand) -> Result<(), String> {
         }
         TokenCommand::List { .. } => {
             for (_, r) in tokens::list(&reader).map_err(err)? {
-                println!("{}\t{}\t{}...\t{}", r.agent_id, r.role.as_str(), r.prefix, r.created_at);
+                println!(
+                    "{}\t{}\t{}...\t{}",
+                    r.agent_id,
+                    r.role.as_str(),
+                    r.prefix,
+                    r.created_at
+                );
             }
         }
         TokenCommand::Revoke { agent_id, .. } => {

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 /// Parse `250ms`, `60s`, `5m`, `24h`, `7d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration `{s}`: {e} (use e.g. 250ms, 60s, 5m, 24h, 7d)"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration `{s}`: {e} (use e.g. 250ms, 60s, 5m, 24h, 7d)"))
 }
 
 /// Parse a byte size: `1048576`, `512KiB`, `64MiB`, `1GiB` (also KB/MB/GB as powers of 1000).
@@ -18,7 +19,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("invalid size `{s}` (use e.g. 1048576, 512KiB, 64MiB)"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size `{s}` (use e.g. 1048576, 512KiB, 64MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kib" | "k" => 1 << 10,
@@ -29,7 +32,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" => 1_000_000_000,
         _ => return Err(format!("invalid size unit in `{s}` (use B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size `{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size `{s}` is too large"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -129,7 +133,9 @@ struct FileSettings {
     max_ws_message_bytes: Option<String>,
 }
 
-/// Resolved settings of `serve`.
+/// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
+/// presence, dashboard) are accepted and validated already, and wired as they land.
+#[allow(dead_code)]
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bind: SocketAddr,
@@ -162,11 +168,13 @@ fn secs(s: u64) -> Duration {
 }
 
 fn file_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
-    v.map(|s| parse_duration(&s).map_err(|e| format!("{key}: {e}"))).transpose()
+    v.map(|s| parse_duration(&s).map_err(|e| format!("{key}: {e}")))
+        .transpose()
 }
 
 fn file_size(v: Option<String>, key: &str) -> Result<Option<u64>, String> {
-    v.map(|s| parse_size(&s).map_err(|e| format!("{key}: {e}"))).transpose()
+    v.map(|s| parse_size(&s).map_err(|e| format!("{key}: {e}")))
+        .transpose()
 }
 
 impl Settings {
@@ -175,7 +183,10 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
-        let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
         let backup_dir = args
             .backup_dir
             .or(file.backup_dir)
@@ -183,13 +194,22 @@ impl Settings {
         let admin_token = args.admin_token.or(file.admin_token);
         if let Some(t) = &admin_token {
             if !agentcom_core::auth::is_token_format(t) {
-                return Err("admin_token must be 64 lowercase hex characters (e.g. `openssl rand -hex 32`)".into());
+                return Err(
+                    "admin_token must be 64 lowercase hex characters (e.g. `openssl rand -hex 32`)"
+                        .into(),
+                );
             }
         }
-        let max_body_bytes = args.max_body_bytes.or(file_size(file.max_body_bytes, "max_body_bytes")?).unwrap_or(1 << 20);
+        let max_body_bytes = args
+            .max_body_bytes
+            .or(file_size(file.max_body_bytes, "max_body_bytes")?)
+            .unwrap_or(1 << 20);
         let max_ws_message_bytes = args
             .max_ws_message_bytes
-            .or(file_size(file.max_ws_message_bytes, "max_ws_message_bytes")?)
+            .or(file_size(
+                file.max_ws_message_bytes,
+                "max_ws_message_bytes",
+            )?)
             .unwrap_or(1 << 20);
         if max_body_bytes == 0 || max_ws_message_bytes == 0 {
             return Err("max_body_bytes and max_ws_message_bytes must be positive".into());
@@ -202,7 +222,10 @@ impl Settings {
             };
         }
         Ok(Settings {
-            bind: args.bind.or(file.bind).unwrap_or_else(|| "127.0.0.1:4000".parse().expect("valid")),
+            bind: args
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| "127.0.0.1:4000".parse().expect("valid")),
             backup_interval: dur!(backup_interval, secs(24 * 3600)),
             backup_keep: args.backup_keep.or(file.backup_keep).unwrap_or(3),
             backup_stale_after: dur!(backup_stale_after, secs(48 * 3600)),
@@ -210,9 +233,15 @@ impl Settings {
                 .fragmentation_floor
                 .or(file_size(file.fragmentation_floor, "fragmentation_floor")?)
                 .unwrap_or(64 << 20),
-            open_registration: args.open_registration.or(file.open_registration).unwrap_or(false),
+            open_registration: args
+                .open_registration
+                .or(file.open_registration)
+                .unwrap_or(false),
             public_url: args.public_url.or(file.public_url),
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             accept_timeout: dur!(accept_timeout, secs(60)),
             task_sweep_interval: dur!(task_sweep_interval, secs(30)),
             stuck_task_after: dur!(stuck_task_after, secs(300)),
@@ -233,7 +262,8 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> Result<FileSettings, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
@@ -269,7 +299,11 @@ mod tests {
     fn flags_beat_the_file_and_the_file_beats_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");
-        std::fs::write(&path, "bind = \"127.0.0.1:5000\"\nbackup_keep = 7\nws_idle_timeout = \"5s\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:5000\"\nbackup_keep = 7\nws_idle_timeout = \"5s\"\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path.clone()),
             backup_keep: Some(9),

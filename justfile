@@ -1,0 +1,18 @@
+# Recipes for those who have `just`; each is one plain command from the README.
+
+# Start the hub (sled in ./data, listening on 127.0.0.1:4000).
+run:
+    cargo run --release -p agentcom -- serve
+
+# Run every test.
+test:
+    ./scripts/test.sh
+
+# Formatting and lints, as CI expects them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# Benchmarks (results go to docs/BENCHMARKS.md by hand).
+bench:
+    cargo bench -p agentcom-hub --bench ack_writes
