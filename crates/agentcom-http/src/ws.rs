@@ -143,8 +143,15 @@ async fn run_socket<S>(
         }
     };
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
-    read_loop(&mut source, &session, idle).await;
-    session.stop(Some("connection closed".into()));
+    match read_loop(&mut source, &session, idle).await {
+        // The session closes the socket itself, after the frames it already queued.
+        Some(reason) => {
+            if session.send_message(SessionMsg::Close(reason)).is_err() {
+                session.stop(None);
+            }
+        }
+        None => session.stop(Some("connection closed".into())),
+    }
     let _ = writer.await;
 }
 
@@ -155,39 +162,32 @@ fn close(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// Read frames until the client goes away, the connection idles out, or a frame breaks
-/// a limit; each understood frame goes to the session actor.
+/// Read frames until the client goes away (`None`), the connection idles out or a frame
+/// breaks a limit (the close to send); each understood frame goes to the session actor.
 async fn read_loop<S>(
     source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
     session: &ActorRef<SessionMsg>,
     idle: Duration,
-) where
+) -> Option<CloseReason>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         let frame = match tokio::time::timeout(idle, source.next()).await {
-            Err(_) => {
-                let _ =
-                    session.send_message(SessionMsg::Close(CloseReason::new(1000, "idle timeout")));
-                return;
-            }
-            Ok(None) => return,
+            Err(_) => return Some(CloseReason::new(1000, "idle timeout")),
+            Ok(None) => return None,
             Ok(Some(frame)) => frame,
         };
         let inbound = match frame {
             Ok(Message::Text(text)) => parse(text.as_str()),
             Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
-            Ok(Message::Close(_)) => return,
+            Ok(Message::Close(_)) => return None,
             Ok(_) => continue,
-            Err(WsError::Capacity(_)) => {
-                let _ = session
-                    .send_message(SessionMsg::Close(CloseReason::new(1009, "message too big")));
-                return;
-            }
-            Err(_) => return,
+            Err(WsError::Capacity(_)) => return Some(CloseReason::new(1009, "message too big")),
+            Err(_) => return None,
         };
         if session.send_message(SessionMsg::Inbound(inbound)).is_err() {
-            return;
+            return None;
         }
     }
 }
@@ -214,12 +214,18 @@ async fn write_loop<S>(
         tokio::select! {
             biased;
             changed = close_rx.changed() => {
+                // A close was asked for, or the session ended (its sender is gone).
                 let reason = close_rx.borrow().clone();
-                if changed.is_ok() {
-                    if let Some(reason) = reason {
+                match (changed, reason) {
+                    (_, Some(reason)) => {
                         let _ = sink.send(close(reason.code, &reason.reason)).await;
                         return;
                     }
+                    (Err(_), None) => {
+                        let _ = sink.send(close(1011, "session ended")).await;
+                        return;
+                    }
+                    (Ok(()), None) => {}
                 }
             }
             frame = outbound.recv() => match frame {

@@ -1,0 +1,352 @@
+//! Black-box test harness: starts the real `agentcom` binary on a free loopback port with
+//! a temporary data directory and short timers, and talks to it over HTTP and websockets.
+//! Every hub started here is killed when its handle is dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The admin token every test hub is started with.
+pub const ADMIN: &str = "adadadadadadadadadadadadadadadadadadadadadadadadadadadadadadadad";
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_agentcom"))
+}
+
+/// A running hub process.
+pub struct TestHub {
+    pub addr: String,
+    child: Option<Child>,
+    data: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl TestHub {
+    /// Start a hub with test hooks on and short timers.
+    pub async fn start() -> TestHub {
+        TestHub::start_with(&[]).await
+    }
+
+    /// Start a hub with extra `serve` flags.
+    pub async fn start_with(extra: &[&str]) -> TestHub {
+        let data = tempfile::tempdir().expect("temp dir");
+        let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(data.path(), &extra_args).await;
+        TestHub {
+            addr,
+            child: Some(child),
+            data,
+            extra_args,
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("hub running")
+    }
+
+    /// `kill -9` the hub and wait until it is gone.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("kill");
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("hub running");
+        let pid = child.id().expect("pid") as i32;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("hub exits after SIGTERM")
+            .expect("exit status")
+    }
+
+    /// Start the hub again on the same data directory (a new port).
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        let (child, addr) = spawn(self.data.path(), &self.extra_args).await;
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// One HTTP request on a fresh connection.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Reply {
+        request(&self.addr, method, path, token, body).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.request("GET", path, token, None).await
+    }
+
+    pub async fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Reply {
+        self.request(
+            method,
+            path,
+            token,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+    }
+
+    /// Mint a token through the admin API.
+    pub async fn token(&self, agent_id: &str, role: &str) -> String {
+        let r = self
+            .send_json(
+                "POST",
+                "/admin/tokens",
+                Some(ADMIN),
+                serde_json::json!({"agent_id": agent_id, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.json["token"].as_str().expect("token").to_string()
+    }
+
+    /// Open a websocket on `path`, with a Bearer token if given.
+    pub async fn ws(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("ws://{}{}", self.addr, path).into_client_request()?;
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("header"),
+            );
+        }
+        let stream = TcpStream::connect(&self.addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(req, stream).await?;
+        Ok(Ws { inner: ws })
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+async fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
+    let mut cmd = Command::new(binary());
+    cmd.arg("serve")
+        .arg("--bind")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--admin-token")
+        .arg(ADMIN)
+        .arg("--test-hooks")
+        .args(extra)
+        .env("AGENTCOM_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("start agentcom");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix("AgentCom listening on http://") {
+                return rest.trim().to_string();
+            }
+        }
+        panic!("agentcom exited before listening");
+    })
+    .await
+    .expect("agentcom starts within 30 s");
+    // Keep draining stdout so the hub never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    /// The body parsed as JSON (Null when it is not JSON).
+    pub json: Value,
+}
+
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr);
+    if let Some(t) = token {
+        builder = builder.header("authorization", format!("Bearer {t}"));
+    }
+    let bytes = match body {
+        Some((content_type, bytes)) => {
+            builder = builder.header("content-type", content_type);
+            bytes
+        }
+        None => Vec::new(),
+    };
+    let req = builder
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("request");
+    let res = sender.send_request(req).await.expect("response");
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let content_type = headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Reply {
+        status,
+        content_type,
+        headers,
+        body,
+        json,
+    }
+}
+
+/// A websocket client.
+pub struct Ws {
+    pub inner: WebSocketStream<TcpStream>,
+}
+
+/// What the server sent next.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl Ws {
+    pub async fn send_json(&mut self, v: Value) {
+        self.inner
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, s: &str) {
+        self.inner
+            .send(Message::Text(s.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_binary(&mut self, b: Vec<u8>) {
+        self.inner
+            .send(Message::Binary(b.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON frame or close, within `within`.
+    pub async fn next(&mut self, within: Duration) -> Frame {
+        loop {
+            let msg = tokio::time::timeout(within, self.inner.next())
+                .await
+                .expect("a frame arrives in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Frame::Json(serde_json::from_str(t.as_str()).expect("json frame"))
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Frame::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Frame::Closed(None),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next(Duration::from_secs(10)).await {
+            Frame::Json(v) => v,
+            other => panic!("expected a JSON frame, got {other:?}"),
+        }
+    }
+
+    /// Wait for the close frame and return its code.
+    pub async fn closed(&mut self, within: Duration) -> Option<u16> {
+        loop {
+            match self.next(within).await {
+                Frame::Closed(code) => return code,
+                Frame::Json(_) => continue,
+            }
+        }
+    }
+}
+
+/// Poll `check` until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
