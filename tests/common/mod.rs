@@ -64,6 +64,13 @@ impl TestHub {
             .expect("hub running")
     }
 
+    /// Send SIGKILL now, without waiting (for killing straight after an acknowledgement).
+    pub fn kill9_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            child.start_kill().expect("kill");
+        }
+    }
+
     /// `kill -9` the hub and wait until it is gone.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -180,13 +187,15 @@ async fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
         .arg(data)
         .arg("--admin-token")
         .arg(ADMIN)
-        .arg("--test-hooks")
         .args(extra)
         .env("AGENTCOM_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    if !extra.iter().any(|a| a == "--test-hooks") {
+        cmd.arg("--test-hooks");
+    }
     let mut child = cmd.spawn().expect("start agentcom");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
@@ -223,10 +232,23 @@ pub async fn request(
     token: Option<&str>,
     body: Option<(&str, Vec<u8>)>,
 ) -> Reply {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+    try_request(addr, method, path, token, body)
+        .await
+        .expect("request completes")
+}
+
+/// As [`request`], but a connection failure (say, the hub was killed) is an `Err`.
+pub async fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, Vec<u8>)>,
+) -> Result<Reply, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .expect("handshake");
+        .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let mut builder = hyper::Request::builder()
         .method(method)
@@ -245,21 +267,26 @@ pub async fn request(
     let req = builder
         .body(Full::new(Bytes::from(bytes)))
         .expect("request");
-    let res = sender.send_request(req).await.expect("response");
+    let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let content_type = headers
         .get("content-type")
         .map(|v| v.to_str().unwrap_or("").to_string());
-    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    Reply {
+    Ok(Reply {
         status,
         content_type,
         headers,
         body,
         json,
-    }
+    })
 }
 
 /// A websocket client.
