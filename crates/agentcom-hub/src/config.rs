@@ -43,6 +43,11 @@ impl Actor for ConfigActor {
         _myself: ActorRef<Self::Msg>,
         args: ConfigArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Writes sent by an earlier instance may still sit in the store's queue: wait until
+        // they are applied, so that this instance loads them.
+        args.store
+            .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
+            .await?;
         let mut values = HashMap::new();
         for key in ConfigKey::ALL {
             if let Some(bytes) = args

@@ -349,6 +349,17 @@ impl Hub {
             .sessions
             .call(|r| SessionsMsg::CloseAll(reason, r), Duration::from_secs(5))
             .await;
+        // Sessions stop themselves once their close frame is queued; wait for them (briefly)
+        // so that stopping the actors below cannot cut a close frame off.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            match self.session_counts().await {
+                Ok(c) if c.agent + c.dashboard > 0 => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
         let _ = self
             .supervisor
             .call(SupervisorMsg::StopAll, Some(Duration::from_secs(30)))

@@ -22,6 +22,8 @@ pub type WriteResult = Result<(), StoreError>;
 pub enum StoreMsg {
     /// Apply a batch atomically and answer once it is durable.
     Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
+    /// Answer once every write sent before this message is applied (visible to readers).
+    Barrier(RpcReplyPort<()>),
 }
 
 /// How acknowledgements are made durable.
@@ -71,7 +73,13 @@ impl Actor for StoreActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let StoreMsg::Write(batch, reply) = msg;
+        let (batch, reply) = match msg {
+            StoreMsg::Write(batch, reply) => (batch, reply),
+            StoreMsg::Barrier(reply) => {
+                let _ = reply.send(());
+                return Ok(());
+            }
+        };
         if let Err(e) = state.engine.apply(&batch) {
             tracing::error!(actor = "store", error = %e, "write failed");
             let _ = reply.send(Err(e));

@@ -350,11 +350,12 @@ impl SupervisorState {
 }
 
 async fn start_child(myself: &ActorRef<SupervisorMsg>, child: &mut Child) -> Result<(), String> {
+    // A failed start counts as a crash with (almost) no uptime, so it keeps the streak.
+    child.started = Instant::now();
     let cell = (child.spec.start)(myself.get_cell())
         .await
         .map_err(|e| e.to_string())?;
     child.cell = Some(cell);
-    child.started = Instant::now();
     child.record.status = ChildStatus::Running;
     child.record.started_at = now_ms();
     Ok(())
