@@ -99,6 +99,9 @@ impl From<HubError> for ApiError {
             HubError::Supervisor(SupervisorError::StartFailed { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_start_failed")
             }
+            // These carry the reference's literal error strings: no message beside them.
+            HubError::NotFound(code) => return ApiError::new(StatusCode::NOT_FOUND, code),
+            HubError::Conflict(code) => return ApiError::new(StatusCode::CONFLICT, code),
         }
         .with("message", message)
     }
@@ -219,6 +222,42 @@ pub fn caller_or_token_param(
         None => query_param(uri, "token").ok_or_else(ApiError::unauthorized)?,
     };
     hub.authenticate(&token)?.ok_or_else(ApiError::unauthorized)
+}
+
+/// A caller that may message and use mailboxes and channels: an `agent` or `admin`
+/// token (A1); a `viewer` token is 403.
+pub fn messaging_caller(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let who = caller(hub, headers)?;
+    if who.role == agentcom_core::auth::Role::Viewer {
+        return Err(forbidden("a viewer token cannot send or read messages"));
+    }
+    Ok(who)
+}
+
+pub fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden").with("message", message)
+}
+
+/// An integer query parameter, validated: absent → `None`; not an integer in
+/// `min..=max` → 400 `invalid_field` naming it (C4).
+pub fn query_int(uri: &http::Uri, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    match query_param(uri, name) {
+        None => Ok(None),
+        Some(raw) => raw
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_field")
+                    .with("field", name)
+                    .with(
+                        "message",
+                        format!("{name} must be an integer from {min} to {max}"),
+                    )
+            }),
+    }
 }
 
 /// An admin caller, or 401/403.

@@ -5,9 +5,12 @@
 //! requests into typed hub calls and typed results into the reference's shapes.
 
 mod api;
+mod frames;
 mod handlers;
+mod messaging;
 mod routes;
 mod server;
+mod wire;
 mod ws;
 
 use std::time::Duration;
@@ -20,6 +23,10 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
+    /// Let anyone register an agent (`POST /api/onboard/register` without a token).
+    pub open_registration: bool,
+    /// Base URL handed to onboarded agents; from the `Host` header when `None`.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpSettings {
@@ -28,6 +35,8 @@ impl Default for HttpSettings {
             max_body_bytes: 1 << 20,
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
+            open_registration: false,
+            public_url: None,
         }
     }
 }

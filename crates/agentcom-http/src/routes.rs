@@ -5,6 +5,7 @@ use http::Method;
 
 use crate::api::{percent_decode, ApiError, ApiResult, Request};
 use crate::handlers;
+use crate::messaging as m;
 use crate::server::App;
 use crate::ws;
 
@@ -21,6 +22,29 @@ enum Endpoint {
     ActorCrash,
     AgentSocket,
     DashboardSocket,
+    Agents,
+    AgentStates,
+    AgentState,
+    AgentSubscriptions,
+    Message,
+    MailboxEvict,
+    Mailbox,
+    MailboxAck,
+    Messages,
+    Thread,
+    ThreadReplies,
+    ThreadRoot,
+    Channels,
+    Channel,
+    ChannelSubscribe,
+    ChannelUnsubscribe,
+    ChannelPublish,
+    ChannelHistory,
+    Reset,
+    AnalyticsSummary,
+    AnalyticsAgents,
+    AnalyticsHourly,
+    Register,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -38,6 +62,41 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/api/admin/actors/{name}/crash", Endpoint::ActorCrash),
     ("/ws", Endpoint::AgentSocket),
     ("/ws/dashboard", Endpoint::DashboardSocket),
+    ("/api/agents", Endpoint::Agents),
+    ("/api/agents/states", Endpoint::AgentStates),
+    ("/api/agents/{agent_id}/state", Endpoint::AgentState),
+    (
+        "/api/agents/{agent_id}/subscriptions",
+        Endpoint::AgentSubscriptions,
+    ),
+    ("/api/message", Endpoint::Message),
+    ("/api/mailbox/evict", Endpoint::MailboxEvict),
+    ("/api/mailbox/{agent_id}", Endpoint::Mailbox),
+    ("/api/mailbox/{agent_id}/ack", Endpoint::MailboxAck),
+    ("/api/messages", Endpoint::Messages),
+    ("/api/threads/{message_id}", Endpoint::Thread),
+    ("/api/threads/{message_id}/replies", Endpoint::ThreadReplies),
+    ("/api/threads/{message_id}/root", Endpoint::ThreadRoot),
+    ("/api/channels", Endpoint::Channels),
+    ("/api/channels/{channel}", Endpoint::Channel),
+    (
+        "/api/channels/{channel}/subscribe",
+        Endpoint::ChannelSubscribe,
+    ),
+    (
+        "/api/channels/{channel}/unsubscribe",
+        Endpoint::ChannelUnsubscribe,
+    ),
+    ("/api/channels/{channel}/publish", Endpoint::ChannelPublish),
+    ("/api/channels/{channel}/history", Endpoint::ChannelHistory),
+    ("/api/admin/reset", Endpoint::Reset),
+    ("/api/analytics/summary", Endpoint::AnalyticsSummary),
+    ("/api/analytics/agents", Endpoint::AnalyticsAgents),
+    (
+        "/api/analytics/agents/{agent_id}/hourly",
+        Endpoint::AnalyticsHourly,
+    ),
+    ("/api/onboard/register", Endpoint::Register),
 ];
 
 pub struct Router {
@@ -92,6 +151,38 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::ActorCrash, Method::POST) if app.hub.settings().test_hooks => {
             handlers::crash_actor(app, req, param("name")).await
         }
+        (E::Agents, Method::GET) => m::list_agents(app).await,
+        (E::AgentStates, Method::GET) => m::agent_states(app, req).await,
+        (E::AgentState, Method::GET) => m::agent_state(app, req, param("agent_id")).await,
+        (E::AgentSubscriptions, Method::GET) => m::subscriptions(app, param("agent_id")).await,
+        (E::Message, Method::POST) => m::post_message(app, req).await,
+        (E::MailboxEvict, Method::POST) => m::evict(app, req).await,
+        (E::Mailbox, Method::GET) => m::poll_mailbox(app, req, param("agent_id")).await,
+        (E::MailboxAck, Method::POST) => m::ack_mailbox(app, req, param("agent_id")).await,
+        (E::Messages, Method::GET) => m::list_messages(app, req).await,
+        (E::Thread, Method::GET) => m::thread(app, req, param("message_id"), "thread").await,
+        (E::ThreadReplies, Method::GET) => {
+            m::thread(app, req, param("message_id"), "replies").await
+        }
+        (E::ThreadRoot, Method::GET) => m::thread(app, req, param("message_id"), "root").await,
+        (E::Channels, Method::GET) => m::list_channels(app).await,
+        (E::Channels, Method::POST) => m::create_channel(app, req).await,
+        (E::Channel, Method::GET) => m::get_channel(app, param("channel")).await,
+        (E::ChannelSubscribe, Method::POST) => {
+            m::subscription(app, req, param("channel"), true).await
+        }
+        (E::ChannelUnsubscribe, Method::POST) => {
+            m::subscription(app, req, param("channel"), false).await
+        }
+        (E::ChannelPublish, Method::POST) => m::publish(app, req, param("channel")).await,
+        (E::ChannelHistory, Method::GET) => m::channel_history(app, req, param("channel")).await,
+        (E::Reset, Method::POST) => m::reset(app, req).await,
+        (E::AnalyticsSummary, Method::GET) => m::analytics(app, "summary", None).await,
+        (E::AnalyticsAgents, Method::GET) => m::analytics(app, "agents", None).await,
+        (E::AnalyticsHourly, Method::GET) => {
+            m::analytics(app, "hourly", Some(param("agent_id"))).await
+        }
+        (E::Register, Method::POST) => m::register(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

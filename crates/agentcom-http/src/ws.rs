@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use agentcom_hub::events::HubEvent;
+use agentcom_hub::protocol::{DashboardRequest, Outbound};
 use agentcom_hub::sessions::{
-    CloseReason, Inbound, Outbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
+    CloseReason, Inbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
 };
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use http::{header, HeaderValue, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -131,7 +131,6 @@ async fn run_socket<S>(
             outbound: out_tx,
             close: close_tx,
         },
-        subscriptions: hub.subscriptions().clone(),
     };
     let (mut sink, mut source) = stream.split();
     let session = match hub.open_session(args).await {
@@ -143,7 +142,7 @@ async fn run_socket<S>(
         }
     };
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
-    match read_loop(&mut source, &session, idle).await {
+    match read_loop(&mut source, &session, idle, kind).await {
         // The session closes the socket itself, after the frames it already queued.
         Some(reason) => {
             if session.send_message(SessionMsg::Close(reason)).is_err() {
@@ -168,6 +167,7 @@ async fn read_loop<S>(
     source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
     session: &ActorRef<SessionMsg>,
     idle: Duration,
+    kind: SessionKind,
 ) -> Option<CloseReason>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -179,7 +179,7 @@ where
             Ok(Some(frame)) => frame,
         };
         let inbound = match frame {
-            Ok(Message::Text(text)) => parse(text.as_str()),
+            Ok(Message::Text(text)) => parse(text.as_str(), kind),
             Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
             Ok(Message::Close(_)) => return None,
             Ok(_) => continue,
@@ -192,13 +192,11 @@ where
     }
 }
 
-fn parse(text: &str) -> Inbound {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Inbound::Message {
-            kind: map.get("type").and_then(Value::as_str).map(str::to_string),
-        },
-        Ok(_) => Inbound::Message { kind: None },
-        Err(_) => Inbound::Malformed("invalid_json"),
+fn parse(text: &str, kind: SessionKind) -> Inbound {
+    match (serde_json::from_str::<Value>(text), kind) {
+        (Err(_), _) => Inbound::Malformed("invalid_json"),
+        (Ok(v), SessionKind::Agent) => Inbound::Agent(crate::frames::parse_agent(v)),
+        (Ok(_), SessionKind::Dashboard) => Inbound::Dashboard(DashboardRequest::Other),
     }
 }
 
@@ -230,7 +228,7 @@ async fn write_loop<S>(
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(Message::Text(encode(&frame).into())).await.is_err() {
+                    if sink.send(Message::Text(crate::frames::encode(&frame).into())).await.is_err() {
                         return;
                     }
                 }
@@ -243,26 +241,4 @@ async fn write_loop<S>(
             },
         }
     }
-}
-
-/// The wire JSON of an outbound frame.
-fn encode(frame: &Outbound) -> String {
-    match frame {
-        Outbound::Error(code) => json!({"type": "error", "error": code}),
-        Outbound::Event(event) => match event.as_ref() {
-            HubEvent::Actor(e) => json!({
-                "type": "events",
-                "data": [{
-                    "type": e.kind.as_str(),
-                    "actor": e.record.name,
-                    "status": e.record.status.as_str(),
-                    "restarts": e.record.restarts,
-                    "last_error": e.record.last_error,
-                    "last_backoff_ms": e.record.last_backoff_ms,
-                    "timestamp": agentcom_hub::now_ms(),
-                }],
-            }),
-        },
-    }
-    .to_string()
 }

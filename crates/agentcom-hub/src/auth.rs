@@ -16,6 +16,11 @@ pub enum AuthMsg {
         Role,
         RpcReplyPort<Result<(String, TokenRecord), HubError>>,
     ),
+    /// Mint the first token of an agent; `Conflict` if it already has one.
+    Register(
+        String,
+        RpcReplyPort<Result<(String, TokenRecord), HubError>>,
+    ),
     /// Revoke every token of an agent; answers with how many were revoked.
     Revoke(String, RpcReplyPort<Result<usize, HubError>>),
     /// Make this token the bootstrap admin token.
@@ -53,6 +58,23 @@ impl Actor for AuthActor {
                 let token = tokens::mint();
                 let (record, op) = tokens::create(&agent_id, role, &token, false, now_ms());
                 write_then(&state.store, vec![op], reply, move || (token, record)).await;
+            }
+            AuthMsg::Register(agent_id, reply) => {
+                // Serialised here, so two concurrent registrations cannot both mint.
+                match tokens::list(&state.reader) {
+                    Ok(all) if all.iter().any(|(_, r)| r.agent_id == agent_id) => {
+                        let _ = reply.send(Err(HubError::Conflict("agent_id already registered")));
+                    }
+                    Ok(_) => {
+                        let token = tokens::mint();
+                        let (record, op) =
+                            tokens::create(&agent_id, Role::Agent, &token, false, now_ms());
+                        write_then(&state.store, vec![op], reply, move || (token, record)).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
             }
             AuthMsg::Revoke(agent_id, reply) => match tokens::revoke(&state.reader, &agent_id) {
                 Ok(ops) => {

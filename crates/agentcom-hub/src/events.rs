@@ -1,5 +1,10 @@
 //! Domain events carried by the pubsub actor, and the topics they travel on.
 
+use std::sync::Arc;
+
+use agentcom_core::message::Message;
+
+use crate::presence::PresenceEntry;
 use crate::supervisor::ChildRecord;
 
 /// A pubsub topic: the original's five plus `actors` for supervision events.
@@ -33,6 +38,21 @@ impl Topic {
 pub enum HubEvent {
     /// A supervised actor changed state (topic `actors`).
     Actor(ActorEvent),
+    /// An agent identified (topic `presence`).
+    AgentJoined(PresenceEntry),
+    /// An agent's presence ended (topic `presence`).
+    AgentLeft(String),
+    /// An agent changed its status (topic `presence`).
+    StatusChanged(PresenceEntry),
+    /// A broadcast message (topic `messages`).
+    Broadcast(Arc<Message>),
+    /// A message published on a channel (topic `channel:<name>`).
+    ChannelMessage {
+        channel: String,
+        message: Arc<Message>,
+    },
+    /// An agent newly subscribed to a channel (topic `channel:<name>`).
+    ChannelSubscribed { channel: String, agent_id: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

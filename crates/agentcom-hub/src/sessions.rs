@@ -10,8 +10,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{mpsc, watch};
 
+use crate::agent_session::AgentSession;
 use crate::events::{HubEvent, Topic};
-use crate::pubsub::{SubscriptionId, Subscriptions};
+use crate::protocol::{AgentPush, AgentRequest, DashboardRequest, Outbound};
+use crate::pubsub::SubscriptionId;
+use crate::services::Services;
 use crate::Principal;
 
 /// Outbound queue capacity of one connection.
@@ -32,15 +35,6 @@ impl SessionKind {
     }
 }
 
-/// What a session asks its connection to send.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// `{"type":"error","error":code}`.
-    Error(&'static str),
-    /// A pubsub event the session is subscribed to.
-    Event(Arc<HubEvent>),
-}
-
 /// A websocket close frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -59,8 +53,13 @@ impl CloseReason {
 
 /// Close codes used by sessions.
 pub mod close_code {
+    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
+    /// A newer connection identified as the same agent (F5).
+    pub const REPLACED: u16 = 4001;
+    /// The reaper found the connection silent for longer than `presence_ttl` (F4).
+    pub const STALE: u16 = 4002;
 }
 
 /// The connection side of a session, owned by the HTTP layer's socket tasks.
@@ -72,8 +71,8 @@ pub struct SessionIo {
 /// A frame received from the client, already parsed by the HTTP layer.
 #[derive(Debug, Clone)]
 pub enum Inbound {
-    /// A JSON object with this `type` (or none).
-    Message { kind: Option<String> },
+    Agent(AgentRequest),
+    Dashboard(DashboardRequest),
     /// A frame that could not be understood; answered with this error code.
     Malformed(&'static str),
 }
@@ -81,6 +80,10 @@ pub enum Inbound {
 pub enum SessionMsg {
     Inbound(Inbound),
     Deliver(Arc<HubEvent>),
+    /// A push addressed to this connection alone (direct messages).
+    Push(AgentPush),
+    /// Attach to a channel's topic (after a subscription made elsewhere, e.g. over HTTP).
+    Attach(String),
     Close(CloseReason),
 }
 
@@ -88,14 +91,14 @@ pub struct SessionArgs {
     pub kind: SessionKind,
     pub principal: Option<Principal>,
     pub io: SessionIo,
-    pub subscriptions: Arc<Subscriptions>,
 }
 
 pub struct SessionState {
-    kind: SessionKind,
+    pub(crate) kind: SessionKind,
     io: SessionIo,
-    subscriptions: Arc<Subscriptions>,
-    subscribed: Vec<(Topic, SubscriptionId)>,
+    pub(crate) services: Services,
+    subscribed: HashMap<Topic, SubscriptionId>,
+    pub(crate) agent: AgentSession,
 }
 
 /// One websocket connection.
@@ -104,18 +107,19 @@ pub struct Session;
 impl Actor for Session {
     type Msg = SessionMsg;
     type State = SessionState;
-    type Arguments = SessionArgs;
+    type Arguments = (SessionArgs, Services);
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        args: SessionArgs,
+        (args, services): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut state = SessionState {
             kind: args.kind,
             io: args.io,
-            subscriptions: args.subscriptions,
-            subscribed: Vec::new(),
+            services,
+            subscribed: HashMap::new(),
+            agent: AgentSession::default(),
         };
         if args.kind == SessionKind::Dashboard {
             state.subscribe(&myself, Topic::Actors);
@@ -131,16 +135,24 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Inbound(Inbound::Malformed(code)) => {
-                state.push(&myself, Outbound::Error(code))
+                state.push(&myself, Outbound::error(code))
             }
-            SessionMsg::Inbound(Inbound::Message { .. }) => {
-                // Until it identifies, an agent connection answers everything this way
-                // (reference §3.2, check 1). Dashboards send nothing that needs an answer yet.
+            SessionMsg::Inbound(Inbound::Agent(request)) => {
                 if state.kind == SessionKind::Agent {
-                    state.push(&myself, Outbound::Error("not_identified"));
+                    crate::agent_session::handle(&myself, state, request).await;
                 }
             }
-            SessionMsg::Deliver(event) => state.push(&myself, Outbound::Event(event)),
+            SessionMsg::Inbound(Inbound::Dashboard(_)) => {}
+            SessionMsg::Deliver(event) => match state.kind {
+                SessionKind::Dashboard => state.push(&myself, Outbound::Event(event)),
+                SessionKind::Agent => {
+                    if let Some(push) = crate::agent_session::push_for(state, &event) {
+                        state.push(&myself, Outbound::Push(push));
+                    }
+                }
+            },
+            SessionMsg::Push(push) => state.push(&myself, Outbound::Push(push)),
+            SessionMsg::Attach(channel) => state.subscribe(&myself, Topic::Channel(channel)),
             SessionMsg::Close(reason) => {
                 state.io.close.send_replace(Some(reason));
                 myself.stop(Some("closed".into()));
@@ -151,28 +163,43 @@ impl Actor for Session {
 
     async fn post_stop(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for (topic, id) in state.subscribed.drain(..) {
-            state.subscriptions.unsubscribe(&topic, id);
-        }
+        crate::agent_session::leave(&myself, state).await;
+        state.unsubscribe_all();
         Ok(())
     }
 }
 
 impl SessionState {
-    fn subscribe(&mut self, myself: &ActorRef<SessionMsg>, topic: Topic) {
+    /// Subscribe this session to a topic (once: repeated calls change nothing).
+    pub(crate) fn subscribe(&mut self, myself: &ActorRef<SessionMsg>, topic: Topic) {
+        if self.subscribed.contains_key(&topic) {
+            return;
+        }
         let me = myself.clone();
-        let id = self.subscriptions.subscribe(
+        let id = self.services.subscriptions.subscribe(
             topic.clone(),
             Arc::new(move |event| me.send_message(SessionMsg::Deliver(event.clone())).is_ok()),
         );
-        self.subscribed.push((topic, id));
+        self.subscribed.insert(topic, id);
+    }
+
+    pub(crate) fn unsubscribe(&mut self, topic: &Topic) {
+        if let Some(id) = self.subscribed.remove(topic) {
+            self.services.subscriptions.unsubscribe(topic, id);
+        }
+    }
+
+    pub(crate) fn unsubscribe_all(&mut self) {
+        for (topic, id) in self.subscribed.drain() {
+            self.services.subscriptions.unsubscribe(&topic, id);
+        }
     }
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
-    fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
+    pub(crate) fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(frame) {
             tracing::warn!(
                 session = self.kind.as_str(),
@@ -208,20 +235,22 @@ pub enum SessionsMsg {
 pub struct Sessions;
 
 pub struct SessionsState {
+    services: Services,
     open: HashMap<ActorId, (SessionKind, ActorRef<SessionMsg>)>,
 }
 
 impl Actor for Sessions {
     type Msg = SessionsMsg;
     type State = SessionsState;
-    type Arguments = ();
+    type Arguments = Services;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        _: (),
+        _: ActorRef<Self::Msg>,
+        services: Services,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SessionsState {
+            services,
             open: HashMap::new(),
         })
     }
@@ -235,13 +264,18 @@ impl Actor for Sessions {
         match msg {
             SessionsMsg::Open(args, reply) => {
                 let kind = args.kind;
-                let result = Actor::spawn_linked(None, Session, args, myself.get_cell())
-                    .await
-                    .map(|(session, _)| {
-                        state.open.insert(session.get_id(), (kind, session.clone()));
-                        session
-                    })
-                    .map_err(|e| e.to_string());
+                let result = Actor::spawn_linked(
+                    None,
+                    Session,
+                    (args, state.services.clone()),
+                    myself.get_cell(),
+                )
+                .await
+                .map(|(session, _)| {
+                    state.open.insert(session.get_id(), (kind, session.clone()));
+                    session
+                })
+                .map_err(|e| e.to_string());
                 let _ = reply.send(result);
             }
             SessionsMsg::CloseAll(reason, reply) => {
@@ -266,7 +300,7 @@ impl Actor for Sessions {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        _: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -275,8 +309,15 @@ impl Actor for Sessions {
                 state.open.remove(&cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, err) => {
+                // A crashed session skipped its clean-up: drop the presence it held.
                 tracing::error!(error = %err, "session crashed");
                 state.open.remove(&cell.get_id());
+                let msg = crate::presence::PresenceMsg::UnregisterSession(cell.get_id());
+                let _ = state
+                    .services
+                    .presence
+                    .send(msg, crate::service::DEFAULT_WAIT)
+                    .await;
             }
             _ => {}
         }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use crate::service::{Service, DEFAULT_WAIT};
 
 /// How long a write may wait for its acknowledgement.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The answer to a write: `Ok` once it is durable.
 pub type WriteResult = Result<(), StoreError>;

@@ -48,6 +48,16 @@ pub trait Engine: Send + Sync + 'static {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Every record of `table` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError>;
+    /// Up to `limit` records of `table` with `from <= key < to`, in key order.
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
+    /// The record with the greatest key starting with `prefix`.
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError>;
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
     fn stats(&self, table: Table) -> TableStats;
@@ -76,6 +86,35 @@ impl StoreReader {
 
     pub fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
         self.engine.scan_prefix(table, prefix)
+    }
+
+    pub fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.engine.range(table, from, to, limit)
+    }
+
+    pub fn last_with_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Option<Record>, StoreError> {
+        self.engine.last_with_prefix(table, prefix)
+    }
+
+    /// Read and decode one record.
+    pub fn get_record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.get(table, key)?
+            .map(|bytes| crate::decode(table, &bytes))
+            .transpose()
     }
 
     pub fn stats(&self, table: Table) -> TableStats {

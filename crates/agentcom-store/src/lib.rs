@@ -14,6 +14,9 @@ mod table;
 pub use codec::{decode, encode, CODEC_VERSION};
 pub use engine::{Engine, Record, StoreReader, TableStats, WriteOp};
 pub use error::StoreError;
-pub use records::{seq_key, TokenRecord};
+pub use records::{
+    channel_history_key, mailbox_key, meta, owned_seq_key, owner_prefix, seq_key, seq_of_key,
+    ChannelRecord, HistoryEntry, MailboxEntry, TokenRecord,
+};
 pub use sled_engine::SledEngine;
 pub use table::Table;

@@ -178,6 +178,36 @@ impl Engine for SledEngine {
             .collect()
     }
 
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.trees[table.index()]
+            .range(from..to)
+            .take(limit)
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError> {
+        match self.trees[table.index()].scan_prefix(prefix).next_back() {
+            Some(entry) => {
+                let (k, v) = entry?;
+                Ok(Some((k.to_vec(), v.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
@@ -295,6 +325,40 @@ mod tests {
             Err(other) => panic!("expected Locked, got {other}"),
             Ok(_) => panic!("expected Locked, got a second engine"),
         }
+    }
+
+    #[test]
+    fn ranges_and_last_with_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        engine
+            .apply(&[
+                put(Table::MessageHistory, "a1", "x"),
+                put(Table::MessageHistory, "a2", "y"),
+                put(Table::MessageHistory, "a3", "z"),
+                put(Table::MessageHistory, "b1", "w"),
+            ])
+            .unwrap();
+        let rows = engine
+            .range(Table::MessageHistory, b"a2", b"b", 10)
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            engine.range(Table::MessageHistory, b"a1", b"b", 1).unwrap()[0].0,
+            b"a1"
+        );
+        assert_eq!(
+            engine
+                .last_with_prefix(Table::MessageHistory, b"a")
+                .unwrap()
+                .unwrap()
+                .0,
+            b"a3"
+        );
+        assert!(engine
+            .last_with_prefix(Table::MessageHistory, b"c")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -101,6 +101,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     let engine: Arc<dyn Engine> = Arc::new(open_store(&settings.data_dir)?);
     let hub_settings = HubSettings {
         test_hooks: settings.test_hooks,
+        presence_ttl: settings.presence_ttl,
+        reaper_interval: settings.reaper_interval,
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)
@@ -133,6 +135,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         max_body_bytes: settings.max_body_bytes as usize,
         max_ws_message_bytes: settings.max_ws_message_bytes as usize,
         ws_idle_timeout: settings.ws_idle_timeout,
+        open_registration: settings.open_registration,
+        public_url: settings.public_url.clone(),
     };
     agentcom_http::serve(listener, hub.clone(), http, shutdown_signal()).await;
     tracing::info!("shutting down");

@@ -1,0 +1,300 @@
+//! Agent and dashboard websocket frames: JSON text ⇄ the hub's typed protocol.
+
+use agentcom_hub::events::HubEvent;
+use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, Outbound};
+use serde_json::{json, Map, Value};
+
+use crate::wire;
+
+fn invalid(field: &'static str, message: &str) -> AgentRequest {
+    AgentRequest::Invalid {
+        field,
+        message: message.to_string(),
+    }
+}
+
+/// An optional string field: absent or null is `None`; another type is an error.
+fn opt_string(
+    obj: &Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, AgentRequest> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(field, &format!("{field} must be a string"))),
+    }
+}
+
+/// A required string field: absent is `Unknown` (the original's fall-through).
+fn req_string(obj: &Map<String, Value>, field: &'static str) -> Result<String, AgentRequest> {
+    match obj.get(field) {
+        None => Err(AgentRequest::Unknown),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(invalid(field, &format!("{field} must be a string"))),
+    }
+}
+
+fn opt_int(
+    obj: &Map<String, Value>,
+    field: &'static str,
+    min: u64,
+    max: u64,
+    default: u64,
+) -> Result<u64, AgentRequest> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    &format!("{field} must be an integer from {min} to {max}"),
+                )
+            }),
+    }
+}
+
+fn message_type(obj: &Map<String, Value>) -> Result<String, AgentRequest> {
+    Ok(opt_string(obj, "message_type")?.unwrap_or_else(|| "chat".into()))
+}
+
+/// Parse an agent's frame.
+pub fn parse_agent(value: Value) -> AgentRequest {
+    let Value::Object(obj) = value else {
+        return AgentRequest::Unknown;
+    };
+    parse_object(&obj).unwrap_or_else(|e| e)
+}
+
+fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, AgentRequest> {
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
+    Ok(match kind {
+        "identify" => {
+            if !obj.contains_key("agent_id") {
+                return Err(AgentRequest::Unknown);
+            }
+            AgentRequest::Identify {
+                agent_id: req_string(obj, "agent_id")?,
+                token: obj.get("token").and_then(Value::as_str).map(str::to_string),
+                name: opt_string(obj, "name")?,
+                status: opt_string(obj, "status")?,
+                capabilities: obj.get("capabilities").cloned().unwrap_or(Value::Null),
+            }
+        }
+        "message" => AgentRequest::Message {
+            to: opt_string(obj, "to")?,
+            message_type: message_type(obj)?,
+            payload: obj.get("payload").cloned().unwrap_or(Value::Null),
+            reply_to: opt_string(obj, "reply_to")?,
+        },
+        "status" => AgentRequest::Status(req_string(obj, "status")?),
+        "list_agents" => AgentRequest::ListAgents,
+        "channel_subscribe" => AgentRequest::ChannelSubscribe(req_string(obj, "channel")?),
+        "channel_unsubscribe" => AgentRequest::ChannelUnsubscribe(req_string(obj, "channel")?),
+        "channel_publish" => {
+            let channel = req_string(obj, "channel")?;
+            let payload = match obj.get("payload") {
+                None => return Err(AgentRequest::Unknown),
+                Some(p @ Value::Object(_)) => p.clone(),
+                Some(_) => return Err(invalid("payload", "payload must be a JSON object")),
+            };
+            AgentRequest::ChannelPublish {
+                channel,
+                message_type: message_type(obj)?,
+                payload,
+                reply_to: opt_string(obj, "reply_to")?,
+            }
+        }
+        "channel_history" => AgentRequest::ChannelHistory {
+            channel: req_string(obj, "channel")?,
+            limit: opt_int(obj, "limit", 1, 200, 50)? as usize,
+            since: opt_int(obj, "since", 0, u64::MAX, 0)?,
+        },
+        "list_channels" => AgentRequest::ListChannels,
+        "ping" => AgentRequest::Ping,
+        _ => AgentRequest::Unknown,
+    })
+}
+
+/// The JSON text of an outbound frame.
+pub fn encode(frame: &Outbound) -> String {
+    match frame {
+        Outbound::Error {
+            code,
+            field,
+            message,
+        } => {
+            let mut v = json!({"type": "error", "error": code});
+            if let Some(f) = field {
+                v["field"] = (*f).into();
+            }
+            if let Some(m) = message {
+                v["message"] = m.clone().into();
+            }
+            v
+        }
+        Outbound::Reply(reply) => encode_reply(reply),
+        Outbound::Push(push) => encode_push(push),
+        Outbound::Event(event) => encode_event(event),
+    }
+    .to_string()
+}
+
+fn encode_reply(reply: &AgentReply) -> Value {
+    match reply {
+        AgentReply::Identified { agent_id } => json!({"type": "identified", "agent_id": agent_id}),
+        AgentReply::MessageSent { id } => json!({"type": "message_sent", "id": id}),
+        AgentReply::StatusUpdated => json!({"type": "status_updated"}),
+        AgentReply::Agents(list) => {
+            json!({"type": "agents", "agents": list.iter().map(wire::agent_brief).collect::<Vec<_>>()})
+        }
+        AgentReply::ChannelSubscribed { channel, already } => {
+            let mut v = json!({"type": "channel_subscribed", "channel": channel});
+            if *already {
+                v["note"] = "already_subscribed".into();
+            }
+            v
+        }
+        AgentReply::ChannelUnsubscribed { channel } => {
+            json!({"type": "channel_unsubscribed", "channel": channel})
+        }
+        AgentReply::ChannelPublished { channel, seq, id } => {
+            json!({"type": "channel_published", "channel": channel, "seq": seq, "id": id})
+        }
+        AgentReply::ChannelHistory { channel, entries } => json!({
+            "type": "channel_history",
+            "channel": channel,
+            "messages": entries.iter().map(wire::history_entry).collect::<Vec<_>>(),
+        }),
+        AgentReply::Channels(list) => {
+            json!({"type": "channels", "channels": list.iter().map(wire::channel_summary).collect::<Vec<_>>()})
+        }
+        AgentReply::Pong { timestamp } => json!({"type": "pong", "timestamp": timestamp}),
+    }
+}
+
+fn encode_push(push: &AgentPush) -> Value {
+    match push {
+        AgentPush::Message(m) => json!({
+            "type": "message",
+            "id": m.id,
+            "from": m.from,
+            "message_type": m.kind,
+            "payload": m.payload,
+            "reply_to": m.reply_to,
+            "timestamp": m.timestamp,
+        }),
+        AgentPush::ChannelMessage {
+            channel,
+            message: m,
+        } => json!({
+            "type": "channel_message",
+            "channel": channel,
+            "id": m.id,
+            "from": m.from,
+            "message_type": m.kind,
+            "payload": m.payload,
+            "reply_to": m.reply_to,
+            "timestamp": m.timestamp,
+        }),
+        AgentPush::ChannelAgentJoined { channel, agent_id } => {
+            json!({"type": "channel_agent_joined", "channel": channel, "agent_id": agent_id})
+        }
+        AgentPush::AgentJoined(p) => json!({"type": "agent_joined", "agent": wire::agent_brief(p)}),
+        AgentPush::AgentLeft(id) => json!({"type": "agent_left", "agent_id": id}),
+        AgentPush::StatusChanged(p) => {
+            json!({"type": "status_changed", "agent": wire::agent_brief(p)})
+        }
+    }
+}
+
+/// A dashboard event frame.
+fn encode_event(event: &HubEvent) -> Value {
+    let data = match event {
+        HubEvent::Actor(e) => json!({
+            "type": e.kind.as_str(),
+            "actor": e.record.name,
+            "status": e.record.status.as_str(),
+            "restarts": e.record.restarts,
+            "last_error": e.record.last_error,
+            "last_backoff_ms": e.record.last_backoff_ms,
+            "timestamp": agentcom_hub::now_ms(),
+        }),
+        HubEvent::AgentJoined(p) => {
+            json!({"type": "agent_joined", "agent_id": p.agent_id, "name": p.name, "capabilities": p.capabilities})
+        }
+        HubEvent::AgentLeft(id) => json!({"type": "agent_left", "agent_id": id}),
+        HubEvent::StatusChanged(p) => {
+            json!({"type": "status_changed", "agent_id": p.agent_id, "status": p.status})
+        }
+        other => json!({"type": "other", "detail": format!("{other:?}")}),
+    };
+    json!({"type": "events", "data": [data]})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> AgentRequest {
+        parse_agent(v)
+    }
+
+    #[test]
+    fn missing_required_fields_fall_through_and_wrong_types_are_invalid() {
+        assert!(matches!(
+            parse(json!({"type": "identify"})),
+            AgentRequest::Unknown
+        ));
+        assert!(matches!(
+            parse(json!({"type": "status"})),
+            AgentRequest::Unknown
+        ));
+        assert!(matches!(
+            parse(json!({"type": "channel_publish", "channel": "dev"})),
+            AgentRequest::Unknown
+        ));
+        assert!(matches!(parse(json!([1])), AgentRequest::Unknown));
+        assert!(matches!(
+            parse(json!({"type": "channel_subscribe", "channel": 5})),
+            AgentRequest::Invalid {
+                field: "channel",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(json!({"type": "channel_publish", "channel": "dev", "payload": "hi"})),
+            AgentRequest::Invalid {
+                field: "payload",
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(json!({"type": "channel_history", "channel": "dev", "limit": "abc"})),
+            AgentRequest::Invalid { field: "limit", .. }
+        ));
+        assert!(matches!(
+            parse(json!({"type": "channel_history", "channel": "dev", "limit": 0})),
+            AgentRequest::Invalid { field: "limit", .. }
+        ));
+    }
+
+    #[test]
+    fn defaults_follow_the_original() {
+        match parse(json!({"type": "message", "payload": {"x": 1}})) {
+            AgentRequest::Message {
+                to, message_type, ..
+            } => {
+                assert_eq!((to, message_type.as_str()), (None, "chat"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(json!({"type": "channel_history", "channel": "dev"})) {
+            AgentRequest::ChannelHistory { limit, since, .. } => {
+                assert_eq!((limit, since), (50, 0))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! [`Hub`]: starting the supervision tree, and the operator's view of it.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_core::Millis;
+use agentcom_store::{Engine, StoreReader};
+use ractor::{Actor, ActorRef};
+
+use crate::analytics::{Analytics, AnalyticsMsg, AnalyticsTable};
+use crate::auth::{AuthActor, AuthArgs, AuthMsg};
+use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
+use crate::config::{ConfigActor, ConfigArgs, ConfigMsg};
+use crate::history::{HistoryArgs, HistoryMsg, MessageHistory};
+use crate::mailbox::{Mailbox, MailboxArgs, MailboxMsg};
+use crate::presence::{Presence, PresenceArgs, PresenceMsg, PresenceTable};
+use crate::pubsub::{PubSub, PubSubMsg, Publisher, Subscriptions};
+use crate::reaper::{Reaper, ReaperArgs, ReaperMsg};
+use crate::service::{ServiceError, Slot};
+use crate::services::Services;
+use crate::sessions::{
+    self, CloseReason, SessionArgs, SessionCounts, SessionMsg, Sessions, SessionsMsg,
+};
+use crate::store::{StoreActor, StoreArgs, StoreMsg};
+use crate::supervisor::{
+    ChildRecord, ChildSpec, Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg,
+};
+use crate::threads::{Threads, ThreadsArgs, ThreadsMsg};
+use crate::{now_ms, HubError, HubSettings, CALL_TIMEOUT};
+
+/// A running hub: the supervision tree and handles to its services.
+#[derive(Clone)]
+pub struct Hub {
+    supervisor: ActorRef<SupervisorMsg>,
+    engine: Arc<dyn Engine>,
+    services: Services,
+    started_at: Millis,
+}
+
+impl Deref for Hub {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+fn slot<M: ractor::Message>() -> Arc<Slot<M>> {
+    Arc::new(Slot::new())
+}
+
+impl Hub {
+    /// Start every actor over an opened engine, in dependency order.
+    pub async fn start(engine: Arc<dyn Engine>, settings: HubSettings) -> Result<Hub, HubError> {
+        let reader = StoreReader::new(engine.clone());
+        let (store_s, pubsub_s, config_s, auth_s) = (
+            slot::<StoreMsg>(),
+            slot::<PubSubMsg>(),
+            slot::<ConfigMsg>(),
+            slot::<AuthMsg>(),
+        );
+        let (presence_s, mailbox_s, channels_s) = (
+            slot::<PresenceMsg>(),
+            slot::<MailboxMsg>(),
+            slot::<ChannelsMsg>(),
+        );
+        let (history_s, threads_s, analytics_s) = (
+            slot::<HistoryMsg>(),
+            slot::<ThreadsMsg>(),
+            slot::<AnalyticsMsg>(),
+        );
+        let (reaper_s, sessions_s) = (slot::<ReaperMsg>(), slot::<SessionsMsg>());
+        let services = Services {
+            settings: settings.clone(),
+            reader: reader.clone(),
+            publisher: Publisher::new(pubsub_s.service("pubsub")),
+            subscriptions: Arc::new(Subscriptions::default()),
+            presence_table: Arc::new(PresenceTable::default()),
+            analytics_table: Arc::new(AnalyticsTable::default()),
+            store: store_s.service("store"),
+            config: config_s.service("config"),
+            auth: auth_s.service("auth"),
+            presence: presence_s.service("presence"),
+            mailbox: mailbox_s.service("mailbox"),
+            channels: channels_s.service("channels"),
+            history: history_s.service("message_history"),
+            threads: threads_s.service("threads"),
+            analytics: analytics_s.service("analytics"),
+            sessions: sessions_s.service("sessions"),
+        };
+
+        let s = services.clone();
+        let (e, durability) = (engine.clone(), settings.durability);
+        let mut config = ChildSpec::new("config", "service", config_s, {
+            let s = s.clone();
+            move || {
+                (
+                    ConfigActor,
+                    ConfigArgs {
+                        reader: s.reader.clone(),
+                        store: s.store.clone(),
+                    },
+                )
+            }
+        });
+        if settings.test_hooks {
+            config = config.with_crash_hook(|| ConfigMsg::Crash);
+        }
+        let children = vec![
+            ChildSpec::new("store", "service", store_s, move || {
+                (
+                    StoreActor,
+                    StoreArgs {
+                        engine: e.clone(),
+                        durability,
+                    },
+                )
+            }),
+            ChildSpec::new("pubsub", "service", pubsub_s, {
+                let subs = s.subscriptions.clone();
+                move || (PubSub, subs.clone())
+            }),
+            config,
+            ChildSpec::new("auth", "service", auth_s, {
+                let s = s.clone();
+                move || {
+                    (
+                        AuthActor,
+                        AuthArgs {
+                            reader: s.reader.clone(),
+                            store: s.store.clone(),
+                        },
+                    )
+                }
+            }),
+            ChildSpec::new("presence", "service", presence_s, {
+                let s = s.clone();
+                move || {
+                    (
+                        Presence,
+                        PresenceArgs {
+                            table: s.presence_table.clone(),
+                            publisher: s.publisher.clone(),
+                        },
+                    )
+                }
+            }),
+            ChildSpec::new("analytics", "service", analytics_s, {
+                let table = s.analytics_table.clone();
+                move || (Analytics, table.clone())
+            }),
+            ChildSpec::new("message_history", "service", history_s, {
+                let s = s.clone();
+                move || {
+                    (
+                        MessageHistory,
+                        HistoryArgs {
+                            reader: s.reader.clone(),
+                            store: s.store.clone(),
+                        },
+                    )
+                }
+            }),
+            ChildSpec::new("threads", "service", threads_s, {
+                let s = s.clone();
+                move || {
+                    (
+                        Threads,
+                        ThreadsArgs {
+                            reader: s.reader.clone(),
+                            store: s.store.clone(),
+                        },
+                    )
+                }
+            }),
+            ChildSpec::new("mailbox", "service", mailbox_s, {
+                let s = s.clone();
+                move || {
+                    (
+                        Mailbox,
+                        MailboxArgs {
+                            reader: s.reader.clone(),
+                            store: s.store.clone(),
+                            config: s.config.clone(),
+                        },
+                    )
+                }
+            }),
+            ChildSpec::new("channels", "service", channels_s, {
+                let s = s.clone();
+                move || {
+                    let args = ChannelsArgs {
+                        reader: s.reader.clone(),
+                        store: s.store.clone(),
+                        mailbox: s.mailbox.clone(),
+                        presence: s.presence_table.clone(),
+                        publisher: s.publisher.clone(),
+                    };
+                    (Channels, args)
+                }
+            }),
+            ChildSpec::new("reaper", "service", reaper_s, {
+                let s = s.clone();
+                move || {
+                    let args = ReaperArgs {
+                        presence: s.presence_table.clone(),
+                        interval: s.settings.reaper_interval,
+                        ttl: s.settings.presence_ttl,
+                    };
+                    (Reaper, args)
+                }
+            }),
+            ChildSpec::new("sessions", "supervisor", sessions_s, {
+                let s = s.clone();
+                move || (Sessions, s.clone())
+            })
+            .permanent(),
+        ];
+
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                children,
+                policy: settings.restart_policy,
+                publisher: services.publisher.clone(),
+            },
+        )
+        .await
+        .map_err(|e| SupervisorError::StartFailed {
+            name: "supervisor".into(),
+            reason: e.to_string(),
+        })?;
+
+        Ok(Hub {
+            supervisor,
+            engine,
+            services,
+            started_at: now_ms(),
+        })
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.services.settings
+    }
+
+    pub fn started_at(&self) -> Millis {
+        self.started_at
+    }
+
+    async fn ask_supervisor<R: Send + 'static>(
+        &self,
+        make: impl FnOnce(ractor::RpcReplyPort<R>) -> SupervisorMsg,
+    ) -> Result<R, HubError> {
+        Ok(self
+            .supervisor
+            .call(make, Some(CALL_TIMEOUT))
+            .await
+            .map_err(|_| ServiceError::Unavailable("supervisor"))?
+            .success_or(ServiceError::Timeout("supervisor"))?)
+    }
+
+    /// The supervision tree, one record per supervised actor.
+    pub async fn actors(&self) -> Result<Vec<ChildRecord>, HubError> {
+        self.ask_supervisor(SupervisorMsg::List).await
+    }
+
+    /// Restart one actor by name; returns once the new instance runs.
+    pub async fn restart_actor(&self, name: &str) -> Result<ChildRecord, HubError> {
+        let name = name.to_string();
+        Ok(self
+            .ask_supervisor(|r| SupervisorMsg::Restart(name, r))
+            .await??)
+    }
+
+    /// Restart every restartable actor, in start (dependency) order (route 30, F25).
+    pub async fn reset(&self) -> Result<Vec<&'static str>, HubError> {
+        let mut restarted = Vec::new();
+        for record in self.actors().await? {
+            if record.restartable {
+                self.restart_actor(record.name).await?;
+                restarted.push(record.name);
+            }
+        }
+        Ok(restarted)
+    }
+
+    /// Test hook: make the named actor crash. Refused unless `test_hooks` is set.
+    pub async fn crash_actor(&self, name: &str) -> Result<(), HubError> {
+        if !self.settings().test_hooks {
+            return Err(SupervisorError::NoCrashHook(name.to_string()).into());
+        }
+        let name = name.to_string();
+        Ok(self
+            .ask_supervisor(|r| SupervisorMsg::Crash(name, r))
+            .await??)
+    }
+
+    /// Open a websocket session actor.
+    pub async fn open_session(&self, args: SessionArgs) -> Result<ActorRef<SessionMsg>, HubError> {
+        let reply = self
+            .sessions
+            .call(|r| SessionsMsg::Open(args, r), CALL_TIMEOUT)
+            .await?;
+        reply.map_err(|reason| {
+            HubError::Supervisor(SupervisorError::StartFailed {
+                name: "session".into(),
+                reason,
+            })
+        })
+    }
+
+    pub async fn session_counts(&self) -> Result<SessionCounts, HubError> {
+        Ok(self.sessions.call(SessionsMsg::Count, CALL_TIMEOUT).await?)
+    }
+
+    /// Close every websocket (1001), stop every actor after it finishes its queued
+    /// messages, and flush the store.
+    pub async fn shutdown(&self) {
+        let reason = CloseReason::new(sessions::close_code::GOING_AWAY, "hub shutting down");
+        let _ = self
+            .sessions
+            .call(|r| SessionsMsg::CloseAll(reason, r), Duration::from_secs(5))
+            .await;
+        // Sessions stop themselves once their close frame is queued; wait for them (briefly)
+        // so that stopping the actors below cannot cut a close frame off.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < deadline {
+            match self.session_counts().await {
+                Ok(c) if c.agent + c.dashboard > 0 => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                _ => break,
+            }
+        }
+        let _ = self
+            .supervisor
+            .call(SupervisorMsg::StopAll, Some(Duration::from_secs(30)))
+            .await;
+        self.supervisor.stop(None);
+        if let Err(e) = self.engine.flush() {
+            tracing::error!(error = %e, "final flush failed");
+        }
+    }
+}

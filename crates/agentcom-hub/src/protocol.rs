@@ -1,0 +1,134 @@
+//! The agent websocket protocol as typed values (reference §3). The HTTP layer turns frames
+//! into [`AgentRequest`]s and [`Outbound`] values into frames; nothing here is JSON text.
+
+use std::sync::Arc;
+
+use agentcom_core::message::Message;
+use agentcom_store::{ChannelRecord, HistoryEntry};
+use serde_json::Value;
+
+use crate::events::HubEvent;
+use crate::presence::PresenceEntry;
+
+/// One understood frame from an agent.
+#[derive(Debug, Clone)]
+pub enum AgentRequest {
+    Identify {
+        agent_id: String,
+        token: Option<String>,
+        name: Option<String>,
+        status: Option<String>,
+        capabilities: Value,
+    },
+    Message {
+        to: Option<String>,
+        message_type: String,
+        payload: Value,
+        reply_to: Option<String>,
+    },
+    Status(String),
+    ListAgents,
+    ChannelSubscribe(String),
+    ChannelUnsubscribe(String),
+    ChannelPublish {
+        channel: String,
+        message_type: String,
+        payload: Value,
+        reply_to: Option<String>,
+    },
+    ChannelHistory {
+        channel: String,
+        limit: usize,
+        since: u64,
+    },
+    ListChannels,
+    Ping,
+    /// A field has the wrong type (answered with `invalid_field`).
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// An unknown type, or a known one missing a required field.
+    Unknown,
+}
+
+/// A frame from a dashboard.
+#[derive(Debug, Clone)]
+pub enum DashboardRequest {
+    Other,
+}
+
+/// Direct answers to an agent's requests.
+#[derive(Debug, Clone)]
+pub enum AgentReply {
+    Identified {
+        agent_id: String,
+    },
+    MessageSent {
+        id: String,
+    },
+    StatusUpdated,
+    Agents(Vec<PresenceEntry>),
+    ChannelSubscribed {
+        channel: String,
+        already: bool,
+    },
+    ChannelUnsubscribed {
+        channel: String,
+    },
+    ChannelPublished {
+        channel: String,
+        seq: u64,
+        id: String,
+    },
+    ChannelHistory {
+        channel: String,
+        entries: Vec<HistoryEntry>,
+    },
+    Channels(Vec<ChannelRecord>),
+    Pong {
+        timestamp: u64,
+    },
+}
+
+/// Unsolicited pushes to an agent.
+#[derive(Debug, Clone)]
+pub enum AgentPush {
+    Message(Arc<Message>),
+    ChannelMessage {
+        channel: String,
+        message: Arc<Message>,
+    },
+    ChannelAgentJoined {
+        channel: String,
+        agent_id: String,
+    },
+    AgentJoined(PresenceEntry),
+    AgentLeft(String),
+    StatusChanged(PresenceEntry),
+}
+
+/// What a session asks its connection to send.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// `{"type":"error","error":code}`, with the offending field if any.
+    Error {
+        code: &'static str,
+        field: Option<&'static str>,
+        message: Option<String>,
+    },
+    Reply(AgentReply),
+    Push(AgentPush),
+    /// A pubsub event for a dashboard.
+    Event(Arc<HubEvent>),
+}
+
+impl Outbound {
+    pub fn error(code: &'static str) -> Self {
+        Outbound::Error {
+            code,
+            field: None,
+            message: None,
+        }
+    }
+}

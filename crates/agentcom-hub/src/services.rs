@@ -1,0 +1,303 @@
+//! [`Services`]: handles to every actor and shared table, and the domain operations built
+//! on them (routing, channels, onboarding helpers). Cloned into every session.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use agentcom_core::auth::Role;
+use agentcom_core::config::{ConfigKey, ConfigValue};
+use agentcom_core::message::{is_broadcast_target, Message, DEFAULT_KIND};
+use agentcom_store::{StoreReader, TokenRecord};
+use serde_json::Value;
+
+use crate::analytics::{AnalyticsMsg, AnalyticsTable};
+use crate::auth::AuthMsg;
+use crate::channels::{ChannelsMsg, Subscription};
+use crate::config::ConfigMsg;
+use crate::events::{HubEvent, Topic};
+use crate::history::HistoryMsg;
+use crate::mailbox::MailboxMsg;
+use crate::presence::{PresenceMsg, PresenceTable};
+use crate::protocol::AgentPush;
+use crate::pubsub::{Publisher, Subscriptions};
+use crate::service::{Service, DEFAULT_WAIT};
+use crate::sessions::{SessionMsg, SessionsMsg};
+use crate::store::StoreMsg;
+use crate::threads::ThreadsMsg;
+use crate::{now_ms, tokens, HubError, HubSettings, Principal, CALL_TIMEOUT};
+
+#[derive(Clone)]
+pub struct Services {
+    pub settings: HubSettings,
+    pub reader: StoreReader,
+    pub publisher: Publisher,
+    pub subscriptions: Arc<Subscriptions>,
+    pub presence_table: Arc<PresenceTable>,
+    pub analytics_table: Arc<AnalyticsTable>,
+    pub store: Service<StoreMsg>,
+    pub config: Service<ConfigMsg>,
+    pub auth: Service<AuthMsg>,
+    pub presence: Service<PresenceMsg>,
+    pub mailbox: Service<MailboxMsg>,
+    pub channels: Service<ChannelsMsg>,
+    pub history: Service<HistoryMsg>,
+    pub threads: Service<ThreadsMsg>,
+    pub analytics: Service<AnalyticsMsg>,
+    pub sessions: Service<SessionsMsg>,
+}
+
+/// A fresh message id: 16 lowercase hex characters.
+pub fn message_id() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    hex::encode(bytes)
+}
+
+impl Services {
+    /// The owner of `token`, if it is a live token.
+    pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
+        Ok(tokens::lookup(&self.reader, token)?.map(|r| Principal {
+            agent_id: r.agent_id,
+            role: r.role,
+        }))
+    }
+
+    pub fn new_message(
+        &self,
+        from: &str,
+        to: Option<String>,
+        kind: String,
+        payload: Value,
+        reply_to: Option<String>,
+    ) -> Message {
+        Message {
+            id: message_id(),
+            from: from.to_string(),
+            to: to.filter(|t| !is_broadcast_target(Some(t))),
+            kind: if kind.is_empty() {
+                DEFAULT_KIND.to_string()
+            } else {
+                kind
+            },
+            payload: if payload.is_null() {
+                Value::Object(Default::default())
+            } else {
+                payload
+            },
+            reply_to,
+            timestamp: now_ms(),
+        }
+    }
+
+    /// Agent ids that hold a token of role `agent`: the agents a broadcast is meant for.
+    fn known_agents(&self) -> Result<BTreeSet<String>, HubError> {
+        Ok(tokens::list(&self.reader)?
+            .into_iter()
+            .filter(|(_, r): &(Vec<u8>, TokenRecord)| r.role == Role::Agent)
+            .map(|(_, r)| r.agent_id)
+            .collect())
+    }
+
+    /// Route a direct or broadcast message (reference §6.2): stored in history (durable
+    /// when this returns), indexed into threads and counted in analytics (F7), pushed to
+    /// online recipients and kept in the mailbox of offline ones (one copy per agent).
+    pub async fn route(&self, message: Message) -> Result<(), HubError> {
+        let m = message.clone();
+        self.history
+            .call(|r| HistoryMsg::Store(m, r), CALL_TIMEOUT)
+            .await??;
+        self.index(&message).await;
+        let (mailbox, recipients) = if message.is_broadcast() {
+            let offline: Vec<String> = self
+                .known_agents()?
+                .into_iter()
+                .filter(|a| *a != message.from && !self.presence_table.is_online(a))
+                .collect();
+            self.publisher.publish(
+                Topic::Messages,
+                HubEvent::Broadcast(Arc::new(message.clone())),
+            );
+            (offline, Vec::new())
+        } else {
+            let to = message.to.clone().unwrap_or_default();
+            let pushed = self.presence_table.session_of(&to).is_some_and(|s| {
+                s.send_message(SessionMsg::Push(AgentPush::Message(Arc::new(
+                    message.clone(),
+                ))))
+                .is_ok()
+            });
+            (if pushed { Vec::new() } else { vec![to.clone()] }, vec![to])
+        };
+        self.count(&message.from, recipients).await;
+        if !mailbox.is_empty() {
+            self.mailbox
+                .call(|r| MailboxMsg::Enqueue(mailbox, message, r), CALL_TIMEOUT)
+                .await??;
+        }
+        Ok(())
+    }
+
+    async fn index(&self, message: &Message) {
+        if let Err(e) = self
+            .threads
+            .send(ThreadsMsg::Index(message.clone()), DEFAULT_WAIT)
+            .await
+        {
+            tracing::error!(error = %e, "message not indexed into threads");
+        }
+    }
+
+    async fn count(&self, from: &str, recipients: Vec<String>) {
+        let msg = AnalyticsMsg::Message {
+            from: from.to_string(),
+            recipients,
+        };
+        if let Err(e) = self.analytics.send(msg, DEFAULT_WAIT).await {
+            tracing::warn!(error = %e, "message not counted in analytics");
+        }
+    }
+
+    pub async fn analytics_connected(&self, agent_id: &str) {
+        let _ = self
+            .analytics
+            .send(AnalyticsMsg::Connected(agent_id.to_string()), DEFAULT_WAIT)
+            .await;
+    }
+
+    pub async fn analytics_disconnected(&self, agent_id: &str) {
+        let _ = self
+            .analytics
+            .send(
+                AnalyticsMsg::Disconnected(agent_id.to_string()),
+                DEFAULT_WAIT,
+            )
+            .await;
+    }
+
+    /// Create a channel (`name` already normalised).
+    pub async fn create_channel(
+        &self,
+        name: &str,
+        description: String,
+        created_by: &str,
+    ) -> Result<(), HubError> {
+        let (name, by) = (name.to_string(), created_by.to_string());
+        self.channels
+            .call(
+                |r| ChannelsMsg::Create(name, description, by, r),
+                CALL_TIMEOUT,
+            )
+            .await?
+    }
+
+    /// Subscribe an agent; its live connection, if any, is attached to the channel (F15).
+    pub async fn subscribe(&self, name: &str, agent_id: &str) -> Result<Subscription, HubError> {
+        let (n, a) = (name.to_string(), agent_id.to_string());
+        let sub = self
+            .channels
+            .call(|r| ChannelsMsg::Subscribe(n, a, r), CALL_TIMEOUT)
+            .await??;
+        if let Some(session) = self.presence_table.session_of(agent_id) {
+            let _ = session.send_message(SessionMsg::Attach(name.to_string()));
+        }
+        Ok(sub)
+    }
+
+    pub async fn unsubscribe(&self, name: &str, agent_id: &str) -> Result<(), HubError> {
+        let (n, a) = (name.to_string(), agent_id.to_string());
+        self.channels
+            .call(|r| ChannelsMsg::Unsubscribe(n, a, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Publish on a channel; counted and indexed like every routed message.
+    pub async fn publish(&self, name: &str, message: Message) -> Result<u64, HubError> {
+        let (n, m) = (name.to_string(), message.clone());
+        let seq = self
+            .channels
+            .call(|r| ChannelsMsg::Publish(n, m, r), CALL_TIMEOUT)
+            .await??;
+        self.index(&message).await;
+        self.count(&message.from, Vec::new()).await;
+        Ok(seq)
+    }
+
+    pub async fn mailbox_ack(&self, agent_id: &str, seq: u64) -> Result<(), HubError> {
+        let a = agent_id.to_string();
+        self.mailbox
+            .call(|r| MailboxMsg::Ack(a, seq, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Evict expired mailbox entries now (in the background, as the original did).
+    pub async fn mailbox_evict(&self) -> Result<(), HubError> {
+        Ok(self
+            .mailbox
+            .send(MailboxMsg::Evict(None), DEFAULT_WAIT)
+            .await?)
+    }
+
+    pub async fn config_get(&self, key: ConfigKey) -> Result<Option<ConfigValue>, HubError> {
+        Ok(self
+            .config
+            .call(|r| ConfigMsg::Get(key, r), CALL_TIMEOUT)
+            .await?)
+    }
+
+    /// Write a config value; returns once it is durable.
+    pub async fn config_put(&self, key: ConfigKey, value: ConfigValue) -> Result<(), HubError> {
+        self.config
+            .call(|r| ConfigMsg::Put(key, value, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Mint a token; returns the raw token (shown once) once it is durable.
+    pub async fn token_create(
+        &self,
+        agent_id: &str,
+        role: Role,
+    ) -> Result<(String, TokenRecord), HubError> {
+        let agent_id = agent_id.to_string();
+        self.auth
+            .call(|r| AuthMsg::Create(agent_id, role, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Register an agent: mint its first token, unless it already has one (S1).
+    pub async fn register_agent(&self, agent_id: &str) -> Result<(String, TokenRecord), HubError> {
+        let agent_id = agent_id.to_string();
+        self.auth
+            .call(|r| AuthMsg::Register(agent_id, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    pub async fn token_revoke(&self, agent_id: &str) -> Result<usize, HubError> {
+        let agent_id = agent_id.to_string();
+        self.auth
+            .call(|r| AuthMsg::Revoke(agent_id, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    pub async fn token_bootstrap(&self, token: &str) -> Result<(), HubError> {
+        let token = token.to_string();
+        self.auth
+            .call(|r| AuthMsg::Bootstrap(token, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    pub fn token_list(&self) -> Result<Vec<TokenRecord>, HubError> {
+        Ok(tokens::list(&self.reader)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    pub fn has_admin_token(&self) -> Result<bool, HubError> {
+        Ok(tokens::has_admin(&self.reader)?)
+    }
+
+    /// Agents present (identified on a websocket).
+    pub fn presence_count(&self) -> usize {
+        self.presence_table.count()
+    }
+}
