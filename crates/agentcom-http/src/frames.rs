@@ -6,18 +6,28 @@ use serde_json::{json, Map, Value};
 
 use crate::wire;
 
-fn invalid(field: &'static str, message: &str) -> AgentRequest {
-    AgentRequest::Invalid {
-        field,
-        message: message.to_string(),
+/// Why a frame is not a well-formed request.
+enum Reject {
+    /// A required field is missing: the original's `unknown_message_type` fall-through.
+    Unknown,
+    Invalid(&'static str, String),
+}
+
+impl From<Reject> for AgentRequest {
+    fn from(r: Reject) -> Self {
+        match r {
+            Reject::Unknown => AgentRequest::Unknown,
+            Reject::Invalid(field, message) => AgentRequest::Invalid { field, message },
+        }
     }
 }
 
+fn invalid(field: &'static str, message: &str) -> Reject {
+    Reject::Invalid(field, message.to_string())
+}
+
 /// An optional string field: absent or null is `None`; another type is an error.
-fn opt_string(
-    obj: &Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, AgentRequest> {
+fn opt_string(obj: &Map<String, Value>, field: &'static str) -> Result<Option<String>, Reject> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -26,9 +36,9 @@ fn opt_string(
 }
 
 /// A required string field: absent is `Unknown` (the original's fall-through).
-fn req_string(obj: &Map<String, Value>, field: &'static str) -> Result<String, AgentRequest> {
+fn req_string(obj: &Map<String, Value>, field: &'static str) -> Result<String, Reject> {
     match obj.get(field) {
-        None => Err(AgentRequest::Unknown),
+        None => Err(Reject::Unknown),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(invalid(field, &format!("{field} must be a string"))),
     }
@@ -40,7 +50,7 @@ fn opt_int(
     min: u64,
     max: u64,
     default: u64,
-) -> Result<u64, AgentRequest> {
+) -> Result<u64, Reject> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => v
@@ -55,7 +65,7 @@ fn opt_int(
     }
 }
 
-fn message_type(obj: &Map<String, Value>) -> Result<String, AgentRequest> {
+fn message_type(obj: &Map<String, Value>) -> Result<String, Reject> {
     Ok(opt_string(obj, "message_type")?.unwrap_or_else(|| "chat".into()))
 }
 
@@ -64,15 +74,15 @@ pub fn parse_agent(value: Value) -> AgentRequest {
     let Value::Object(obj) = value else {
         return AgentRequest::Unknown;
     };
-    parse_object(&obj).unwrap_or_else(|e| e)
+    parse_object(&obj).unwrap_or_else(AgentRequest::from)
 }
 
-fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, AgentRequest> {
+fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
     let kind = obj.get("type").and_then(Value::as_str).unwrap_or("");
     Ok(match kind {
         "identify" => {
             if !obj.contains_key("agent_id") {
-                return Err(AgentRequest::Unknown);
+                return Err(Reject::Unknown);
             }
             AgentRequest::Identify {
                 agent_id: req_string(obj, "agent_id")?,
@@ -95,7 +105,7 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, AgentRequest> 
         "channel_publish" => {
             let channel = req_string(obj, "channel")?;
             let payload = match obj.get("payload") {
-                None => return Err(AgentRequest::Unknown),
+                None => return Err(Reject::Unknown),
                 Some(p @ Value::Object(_)) => p.clone(),
                 Some(_) => return Err(invalid("payload", "payload must be a JSON object")),
             };

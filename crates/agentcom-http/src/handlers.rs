@@ -67,7 +67,7 @@ pub async fn put_default_repo(app: &App, req: Request) -> ApiResult {
         .and_then(Value::as_str)
         .map(str::trim)
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| ApiError::bad_request("missing or invalid field: url").with("field", "url"))?
+        .ok_or_else(|| ApiError::bad_request("missing or invalid field: url"))?
         .to_string();
     app.hub
         .config_put(ConfigKey::DefaultRepo, ConfigValue::Text(url.clone()))
@@ -81,9 +81,7 @@ pub async fn create_token(app: &App, req: Request) -> ApiResult {
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let agent_id = match body.get("agent_id") {
         None | Some(Value::Null) => {
-            return Err(
-                ApiError::bad_request("missing required field: agent_id").with("field", "agent_id")
-            )
+            return Err(ApiError::bad_request("missing required field: agent_id"))
         }
         Some(Value::String(id)) if is_valid_agent_id(id) => id.clone(),
         Some(_) => {

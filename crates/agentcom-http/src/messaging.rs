@@ -39,9 +39,7 @@ pub async fn post_message(app: &App, req: Request) -> ApiResult {
     let who = messaging_caller(&app.hub, req.headers())?;
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let Some(payload) = body.get("payload").cloned() else {
-        return Err(
-            ApiError::bad_request("missing required field: payload").with("field", "payload")
-        );
+        return Err(ApiError::bad_request("missing required field: payload"));
     };
     let to = opt_string(&body, "to")?;
     let kind = opt_string(&body, "type")?.unwrap_or_else(|| "chat".into());
@@ -91,9 +89,7 @@ pub async fn ack_mailbox(app: &App, req: Request, agent_id: String) -> ApiResult
     mailbox_owner(app, &req, &agent_id)?;
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let seq = match body.get("seq") {
-        None => {
-            return Err(ApiError::bad_request("missing required field: seq").with("field", "seq"))
-        }
+        None => return Err(ApiError::bad_request("missing required field: seq")),
         Some(v) => v
             .as_u64()
             .ok_or_else(|| invalid("seq", "seq must be a non-negative integer"))?,
@@ -172,7 +168,7 @@ pub async fn create_channel(app: &App, req: Request) -> ApiResult {
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let name = match body.get("name") {
         None | Some(Value::Null) => {
-            return Err(ApiError::bad_request("missing required field: name").with("field", "name"))
+            return Err(ApiError::bad_request("missing required field: name"))
         }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("name", "name must be a string")),
@@ -227,11 +223,7 @@ pub async fn publish(app: &App, req: Request, raw: String) -> ApiResult {
     let name = channel_name(&raw)?;
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let payload = match body.get("payload") {
-        None => {
-            return Err(
-                ApiError::bad_request("missing required field: payload").with("field", "payload")
-            )
-        }
+        None => return Err(ApiError::bad_request("missing required field: payload")),
         Some(p @ Value::Object(_)) => p.clone(),
         Some(_) => return Err(invalid("payload", "payload must be a JSON object")),
     };
@@ -389,9 +381,7 @@ pub async fn register(app: &App, req: Request) -> ApiResult {
         .get("agent_id")
         .and_then(Value::as_str)
         .filter(|id| is_valid_agent_id(id))
-        .ok_or_else(|| {
-            ApiError::bad_request("missing or invalid field: agent_id").with("field", "agent_id")
-        })?
+        .ok_or_else(|| ApiError::bad_request("missing or invalid field: agent_id"))?
         .to_string();
     let (token, _) = app.hub.register_agent(&agent_id).await?;
     let default_repo = match app.hub.config_get(ConfigKey::DefaultRepo).await? {

@@ -275,6 +275,12 @@ pub fn push_for(state: &SessionState, event: &Arc<HubEvent>) -> Option<AgentPush
         }
         HubEvent::StatusChanged(entry) => Some(AgentPush::StatusChanged(entry.clone())),
         HubEvent::Broadcast(message) => Some(AgentPush::Message(message.clone())),
+        // An event already on its way when the session detached is dropped here.
+        HubEvent::ChannelMessage { channel, .. } | HubEvent::ChannelSubscribed { channel, .. }
+            if !state.is_subscribed(&Topic::Channel(channel.clone())) =>
+        {
+            None
+        }
         HubEvent::ChannelMessage { channel, message } if message.from != me => {
             Some(AgentPush::ChannelMessage {
                 channel: channel.clone(),

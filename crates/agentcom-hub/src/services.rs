@@ -207,7 +207,11 @@ impl Services {
         let (n, a) = (name.to_string(), agent_id.to_string());
         self.channels
             .call(|r| ChannelsMsg::Unsubscribe(n, a, r), CALL_TIMEOUT)
-            .await?
+            .await??;
+        if let Some(session) = self.presence_table.session_of(agent_id) {
+            let _ = session.send_message(SessionMsg::Detach(name.to_string()));
+        }
+        Ok(())
     }
 
     /// Publish on a channel; counted and indexed like every routed message.

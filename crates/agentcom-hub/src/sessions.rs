@@ -84,6 +84,8 @@ pub enum SessionMsg {
     Push(AgentPush),
     /// Attach to a channel's topic (after a subscription made elsewhere, e.g. over HTTP).
     Attach(String),
+    /// Detach from a channel's topic (after an unsubscription made elsewhere).
+    Detach(String),
     Close(CloseReason),
 }
 
@@ -153,6 +155,7 @@ impl Actor for Session {
             },
             SessionMsg::Push(push) => state.push(&myself, Outbound::Push(push)),
             SessionMsg::Attach(channel) => state.subscribe(&myself, Topic::Channel(channel)),
+            SessionMsg::Detach(channel) => state.unsubscribe(&Topic::Channel(channel)),
             SessionMsg::Close(reason) => {
                 state.io.close.send_replace(Some(reason));
                 myself.stop(Some("closed".into()));
@@ -184,6 +187,10 @@ impl SessionState {
             Arc::new(move |event| me.send_message(SessionMsg::Deliver(event.clone())).is_ok()),
         );
         self.subscribed.insert(topic, id);
+    }
+
+    pub(crate) fn is_subscribed(&self, topic: &Topic) -> bool {
+        self.subscribed.contains_key(topic)
     }
 
     pub(crate) fn unsubscribe(&mut self, topic: &Topic) {
