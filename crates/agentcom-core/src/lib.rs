@@ -9,8 +9,11 @@ pub mod analytics;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod fsm;
 pub mod message;
+pub mod scheduler;
 pub mod supervision;
+pub mod task;
 pub mod threads;
 
 /// Integer Unix epoch milliseconds: the only time representation on the wire and on disk.
