@@ -1,5 +1,6 @@
 //! Request and response plumbing shared by every handler: JSON bodies, errors, auth.
 
+use agentcom_core::task::TaskError;
 use agentcom_hub::service::ServiceError;
 use agentcom_hub::supervisor::SupervisorError;
 use agentcom_hub::{Hub, HubError, Principal};
@@ -102,6 +103,10 @@ impl From<HubError> for ApiError {
             // These carry the reference's literal error strings: no message beside them.
             HubError::NotFound(code) => return ApiError::new(StatusCode::NOT_FOUND, code),
             HubError::Conflict(code) => return ApiError::new(StatusCode::CONFLICT, code),
+            HubError::Task(TaskError::NotFound) => {
+                return ApiError::new(StatusCode::NOT_FOUND, "task_not_found")
+            }
+            HubError::Task(e) => ApiError::new(StatusCode::CONFLICT, &e.to_string()),
         }
         .with("message", message)
     }

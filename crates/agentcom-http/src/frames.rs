@@ -123,6 +123,41 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
         },
         "list_channels" => AgentRequest::ListChannels,
         "ping" => AgentRequest::Ping,
+        "task_accepted" => AgentRequest::TaskAccepted(req_string(obj, "task_id")?),
+        "task_progress" => AgentRequest::TaskProgress(req_string(obj, "task_id")?),
+        "task_recovering" => AgentRequest::TaskRecovering(req_string(obj, "task_id")?),
+        "task_complete" => {
+            let task_id = req_string(obj, "task_id")?;
+            let result = obj.get("result").cloned().unwrap_or_else(|| json!({}));
+            // `tokens_used` at the top level, else inside an object `result` (C7: a
+            // non-object result no longer breaks the lookup).
+            let tokens = obj.get("tokens_used").or_else(|| result.get("tokens_used"));
+            let tokens_used = match tokens {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    invalid("tokens_used", "tokens_used must be a non-negative integer")
+                })?),
+            };
+            AgentRequest::TaskComplete {
+                task_id,
+                generation: opt_int(obj, "generation", 0, u64::MAX, 0)?,
+                result,
+                tokens_used,
+            }
+        }
+        "task_failed" => AgentRequest::TaskFailed {
+            task_id: req_string(obj, "task_id")?,
+            generation: opt_int(obj, "generation", 0, u64::MAX, 0)?,
+            error: obj
+                .get("error")
+                .or_else(|| obj.get("reason"))
+                .cloned()
+                .unwrap_or_else(|| Value::from("unknown")),
+        },
+        "task_rejected" => AgentRequest::TaskRejected {
+            task_id: req_string(obj, "task_id")?,
+            reason: obj.get("reason").cloned().unwrap_or(Value::Null),
+        },
         _ => AgentRequest::Unknown,
     })
 }
@@ -181,6 +216,18 @@ fn encode_reply(reply: &AgentReply) -> Value {
             json!({"type": "channels", "channels": list.iter().map(wire::channel_summary).collect::<Vec<_>>()})
         }
         AgentReply::Pong { timestamp } => json!({"type": "pong", "timestamp": timestamp}),
+        AgentReply::TaskAck { task_id, status } => {
+            json!({"type": "task_ack", "task_id": task_id, "status": status})
+        }
+        AgentReply::TaskContinue {
+            task_id,
+            generation,
+        } => {
+            json!({"type": "task_continue", "task_id": task_id, "generation": generation})
+        }
+        AgentReply::TaskReassign { task_id } => {
+            json!({"type": "task_reassign", "task_id": task_id})
+        }
     }
 }
 
@@ -216,6 +263,14 @@ fn encode_push(push: &AgentPush) -> Value {
         AgentPush::StatusChanged(p) => {
             json!({"type": "status_changed", "agent": wire::agent_brief(p)})
         }
+        AgentPush::TaskAssign(t) => json!({
+            "type": "task_assign",
+            "task_id": t.id,
+            "description": t.description,
+            "metadata": t.metadata,
+            "generation": t.generation,
+            "assigned_at": agentcom_hub::now_ms(),
+        }),
     }
 }
 
@@ -238,6 +293,13 @@ fn encode_event(event: &HubEvent) -> Value {
         HubEvent::StatusChanged(p) => {
             json!({"type": "status_changed", "agent_id": p.agent_id, "status": p.status})
         }
+        HubEvent::Task { kind, task } => json!({
+            "type": "task_event",
+            "task_id": task.id,
+            "event": kind.as_str(),
+            "agent_id": task.assigned_to,
+            "timestamp": task.updated_at,
+        }),
         other => json!({"type": "other", "detail": format!("{other:?}")}),
     };
     json!({"type": "events", "data": [data]})

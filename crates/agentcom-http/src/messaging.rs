@@ -269,7 +269,7 @@ pub async fn agent_states(app: &App, req: Request) -> ApiResult {
     caller(&app.hub, req.headers())?;
     let agents: Vec<Value> = app
         .hub
-        .presence_table
+        .agent_table
         .list()
         .iter()
         .map(wire::fsm_agent)
@@ -280,13 +280,13 @@ pub async fn agent_states(app: &App, req: Request) -> ApiResult {
 /// Route 22.
 pub async fn agent_state(app: &App, req: Request, agent_id: String) -> ApiResult {
     caller(&app.hub, req.headers())?;
-    let entry = app
+    let view = app
         .hub
-        .presence_table
+        .agent_table
         .get(&agent_id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "agent_not_found"))?;
-    let mut v = wire::fsm_agent(&entry);
-    v["last_state_change"] = entry.connected_at.into();
+    let mut v = wire::fsm_agent(&view);
+    v["last_state_change"] = view.fsm.last_state_change.into();
     Ok(ok(v))
 }
 

@@ -7,6 +7,7 @@ use crate::api::{percent_decode, ApiError, ApiResult, Request};
 use crate::handlers;
 use crate::messaging as m;
 use crate::server::App;
+use crate::tasks;
 use crate::ws;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,12 @@ enum Endpoint {
     AnalyticsAgents,
     AnalyticsHourly,
     Register,
+    Tasks,
+    TasksDeadLetter,
+    TasksStats,
+    Task,
+    TaskRetry,
+    PushTask,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -97,6 +104,12 @@ const ROUTES: &[(&str, Endpoint)] = &[
         Endpoint::AnalyticsHourly,
     ),
     ("/api/onboard/register", Endpoint::Register),
+    ("/api/tasks", Endpoint::Tasks),
+    ("/api/tasks/dead-letter", Endpoint::TasksDeadLetter),
+    ("/api/tasks/stats", Endpoint::TasksStats),
+    ("/api/tasks/{task_id}", Endpoint::Task),
+    ("/api/tasks/{task_id}/retry", Endpoint::TaskRetry),
+    ("/api/admin/push-task", Endpoint::PushTask),
 ];
 
 pub struct Router {
@@ -183,6 +196,13 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
             m::analytics(app, "hourly", Some(param("agent_id"))).await
         }
         (E::Register, Method::POST) => m::register(app, req).await,
+        (E::Tasks, Method::POST) => tasks::submit(app, req).await,
+        (E::Tasks, Method::GET) => tasks::list(app, req).await,
+        (E::TasksDeadLetter, Method::GET) => tasks::dead_letter(app, req).await,
+        (E::TasksStats, Method::GET) => tasks::stats(app, req).await,
+        (E::Task, Method::GET) => tasks::get(app, req, param("task_id")).await,
+        (E::TaskRetry, Method::POST) => tasks::retry(app, req, param("task_id")).await,
+        (E::PushTask, Method::POST) => tasks::push(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

@@ -69,15 +69,20 @@ pub fn normalized_capabilities(caps: &Value) -> Value {
 }
 
 /// `FsmAgent` (routes 21, 22).
-pub fn fsm_agent(p: &PresenceEntry) -> Value {
+pub fn fsm_agent(a: &agentcom_hub::agents::AgentView) -> Value {
+    let flags: Vec<&str> = if a.fsm.unresponsive {
+        vec!["unresponsive"]
+    } else {
+        vec![]
+    };
     json!({
-        "agent_id": p.agent_id,
-        "fsm_state": p.fsm_state,
-        "current_task_id": null,
-        "capabilities": normalized_capabilities(&p.capabilities),
-        "flags": [],
-        "connected_at": p.connected_at,
-        "name": p.name,
+        "agent_id": a.agent_id,
+        "fsm_state": a.fsm.state.as_str(),
+        "current_task_id": a.fsm.current_task,
+        "capabilities": normalized_capabilities(&a.capabilities),
+        "flags": flags,
+        "connected_at": a.connected_at,
+        "name": a.name,
     })
 }
 
@@ -114,5 +119,30 @@ pub fn agent_stats(s: &AgentStats) -> Value {
         "last_active": s.last_active,
         "last_seen": s.last_seen,
         "total_connections": s.total_connections,
+    })
+}
+
+/// `TaskJSON` (reference §5.1).
+pub fn task(t: &agentcom_core::task::Task) -> Value {
+    json!({
+        "id": t.id,
+        "description": t.description,
+        "metadata": t.metadata,
+        "priority": t.priority,
+        "status": t.status.as_str(),
+        "assigned_to": t.assigned_to,
+        "assigned_at": t.assigned_at,
+        "generation": t.generation,
+        "retry_count": t.retry_count,
+        "max_retries": t.max_retries,
+        "needed_capabilities": t.needed_capabilities,
+        "last_error": t.last_error,
+        "complete_by": t.complete_by,
+        "result": t.result,
+        "tokens_used": t.tokens_used,
+        "submitted_by": t.submitted_by,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+        "history": t.history.iter().map(|e| json!({"event": e.event, "timestamp": e.timestamp, "details": e.details})).collect::<Vec<_>>(),
     })
 }

@@ -8,10 +8,16 @@ use agentcom_core::channel::normalize;
 use ractor::ActorRef;
 use serde_json::Value;
 
+use agentcom_core::task::{FailOutcome, TaskError};
+
+use crate::agents::{AgentsMsg, FsmMsg};
 use crate::events::{HubEvent, Topic};
 use crate::presence::{PresenceEntry, PresenceMsg};
 use crate::protocol::{AgentPush, AgentReply, AgentRequest, Outbound};
+use crate::scheduler::SchedulerMsg;
+use crate::service::DEFAULT_WAIT;
 use crate::sessions::{close_code, CloseReason, SessionMsg, SessionState};
+use crate::task_queue::TaskMsg;
 use crate::{channels, now_ms, HubError, CALL_TIMEOUT};
 
 /// Which agent, if any, this connection speaks for.
@@ -20,20 +26,21 @@ pub struct AgentSession {
     pub agent_id: Option<String>,
 }
 
-fn error(code: &'static str) -> Outbound {
+fn error(code: &str) -> Outbound {
     Outbound::error(code)
 }
 
 fn hub_error(e: &HubError) -> Outbound {
     match e {
         HubError::NotFound(code) => error(code),
+        HubError::Task(e) => error(&e.to_string()),
         HubError::Invalid { message, .. } => Outbound::Error {
-            code: "invalid_field",
+            code: "invalid_field".into(),
             field: None,
             message: Some(message.clone()),
         },
         other => Outbound::Error {
-            code: "internal_error",
+            code: "internal_error".into(),
             field: None,
             message: Some(other.to_string()),
         },
@@ -58,6 +65,11 @@ pub async fn handle(
         .services
         .presence_table
         .touch(&agent_id, myself.get_id());
+    if state.services.agent_table.is_unresponsive(&agent_id) {
+        if let Some(fsm) = state.services.agent_table.fsm_of(&agent_id) {
+            let _ = fsm.send_message(FsmMsg::ShowedLife);
+        }
+    }
     let reply = match request {
         AgentRequest::Identify { .. } => Some(identify(myself, state, request).await),
         AgentRequest::Message {
@@ -151,8 +163,106 @@ pub async fn handle(
         AgentRequest::Ping => Some(Outbound::Reply(AgentReply::Pong {
             timestamp: now_ms(),
         })),
+        AgentRequest::TaskAccepted(task_id) => Some(task_accepted(state, &agent_id, task_id).await),
+        AgentRequest::TaskProgress(task_id) => {
+            let a = agent_id.clone();
+            let _ = state
+                .services
+                .task_queue
+                .call(|r| TaskMsg::Touch(task_id, a, r), CALL_TIMEOUT)
+                .await;
+            None
+        }
+        AgentRequest::TaskComplete {
+            task_id,
+            generation,
+            result,
+            tokens_used,
+        } => {
+            let (t, a) = (task_id.clone(), agent_id.clone());
+            let msg = |reply| TaskMsg::Complete {
+                task_id: t,
+                agent_id: a,
+                generation,
+                result,
+                tokens_used,
+                reply,
+            };
+            Some(
+                match state.services.task_queue.call(msg, CALL_TIMEOUT).await {
+                    Ok(Ok(_)) => Outbound::Reply(AgentReply::TaskAck {
+                        task_id,
+                        status: "complete",
+                    }),
+                    Ok(Err(e)) => refused(state, &agent_id, &task_id, "task_complete_failed", e),
+                    Err(e) => hub_error(&e.into()),
+                },
+            )
+        }
+        AgentRequest::TaskFailed {
+            task_id,
+            generation,
+            error,
+        } => {
+            let (t, a) = (task_id.clone(), agent_id.clone());
+            let msg = |reply| TaskMsg::Fail {
+                task_id: t,
+                agent_id: a,
+                generation,
+                error,
+                reply,
+            };
+            Some(
+                match state.services.task_queue.call(msg, CALL_TIMEOUT).await {
+                    Ok(Ok((_, outcome))) => {
+                        let status = match outcome {
+                            FailOutcome::Retried => "retried",
+                            FailOutcome::DeadLetter => "dead_letter",
+                        };
+                        Outbound::Reply(AgentReply::TaskAck { task_id, status })
+                    }
+                    Ok(Err(e)) => refused(state, &agent_id, &task_id, "task_fail_failed", e),
+                    Err(e) => hub_error(&e.into()),
+                },
+            )
+        }
+        AgentRequest::TaskRecovering(task_id) => {
+            Some(task_recovering(state, &agent_id, task_id).await)
+        }
+        AgentRequest::TaskRejected { task_id, reason } => {
+            let detail = match &reason {
+                Value::String(s) => format!("rejected: {s}"),
+                _ => "rejected".to_string(),
+            };
+            let msg = |reply| TaskMsg::Reclaim {
+                task_id: task_id.clone(),
+                from: Some(agent_id.clone()),
+                reason: detail,
+                reply: Some(reply),
+            };
+            Some(
+                match state.services.task_queue.call(msg, CALL_TIMEOUT).await {
+                    Ok(Ok(_)) => {
+                        let _ = state
+                            .services
+                            .scheduler
+                            .send(
+                                SchedulerMsg::Rejected(task_id.clone(), agent_id.clone()),
+                                DEFAULT_WAIT,
+                            )
+                            .await;
+                        Outbound::Reply(AgentReply::TaskAck {
+                            task_id,
+                            status: "rejected",
+                        })
+                    }
+                    Ok(Err(e)) => refused(state, &agent_id, &task_id, "task_reject_failed", e),
+                    Err(e) => hub_error(&e.into()),
+                },
+            )
+        }
         AgentRequest::Invalid { field, message } => Some(Outbound::Error {
-            code: "invalid_field",
+            code: "invalid_field".into(),
             field: Some(field),
             message: Some(message),
         }),
@@ -160,6 +270,75 @@ pub async fn handle(
     };
     if let Some(reply) = reply {
         state.push(myself, reply);
+    }
+}
+
+/// `task_accepted`: the assignee takes the task (its FSM goes `working`).
+async fn task_accepted(state: &mut SessionState, agent_id: &str, task_id: String) -> Outbound {
+    let (t, a) = (task_id.clone(), agent_id.to_string());
+    match state
+        .services
+        .task_queue
+        .call(|r| TaskMsg::Touch(t, a, r), CALL_TIMEOUT)
+        .await
+    {
+        Ok(Ok(_)) => {
+            if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
+                let _ = fsm.send_message(FsmMsg::Accepted(task_id.clone()));
+            }
+            Outbound::Reply(AgentReply::TaskAck {
+                task_id,
+                status: "accepted",
+            })
+        }
+        Ok(Err(e)) => refused(state, agent_id, &task_id, "task_accept_failed", e),
+        Err(e) => hub_error(&e.into()),
+    }
+}
+
+/// `task_recovering`: `task_continue` if the task is still assigned to this agent (and
+/// its FSM resumes work, F12), else `task_reassign`.
+async fn task_recovering(state: &mut SessionState, agent_id: &str, task_id: String) -> Outbound {
+    let t = task_id.clone();
+    match state
+        .services
+        .task_queue
+        .call(|r| TaskMsg::Get(t, r), CALL_TIMEOUT)
+        .await
+    {
+        Ok(Some(task)) if task.is_assigned_to(agent_id) => {
+            if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
+                let _ = fsm.send_message(FsmMsg::Resume(task_id.clone()));
+            }
+            Outbound::Reply(AgentReply::TaskContinue {
+                task_id,
+                generation: task.generation,
+            })
+        }
+        Ok(_) => Outbound::Reply(AgentReply::TaskReassign { task_id }),
+        Err(e) => hub_error(&e.into()),
+    }
+}
+
+/// A task operation the queue refused: the error frame, and — when the task is no longer
+/// this agent's — the FSM is told, so it does not wait for it forever (F9).
+fn refused(
+    state: &SessionState,
+    agent_id: &str,
+    task_id: &str,
+    prefix: &str,
+    e: HubError,
+) -> Outbound {
+    if let HubError::Task(TaskError::NotAssignee | TaskError::InvalidState | TaskError::NotFound) =
+        e
+    {
+        if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
+            let _ = fsm.send_message(FsmMsg::Released(task_id.to_string()));
+        }
+    }
+    match e {
+        HubError::Task(reason) => error(&format!("{prefix}: {reason}")),
+        other => hub_error(&other),
     }
 }
 
@@ -210,6 +389,7 @@ async fn identify(
         last_seen: now,
         fsm_state: "idle".into(),
     };
+    let (name_for_fsm, caps_for_fsm) = (entry.name.clone(), entry.capabilities.clone());
     let newly = state.agent.agent_id.is_none();
     state.agent.agent_id = Some(agent_id.clone());
     match state
@@ -240,6 +420,16 @@ async fn identify(
         }
         Err(e) => return hub_error(&e.into()),
     }
+    let connect = |reply| AgentsMsg::Connect {
+        agent_id: agent_id.clone(),
+        name: name_for_fsm,
+        capabilities: caps_for_fsm,
+        session: myself.clone(),
+        reply,
+    };
+    if let Err(e) = state.services.agents.call(connect, CALL_TIMEOUT).await {
+        return hub_error(&e.into());
+    }
     if newly {
         state.services.analytics_connected(&agent_id).await;
     }
@@ -259,6 +449,9 @@ pub async fn leave(myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
             CALL_TIMEOUT,
         )
         .await;
+    if let Some(fsm) = state.services.agent_table.fsm_of(&agent_id) {
+        let _ = fsm.send_message(FsmMsg::SessionDown(myself.get_id()));
+    }
     state.services.analytics_disconnected(&agent_id).await;
     state.unsubscribe_all();
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use agentcom_core::message::Message;
+use agentcom_core::task::Task;
 
 use crate::presence::PresenceEntry;
 use crate::supervisor::ChildRecord;
@@ -53,6 +54,35 @@ pub enum HubEvent {
     },
     /// An agent newly subscribed to a channel (topic `channel:<name>`).
     ChannelSubscribed { channel: String, agent_id: String },
+    /// A task changed state (topic `tasks`): published once per real, durable transition.
+    Task {
+        kind: TaskEventKind,
+        task: Arc<Task>,
+    },
+}
+
+/// The task queue's events (reference §1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEventKind {
+    Submitted,
+    Assigned,
+    Completed,
+    Retried,
+    DeadLetter,
+    Reclaimed,
+}
+
+impl TaskEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskEventKind::Submitted => "task_submitted",
+            TaskEventKind::Assigned => "task_assigned",
+            TaskEventKind::Completed => "task_completed",
+            TaskEventKind::Retried => "task_retried",
+            TaskEventKind::DeadLetter => "task_dead_letter",
+            TaskEventKind::Reclaimed => "task_reclaimed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

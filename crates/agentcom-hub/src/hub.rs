@@ -8,6 +8,7 @@ use agentcom_core::Millis;
 use agentcom_store::{Engine, StoreReader};
 use ractor::{Actor, ActorRef};
 
+use crate::agents::{AgentTable, Agents, AgentsMsg, FsmServices};
 use crate::analytics::{Analytics, AnalyticsMsg, AnalyticsTable};
 use crate::auth::{AuthActor, AuthArgs, AuthMsg};
 use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
@@ -17,6 +18,7 @@ use crate::mailbox::{Mailbox, MailboxArgs, MailboxMsg};
 use crate::presence::{Presence, PresenceArgs, PresenceMsg, PresenceTable};
 use crate::pubsub::{PubSub, PubSubMsg, Publisher, Subscriptions};
 use crate::reaper::{Reaper, ReaperArgs, ReaperMsg};
+use crate::scheduler::{Scheduler, SchedulerArgs, SchedulerMsg};
 use crate::service::{ServiceError, Slot};
 use crate::services::Services;
 use crate::sessions::{
@@ -26,6 +28,7 @@ use crate::store::{StoreActor, StoreArgs, StoreMsg};
 use crate::supervisor::{
     ChildRecord, ChildSpec, Supervisor, SupervisorArgs, SupervisorError, SupervisorMsg,
 };
+use crate::task_queue::{TaskMsg, TaskQueue, TaskQueueArgs};
 use crate::threads::{Threads, ThreadsArgs, ThreadsMsg};
 use crate::{now_ms, HubError, HubSettings, CALL_TIMEOUT};
 
@@ -71,6 +74,11 @@ impl Hub {
             slot::<AnalyticsMsg>(),
         );
         let (reaper_s, sessions_s) = (slot::<ReaperMsg>(), slot::<SessionsMsg>());
+        let (tasks_s, agents_s, scheduler_s) = (
+            slot::<TaskMsg>(),
+            slot::<AgentsMsg>(),
+            slot::<SchedulerMsg>(),
+        );
         let services = Services {
             settings: settings.clone(),
             reader: reader.clone(),
@@ -88,6 +96,10 @@ impl Hub {
             threads: threads_s.service("threads"),
             analytics: analytics_s.service("analytics"),
             sessions: sessions_s.service("sessions"),
+            agent_table: Arc::new(AgentTable::default()),
+            agents: agents_s.service("agents"),
+            task_queue: tasks_s.service("task_queue"),
+            scheduler: scheduler_s.service("scheduler"),
         };
 
         let s = services.clone();
@@ -198,6 +210,48 @@ impl Hub {
                         publisher: s.publisher.clone(),
                     };
                     (Channels, args)
+                }
+            }),
+            ChildSpec::new("task_queue", "service", tasks_s, {
+                let s = s.clone();
+                move || {
+                    let args = TaskQueueArgs {
+                        reader: s.reader.clone(),
+                        store: s.store.clone(),
+                        publisher: s.publisher.clone(),
+                        agents: s.agent_table.clone(),
+                        sweep_interval: s.settings.task_sweep_interval,
+                        completed_ttl: s.settings.completed_task_ttl,
+                    };
+                    (TaskQueue, args)
+                }
+            }),
+            ChildSpec::new("agents", "supervisor", agents_s, {
+                let s = s.clone();
+                move || {
+                    let services = FsmServices {
+                        table: s.agent_table.clone(),
+                        presence: s.presence_table.clone(),
+                        task_queue: s.task_queue.clone(),
+                        scheduler: s.scheduler.clone(),
+                        accept_timeout: s.settings.accept_timeout,
+                    };
+                    (Agents, services)
+                }
+            })
+            .permanent(),
+            ChildSpec::new("scheduler", "service", scheduler_s, {
+                let s = s.clone();
+                move || {
+                    let args = SchedulerArgs {
+                        agents: s.agent_table.clone(),
+                        task_queue: s.task_queue.clone(),
+                        subscriptions: s.subscriptions.clone(),
+                        sweep_interval: s.settings.task_sweep_interval,
+                        stuck_after: s.settings.stuck_task_after,
+                        rejection_ttl: s.settings.accept_timeout,
+                    };
+                    (Scheduler, args)
                 }
             }),
             ChildSpec::new("reaper", "service", reaper_s, {

@@ -5,6 +5,7 @@
 //! messages; this crate knows nothing of the wire JSON.
 
 pub mod agent_session;
+pub mod agents;
 pub mod analytics;
 pub mod auth;
 pub mod channels;
@@ -17,11 +18,13 @@ pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod reaper;
+pub mod scheduler;
 pub mod service;
 pub mod services;
 pub mod sessions;
 pub mod store;
 pub mod supervisor;
+pub mod task_queue;
 pub mod threads;
 pub mod tokens;
 
@@ -72,6 +75,9 @@ pub enum HubError {
     /// The request conflicts with what exists (`code` is the wire error).
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// A task transition was refused.
+    #[error(transparent)]
+    Task(#[from] agentcom_core::task::TaskError),
 }
 
 /// Settings the actors need.
@@ -84,6 +90,11 @@ pub struct HubSettings {
     /// A connection silent for longer than this is closed by the reaper.
     pub presence_ttl: Duration,
     pub reaper_interval: Duration,
+    /// Time an agent has to accept an assigned task.
+    pub accept_timeout: Duration,
+    pub task_sweep_interval: Duration,
+    pub stuck_task_after: Duration,
+    pub completed_task_ttl: Duration,
 }
 
 impl Default for HubSettings {
@@ -94,6 +105,10 @@ impl Default for HubSettings {
             test_hooks: false,
             presence_ttl: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(30),
+            accept_timeout: Duration::from_secs(60),
+            task_sweep_interval: Duration::from_secs(30),
+            stuck_task_after: Duration::from_secs(300),
+            completed_task_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

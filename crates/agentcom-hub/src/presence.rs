@@ -81,6 +81,14 @@ impl PresenceTable {
         }
     }
 
+    /// Mirror an agent's FSM state (no event, as in the original).
+    pub fn set_fsm_state(&self, agent_id: &str, state: &str) {
+        let mut agents = self.agents.write().expect("presence lock");
+        if let Some(r) = agents.get_mut(agent_id) {
+            r.entry.fsm_state = state.to_string();
+        }
+    }
+
     /// Agents whose connection has been silent since before `cutoff`.
     pub fn silent_since(&self, cutoff: Millis) -> Vec<(String, ActorRef<SessionMsg>)> {
         let agents = self.agents.read().expect("presence lock");

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use agentcom_core::message::Message;
+use agentcom_core::task::Task;
 use agentcom_store::{ChannelRecord, HistoryEntry};
 use serde_json::Value;
 
@@ -43,6 +44,24 @@ pub enum AgentRequest {
     },
     ListChannels,
     Ping,
+    TaskAccepted(String),
+    TaskProgress(String),
+    TaskComplete {
+        task_id: String,
+        generation: u64,
+        result: Value,
+        tokens_used: Option<u64>,
+    },
+    TaskFailed {
+        task_id: String,
+        generation: u64,
+        error: Value,
+    },
+    TaskRecovering(String),
+    TaskRejected {
+        task_id: String,
+        reason: Value,
+    },
     /// A field has the wrong type (answered with `invalid_field`).
     Invalid {
         field: &'static str,
@@ -89,6 +108,17 @@ pub enum AgentReply {
     Pong {
         timestamp: u64,
     },
+    TaskAck {
+        task_id: String,
+        status: &'static str,
+    },
+    TaskContinue {
+        task_id: String,
+        generation: u64,
+    },
+    TaskReassign {
+        task_id: String,
+    },
 }
 
 /// Unsolicited pushes to an agent.
@@ -106,6 +136,7 @@ pub enum AgentPush {
     AgentJoined(PresenceEntry),
     AgentLeft(String),
     StatusChanged(PresenceEntry),
+    TaskAssign(Arc<Task>),
 }
 
 /// What a session asks its connection to send.
@@ -113,7 +144,7 @@ pub enum AgentPush {
 pub enum Outbound {
     /// `{"type":"error","error":code}`, with the offending field if any.
     Error {
-        code: &'static str,
+        code: String,
         field: Option<&'static str>,
         message: Option<String>,
     },
@@ -124,9 +155,9 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    pub fn error(code: &'static str) -> Self {
+    pub fn error(code: &str) -> Self {
         Outbound::Error {
-            code,
+            code: code.to_string(),
             field: None,
             message: None,
         }

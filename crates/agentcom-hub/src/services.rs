@@ -10,6 +10,8 @@ use agentcom_core::message::{is_broadcast_target, Message, DEFAULT_KIND};
 use agentcom_store::{StoreReader, TokenRecord};
 use serde_json::Value;
 
+use crate::agents::FsmMsg;
+use crate::agents::{AgentTable, AgentsMsg};
 use crate::analytics::{AnalyticsMsg, AnalyticsTable};
 use crate::auth::AuthMsg;
 use crate::channels::{ChannelsMsg, Subscription};
@@ -20,11 +22,14 @@ use crate::mailbox::MailboxMsg;
 use crate::presence::{PresenceMsg, PresenceTable};
 use crate::protocol::AgentPush;
 use crate::pubsub::{Publisher, Subscriptions};
+use crate::scheduler::SchedulerMsg;
 use crate::service::{Service, DEFAULT_WAIT};
 use crate::sessions::{SessionMsg, SessionsMsg};
 use crate::store::StoreMsg;
+use crate::task_queue::{task_id, TaskFilter, TaskMsg, TaskStats};
 use crate::threads::ThreadsMsg;
 use crate::{now_ms, tokens, HubError, HubSettings, Principal, CALL_TIMEOUT};
+use agentcom_core::task::{NewTask, Task};
 
 #[derive(Clone)]
 pub struct Services {
@@ -44,6 +49,10 @@ pub struct Services {
     pub threads: Service<ThreadsMsg>,
     pub analytics: Service<AnalyticsMsg>,
     pub sessions: Service<SessionsMsg>,
+    pub agent_table: Arc<AgentTable>,
+    pub agents: Service<AgentsMsg>,
+    pub task_queue: Service<TaskMsg>,
+    pub scheduler: Service<SchedulerMsg>,
 }
 
 /// A fresh message id: 16 lowercase hex characters.
@@ -298,6 +307,83 @@ impl Services {
 
     pub fn has_admin_token(&self) -> Result<bool, HubError> {
         Ok(tokens::has_admin(&self.reader)?)
+    }
+
+    pub async fn submit_task(&self, new: NewTask) -> Result<Task, HubError> {
+        self.task_queue
+            .call(|r| TaskMsg::Submit(new, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// Give a new task straight to a connected agent (admin push-task). It is a real task
+    /// (F14): the agent's FSM takes it first, so a busy agent is refused, not overloaded.
+    pub async fn push_task(&self, agent_id: &str, new: NewTask) -> Result<Task, HubError> {
+        let fsm = self
+            .agent_table
+            .fsm_of(agent_id)
+            .ok_or(HubError::NotFound("agent_not_connected"))?;
+        let id = task_id();
+        let t = id.clone();
+        let took = fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await;
+        if !matches!(took, Ok(ractor::rpc::CallResult::Success(true))) {
+            return Err(HubError::Conflict("agent_busy"));
+        }
+        let a = agent_id.to_string();
+        let submitted = self
+            .task_queue
+            .call(
+                |r| TaskMsg::SubmitAssigned(id.clone(), new, a, r),
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(HubError::from)
+            .and_then(|r| r);
+        let task = match submitted {
+            Ok(task) => task,
+            Err(e) => {
+                let _ = fsm.send_message(FsmMsg::Released(id));
+                return Err(e);
+            }
+        };
+        if let Some(session) = self.agent_table.session_of(agent_id) {
+            let _ = session.send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(
+                task.clone(),
+            ))));
+        }
+        Ok(task)
+    }
+
+    pub async fn task(&self, id: &str) -> Result<Option<Task>, HubError> {
+        let id = id.to_string();
+        Ok(self
+            .task_queue
+            .call(|r| TaskMsg::Get(id, r), CALL_TIMEOUT)
+            .await?)
+    }
+
+    pub async fn tasks(&self, filter: TaskFilter) -> Result<Vec<Task>, HubError> {
+        Ok(self
+            .task_queue
+            .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
+            .await?)
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<Task>, HubError> {
+        Ok(self
+            .task_queue
+            .call(TaskMsg::DeadLetters, CALL_TIMEOUT)
+            .await?)
+    }
+
+    pub async fn task_stats(&self) -> Result<TaskStats, HubError> {
+        Ok(self.task_queue.call(TaskMsg::Stats, CALL_TIMEOUT).await?)
+    }
+
+    pub async fn retry_task(&self, id: &str) -> Result<Task, HubError> {
+        let id = id.to_string();
+        self.task_queue
+            .call(|r| TaskMsg::RetryDeadLetter(id, r), CALL_TIMEOUT)
+            .await?
     }
 
     /// Agents present (identified on a websocket).

@@ -103,6 +103,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         test_hooks: settings.test_hooks,
         presence_ttl: settings.presence_ttl,
         reaper_interval: settings.reaper_interval,
+        accept_timeout: settings.accept_timeout,
+        task_sweep_interval: settings.task_sweep_interval,
+        stuck_task_after: settings.stuck_task_after,
+        completed_task_ttl: settings.completed_task_ttl,
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)

@@ -1,0 +1,221 @@
+//! The scheduler (reference §5.4): matches queued tasks to available agents. One pass at
+//! a time (kicks that arrive during a pass coalesce into one more pass); each assignment
+//! moves the agent's FSM out of `idle` before the queue records it, so no later pass can
+//! see the agent idle (F11). Also the stuck sweep, which never takes a task from a
+//! connected agent that accepted it (F8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentcom_core::scheduler::{plan, QueuedTask};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::agents::{AgentTable, FsmMsg};
+use crate::events::{HubEvent, TaskEventKind, Topic};
+use crate::protocol::AgentPush;
+use crate::pubsub::{SubscriptionId, Subscriptions};
+use crate::service::Service;
+use crate::sessions::SessionMsg;
+use crate::task_queue::TaskMsg;
+use crate::{now_ms, CALL_TIMEOUT};
+
+pub enum SchedulerMsg {
+    /// Something changed: run a pass soon.
+    Kick,
+    Pass,
+    StuckSweep,
+    /// The agent rejected the task: do not offer it to that agent again for a while.
+    Rejected(String, String),
+}
+
+pub struct SchedulerArgs {
+    pub agents: Arc<AgentTable>,
+    pub task_queue: Service<TaskMsg>,
+    pub subscriptions: Arc<Subscriptions>,
+    pub sweep_interval: Duration,
+    pub stuck_after: Duration,
+    /// How long a rejection keeps a task from the rejecting agent.
+    pub rejection_ttl: Duration,
+}
+
+pub struct SchedulerState {
+    args: SchedulerArgs,
+    pass_pending: bool,
+    rejections: HashMap<(String, String), Instant>,
+    subscribed: Vec<(Topic, SubscriptionId)>,
+}
+
+pub struct Scheduler;
+
+impl Actor for Scheduler {
+    type Msg = SchedulerMsg;
+    type State = SchedulerState;
+    type Arguments = SchedulerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SchedulerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut subscribed = Vec::new();
+        for topic in [Topic::Tasks, Topic::Presence] {
+            let me = myself.clone();
+            let id = args.subscriptions.subscribe(
+                topic.clone(),
+                Arc::new(move |event: &Arc<HubEvent>| {
+                    let wake = match event.as_ref() {
+                        HubEvent::Task { kind, .. } => {
+                            !matches!(kind, TaskEventKind::Assigned | TaskEventKind::DeadLetter)
+                        }
+                        HubEvent::AgentJoined(_) => true,
+                        _ => false,
+                    };
+                    !wake || me.send_message(SchedulerMsg::Kick).is_ok()
+                }),
+            );
+            subscribed.push((topic, id));
+        }
+        myself.send_interval(args.sweep_interval, || SchedulerMsg::StuckSweep);
+        let _ = myself.send_message(SchedulerMsg::Kick);
+        Ok(SchedulerState {
+            args,
+            pass_pending: false,
+            rejections: HashMap::new(),
+            subscribed,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SchedulerMsg::Kick => {
+                if !state.pass_pending {
+                    state.pass_pending = true;
+                    let _ = myself.send_message(SchedulerMsg::Pass);
+                }
+            }
+            SchedulerMsg::Pass => {
+                state.pass_pending = false;
+                state.pass().await;
+            }
+            SchedulerMsg::StuckSweep => state.stuck_sweep().await,
+            SchedulerMsg::Rejected(task_id, agent_id) => {
+                state.rejections.insert(
+                    (task_id, agent_id),
+                    Instant::now() + state.args.rejection_ttl,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (topic, id) in state.subscribed.drain(..) {
+            state.args.subscriptions.unsubscribe(&topic, id);
+        }
+        Ok(())
+    }
+}
+
+impl SchedulerState {
+    async fn pass(&mut self) {
+        let agents = self.args.agents.available();
+        if agents.is_empty() {
+            return;
+        }
+        let Ok((queued, _)) = self
+            .args
+            .task_queue
+            .call(TaskMsg::Snapshot, CALL_TIMEOUT)
+            .await
+        else {
+            return;
+        };
+        let now = Instant::now();
+        self.rejections.retain(|_, until| *until > now);
+        let tasks: Vec<QueuedTask> = queued
+            .iter()
+            .map(|t| QueuedTask {
+                id: t.id.clone(),
+                priority: t.priority,
+                created_at: t.created_at,
+                needed: t.needed_capabilities.clone(),
+            })
+            .collect();
+        let rejections = &self.rejections;
+        let pairs = plan(&agents, &tasks, |task, agent| {
+            rejections.contains_key(&(task.to_string(), agent.to_string()))
+        });
+        for (task_id, agent_id) in pairs {
+            let Some(fsm) = self.args.agents.fsm_of(&agent_id) else {
+                continue;
+            };
+            let t = task_id.clone();
+            if !matches!(
+                fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await,
+                Ok(ractor::rpc::CallResult::Success(true))
+            ) {
+                continue;
+            }
+            let (t, a) = (task_id.clone(), agent_id.clone());
+            match self
+                .args
+                .task_queue
+                .call(|r| TaskMsg::Assign(t, a, r), CALL_TIMEOUT)
+                .await
+            {
+                Ok(Ok(task)) => match self.args.agents.session_of(&agent_id) {
+                    Some(session) => {
+                        let _ = session
+                            .send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(task))));
+                    }
+                    None => {
+                        tracing::warn!(%agent_id, %task_id, "assigned to an agent without a connection")
+                    }
+                },
+                _ => {
+                    let _ = fsm.send_message(FsmMsg::Released(task_id));
+                }
+            }
+        }
+    }
+
+    async fn stuck_sweep(&mut self) {
+        let Ok((_, assigned)) = self
+            .args
+            .task_queue
+            .call(TaskMsg::Snapshot, CALL_TIMEOUT)
+            .await
+        else {
+            return;
+        };
+        let cutoff = now_ms().saturating_sub(self.args.stuck_after.as_millis() as u64);
+        for task in assigned.into_iter().filter(|t| t.updated_at < cutoff) {
+            let agent_id = task.assigned_to.clone().unwrap_or_default();
+            if self.args.agents.is_working_on(&agent_id, &task.id) {
+                continue;
+            }
+            tracing::warn!(%agent_id, task_id = %task.id, "reclaiming a stuck task");
+            let msg = TaskMsg::Reclaim {
+                task_id: task.id,
+                from: Some(agent_id),
+                reason: "stuck".into(),
+                reply: None,
+            };
+            let _ = self
+                .args
+                .task_queue
+                .send(msg, crate::service::DEFAULT_WAIT)
+                .await;
+        }
+    }
+}

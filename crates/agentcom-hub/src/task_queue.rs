@@ -1,0 +1,503 @@
+//! The task queue (reference §5.2): owns `task_queue` and `task_dead_letter`, keeps every
+//! active task in memory, applies the transitions of [`agentcom_core::task`], answers only
+//! once a change is durable, and publishes exactly one event per real transition (F3).
+//! Every reclaim, failure and completion is told to the assignee's FSM (F9).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_core::task::{FailOutcome, NewTask, Task, TaskError, TaskStatus};
+use agentcom_store::{decode, encode, StoreReader, Table, WriteOp};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::Value;
+
+use crate::agents::{AgentTable, FsmMsg};
+use crate::events::{HubEvent, TaskEventKind, Topic};
+use crate::pubsub::Publisher;
+use crate::service::Service;
+use crate::store::{write_then, StoreMsg};
+use crate::{now_ms, HubError};
+
+pub type TaskResult<T> = Result<T, HubError>;
+
+/// A task id: `task-` and 16 lowercase hex characters.
+pub fn task_id() -> String {
+    format!("task-{}", crate::services::message_id())
+}
+
+/// Which tasks a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub priority: Option<u8>,
+    pub assigned_to: Option<String>,
+    /// Only tasks this agent submitted or is assigned (non-admin callers).
+    pub involving: Option<String>,
+}
+
+/// `GET /api/tasks/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskStats {
+    pub by_status: Vec<(TaskStatus, usize)>,
+    pub by_priority: Vec<(u8, usize)>,
+    pub dead_letter: usize,
+    pub queued: usize,
+}
+
+pub enum TaskMsg {
+    Submit(NewTask, RpcReplyPort<TaskResult<Task>>),
+    /// Submit a task (with this id) already assigned to an agent (admin push-task, F14).
+    SubmitAssigned(String, NewTask, String, RpcReplyPort<TaskResult<Task>>),
+    Assign(String, String, RpcReplyPort<TaskResult<Task>>),
+    /// The assignee shows progress (`task_accepted`, `task_progress`): `updated_at` = now.
+    Touch(String, String, RpcReplyPort<TaskResult<Task>>),
+    Complete {
+        task_id: String,
+        agent_id: String,
+        generation: u64,
+        result: Value,
+        tokens_used: Option<u64>,
+        reply: RpcReplyPort<TaskResult<Task>>,
+    },
+    Fail {
+        task_id: String,
+        agent_id: String,
+        generation: u64,
+        error: Value,
+        reply: RpcReplyPort<TaskResult<(Task, FailOutcome)>>,
+    },
+    /// Put an assigned task back in the queue; `from` limits it to that assignee.
+    Reclaim {
+        task_id: String,
+        from: Option<String>,
+        reason: String,
+        reply: Option<RpcReplyPort<TaskResult<Task>>>,
+    },
+    RetryDeadLetter(String, RpcReplyPort<TaskResult<Task>>),
+    Get(String, RpcReplyPort<Option<Task>>),
+    List(TaskFilter, RpcReplyPort<Vec<Task>>),
+    DeadLetters(RpcReplyPort<Vec<Task>>),
+    Stats(RpcReplyPort<TaskStats>),
+    /// Queued tasks, and assigned tasks (for the scheduler).
+    Snapshot(RpcReplyPort<(Vec<Task>, Vec<Task>)>),
+    /// Overdue reclaim and completed-task pruning.
+    Sweep,
+}
+
+pub struct TaskQueueArgs {
+    pub reader: StoreReader,
+    pub store: Service<StoreMsg>,
+    pub publisher: Publisher,
+    pub agents: Arc<AgentTable>,
+    pub sweep_interval: Duration,
+    pub completed_ttl: Duration,
+}
+
+pub struct TaskQueueState {
+    args: TaskQueueArgs,
+    active: HashMap<String, Task>,
+    dead: HashMap<String, Task>,
+}
+
+pub struct TaskQueue;
+
+fn load(reader: &StoreReader, table: Table) -> Result<HashMap<String, Task>, ActorProcessingErr> {
+    let mut out = HashMap::new();
+    for (_, bytes) in reader.scan_prefix(table, b"")? {
+        let task: Task = decode(table, &bytes)?;
+        out.insert(task.id.clone(), task);
+    }
+    Ok(out)
+}
+
+fn put(table: Table, task: &Task) -> WriteOp {
+    WriteOp::Put {
+        table,
+        key: task.id.as_bytes().to_vec(),
+        value: encode(task),
+    }
+}
+
+fn delete(table: Table, id: &str) -> WriteOp {
+    WriteOp::Delete {
+        table,
+        key: id.as_bytes().to_vec(),
+    }
+}
+
+impl Actor for TaskQueue {
+    type Msg = TaskMsg;
+    type State = TaskQueueState;
+    type Arguments = TaskQueueArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: TaskQueueArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        args.store
+            .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
+            .await?;
+        let active = load(&args.reader, Table::TaskQueue)?;
+        let dead = load(&args.reader, Table::TaskDeadLetter)?;
+        myself.send_interval(args.sweep_interval, || TaskMsg::Sweep);
+        Ok(TaskQueueState { args, active, dead })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_ms();
+        match msg {
+            TaskMsg::Submit(new, reply) => {
+                let task = Task::new(task_id(), new, now);
+                state
+                    .commit(
+                        vec![put(Table::TaskQueue, &task)],
+                        task,
+                        &[TaskEventKind::Submitted],
+                        None,
+                        reply,
+                    )
+                    .await;
+            }
+            TaskMsg::SubmitAssigned(id, new, agent_id, reply) => {
+                let mut task = Task::new(id, new, now);
+                task.assign(&agent_id, now).expect("a new task is queued");
+                let events = [TaskEventKind::Submitted, TaskEventKind::Assigned];
+                state
+                    .commit(
+                        vec![put(Table::TaskQueue, &task)],
+                        task,
+                        &events,
+                        None,
+                        reply,
+                    )
+                    .await;
+            }
+            TaskMsg::Assign(id, agent_id, reply) => match state.active_mut(&id) {
+                Err(e) => reply_err(reply, e),
+                Ok(task) => match task.assign(&agent_id, now) {
+                    Err(e) => reply_err(reply, e),
+                    Ok(()) => {
+                        let task = task.clone();
+                        state
+                            .commit(
+                                vec![put(Table::TaskQueue, &task)],
+                                task,
+                                &[TaskEventKind::Assigned],
+                                None,
+                                reply,
+                            )
+                            .await;
+                    }
+                },
+            },
+            TaskMsg::Touch(id, agent_id, reply) => match state.active_mut(&id) {
+                Err(e) => reply_err(reply, e),
+                Ok(task) if task.is_assigned_to(&agent_id) => {
+                    task.touch(now);
+                    let task = task.clone();
+                    state
+                        .commit(vec![put(Table::TaskQueue, &task)], task, &[], None, reply)
+                        .await;
+                }
+                Ok(task) => reply_err(
+                    reply,
+                    if task.status == TaskStatus::Assigned {
+                        TaskError::NotAssignee
+                    } else {
+                        TaskError::InvalidState
+                    },
+                ),
+            },
+            TaskMsg::Complete {
+                task_id,
+                agent_id,
+                generation,
+                result,
+                tokens_used,
+                reply,
+            } => match state.active_mut(&task_id) {
+                Err(e) => reply_err(reply, e),
+                Ok(task) => match task.complete(&agent_id, generation, result, tokens_used, now) {
+                    Err(e) => reply_err(reply, e),
+                    Ok(()) => {
+                        let task = task.clone();
+                        let release = Some(agent_id);
+                        state
+                            .commit(
+                                vec![put(Table::TaskQueue, &task)],
+                                task,
+                                &[TaskEventKind::Completed],
+                                release,
+                                reply,
+                            )
+                            .await;
+                    }
+                },
+            },
+            TaskMsg::Fail {
+                task_id,
+                agent_id,
+                generation,
+                error,
+                reply,
+            } => match state.active_mut(&task_id) {
+                Err(e) => reply_err(reply, e),
+                Ok(task) => match task.fail(&agent_id, generation, error, now) {
+                    Err(e) => reply_err(reply, e),
+                    Ok(outcome) => {
+                        let task = task.clone();
+                        let (ops, event) = match outcome {
+                            FailOutcome::Retried => {
+                                (vec![put(Table::TaskQueue, &task)], TaskEventKind::Retried)
+                            }
+                            FailOutcome::DeadLetter => {
+                                state.active.remove(&task.id);
+                                state.dead.insert(task.id.clone(), task.clone());
+                                (
+                                    vec![
+                                        delete(Table::TaskQueue, &task.id),
+                                        put(Table::TaskDeadLetter, &task),
+                                    ],
+                                    TaskEventKind::DeadLetter,
+                                )
+                            }
+                        };
+                        let (tx, rx) = ractor::concurrency::oneshot();
+                        state
+                            .commit(ops, task, &[event], Some(agent_id), tx.into())
+                            .await;
+                        tokio::spawn(async move {
+                            let result = rx.await.unwrap_or_else(|_| {
+                                Err(HubError::Service(
+                                    crate::service::ServiceError::Interrupted("task_queue"),
+                                ))
+                            });
+                            let _ = reply.send(result.map(|t| (t, outcome)));
+                        });
+                    }
+                },
+            },
+            TaskMsg::Reclaim {
+                task_id,
+                from,
+                reason,
+                reply,
+            } => {
+                let result = match state.active_mut(&task_id) {
+                    Err(e) => Err(e),
+                    Ok(task) if from.as_deref().is_some_and(|a| !task.is_assigned_to(a)) => {
+                        Err(TaskError::NotAssignee)
+                    }
+                    Ok(task) => {
+                        let previous = task.assigned_to.clone();
+                        task.reclaim(&reason, now)
+                            .map(|()| (task.clone(), previous))
+                    }
+                };
+                let reply = reply.unwrap_or_else(|| ractor::concurrency::oneshot().0.into());
+                match result {
+                    Err(e) => reply_err(reply, e),
+                    Ok((task, previous)) => {
+                        state
+                            .commit(
+                                vec![put(Table::TaskQueue, &task)],
+                                task,
+                                &[TaskEventKind::Reclaimed],
+                                previous,
+                                reply,
+                            )
+                            .await;
+                    }
+                }
+            }
+            TaskMsg::RetryDeadLetter(id, reply) => match state.dead.remove(&id) {
+                None => reply_err(reply, TaskError::NotFound),
+                Some(mut task) => {
+                    task.retry_dead_letter(now)
+                        .expect("a dead-letter task can be retried");
+                    state.active.insert(task.id.clone(), task.clone());
+                    let ops = vec![
+                        delete(Table::TaskDeadLetter, &task.id),
+                        put(Table::TaskQueue, &task),
+                    ];
+                    state
+                        .commit(ops, task, &[TaskEventKind::Retried], None, reply)
+                        .await;
+                }
+            },
+            TaskMsg::Get(id, reply) => {
+                let _ = reply.send(
+                    state
+                        .active
+                        .get(&id)
+                        .or_else(|| state.dead.get(&id))
+                        .cloned(),
+                );
+            }
+            TaskMsg::List(filter, reply) => {
+                let mut tasks: Vec<Task> = state
+                    .active
+                    .values()
+                    .filter(|t| filter.accepts(t))
+                    .cloned()
+                    .collect();
+                sort(&mut tasks);
+                let _ = reply.send(tasks);
+            }
+            TaskMsg::DeadLetters(reply) => {
+                let mut tasks: Vec<Task> = state.dead.values().cloned().collect();
+                sort(&mut tasks);
+                let _ = reply.send(tasks);
+            }
+            TaskMsg::Stats(reply) => {
+                let mut stats = TaskStats {
+                    dead_letter: state.dead.len(),
+                    ..TaskStats::default()
+                };
+                for status in TaskStatus::ALL {
+                    let n = state.active.values().filter(|t| t.status == status).count();
+                    if n > 0 {
+                        stats.by_status.push((status, n));
+                    }
+                }
+                for p in 0..4u8 {
+                    let n = state.active.values().filter(|t| t.priority == p).count();
+                    if n > 0 {
+                        stats.by_priority.push((p, n));
+                    }
+                }
+                stats.queued = state
+                    .active
+                    .values()
+                    .filter(|t| t.status == TaskStatus::Queued)
+                    .count();
+                let _ = reply.send(stats);
+            }
+            TaskMsg::Snapshot(reply) => {
+                let queued = state
+                    .active
+                    .values()
+                    .filter(|t| t.status == TaskStatus::Queued)
+                    .cloned()
+                    .collect();
+                let assigned = state
+                    .active
+                    .values()
+                    .filter(|t| t.status == TaskStatus::Assigned)
+                    .cloned()
+                    .collect();
+                let _ = reply.send((queued, assigned));
+            }
+            TaskMsg::Sweep => {
+                let overdue: Vec<String> = state
+                    .active
+                    .values()
+                    .filter(|t| t.is_overdue(now))
+                    .map(|t| t.id.clone())
+                    .collect();
+                for task_id in overdue {
+                    let _ = myself.send_message(TaskMsg::Reclaim {
+                        task_id,
+                        from: None,
+                        reason: "overdue".into(),
+                        reply: None,
+                    });
+                }
+                // F20: completed tasks are kept for `completed_task_ttl`, then pruned.
+                let cutoff = now.saturating_sub(state.args.completed_ttl.as_millis() as u64);
+                let expired: Vec<String> = state
+                    .active
+                    .values()
+                    .filter(|t| t.status == TaskStatus::Completed && t.updated_at < cutoff)
+                    .map(|t| t.id.clone())
+                    .collect();
+                if !expired.is_empty() {
+                    let ops = expired
+                        .iter()
+                        .map(|id| delete(Table::TaskQueue, id))
+                        .collect();
+                    for id in &expired {
+                        state.active.remove(id);
+                    }
+                    let (tx, _) = ractor::concurrency::oneshot();
+                    write_then(&state.args.store, ops, tx.into(), || ()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reply_err<T>(reply: RpcReplyPort<TaskResult<T>>, e: TaskError) {
+    let _ = reply.send(Err(HubError::Task(e)));
+}
+
+/// Active tasks in lane order, FIFO inside a lane.
+fn sort(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| (a.priority, a.created_at, &a.id).cmp(&(b.priority, b.created_at, &b.id)));
+}
+
+impl TaskFilter {
+    fn accepts(&self, t: &Task) -> bool {
+        self.status.is_none_or(|s| t.status == s)
+            && self.priority.is_none_or(|p| t.priority == p)
+            && self
+                .assigned_to
+                .as_deref()
+                .is_none_or(|a| t.assigned_to.as_deref() == Some(a))
+            && self
+                .involving
+                .as_deref()
+                .is_none_or(|a| t.submitted_by == a || t.assigned_to.as_deref() == Some(a))
+    }
+}
+
+impl TaskQueueState {
+    fn active_mut(&mut self, id: &str) -> Result<&mut Task, TaskError> {
+        self.active.get_mut(id).ok_or(TaskError::NotFound)
+    }
+
+    /// Make `ops` durable, then publish `events` for `task`, tell `release`'s FSM that the
+    /// task left it, and answer with the task.
+    async fn commit(
+        &mut self,
+        ops: Vec<WriteOp>,
+        task: Task,
+        events: &[TaskEventKind],
+        release: Option<String>,
+        reply: RpcReplyPort<TaskResult<Task>>,
+    ) {
+        if task.status != TaskStatus::DeadLetter {
+            self.active.insert(task.id.clone(), task.clone());
+        }
+        let publisher = self.args.publisher.clone();
+        let agents = self.args.agents.clone();
+        let events = events.to_vec();
+        write_then(&self.args.store, ops, reply, move || {
+            let shared = Arc::new(task.clone());
+            for event in events {
+                publisher.publish(
+                    Topic::Tasks,
+                    HubEvent::Task {
+                        kind: event,
+                        task: shared.clone(),
+                    },
+                );
+            }
+            if let Some(agent_id) = release {
+                if let Some(fsm) = agents.fsm_of(&agent_id) {
+                    let _ = fsm.send_message(FsmMsg::Released(task.id.clone()));
+                }
+            }
+            task
+        })
+        .await;
+    }
+}
