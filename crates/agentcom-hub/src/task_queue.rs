@@ -274,11 +274,9 @@ impl Actor for TaskQueue {
                             .commit(ops, task, &[event], Some(agent_id), tx.into())
                             .await;
                         tokio::spawn(async move {
-                            let result = rx.await.unwrap_or_else(|_| {
-                                Err(HubError::Service(
-                                    crate::service::ServiceError::Interrupted("task_queue"),
-                                ))
-                            });
+                            let interrupted =
+                                crate::service::ServiceError::Interrupted("task_queue");
+                            let result = rx.await.unwrap_or(Err(HubError::Service(interrupted)));
                             let _ = reply.send(result.map(|t| (t, outcome)));
                         });
                     }
