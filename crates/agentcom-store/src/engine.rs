@@ -58,6 +58,13 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<Vec<Record>, StoreError>;
     /// The record with the greatest key starting with `prefix`.
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError>;
+    /// Visit every record of `table` in key order, without holding them all in memory.
+    /// Concurrent writes may or may not be seen (a fuzzy scan).
+    fn for_each(
+        &self,
+        table: Table,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
     fn stats(&self, table: Table) -> TableStats;

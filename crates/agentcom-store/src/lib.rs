@@ -4,6 +4,7 @@
 //! Architecture invariant: the hub's store actor is the only caller of [`Engine::apply`];
 //! everyone else reads through a [`StoreReader`].
 
+pub mod backup;
 mod codec;
 mod engine;
 mod error;

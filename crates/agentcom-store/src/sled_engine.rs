@@ -208,6 +208,18 @@ impl Engine for SledEngine {
         }
     }
 
+    fn for_each(
+        &self,
+        table: Table,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for entry in self.trees[table.index()].iter() {
+            let (k, v) = entry?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
