@@ -7,6 +7,9 @@ use crate::{StoreError, Table};
 /// A stored key and its value.
 pub type Record = (Vec<u8>, Vec<u8>);
 
+/// A visitor of records in key order; an error stops the scan.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
 /// One write of an atomic batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -60,11 +63,7 @@ pub trait Engine: Send + Sync + 'static {
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError>;
     /// Visit every record of `table` in key order, without holding them all in memory.
     /// Concurrent writes may or may not be seen (a fuzzy scan).
-    fn for_each(
-        &self,
-        table: Table,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn for_each(&self, table: Table, f: &mut Visitor<'_>) -> Result<(), StoreError>;
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError>;
     fn flush(&self) -> Result<(), StoreError>;
     fn stats(&self, table: Table) -> TableStats;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 
-use crate::engine::Record;
+use crate::engine::{Record, Visitor};
 use crate::{Engine, StoreError, Table, TableStats, WriteOp};
 
 const STATS_TREE: &str = "__stats";
@@ -208,11 +208,7 @@ impl Engine for SledEngine {
         }
     }
 
-    fn for_each(
-        &self,
-        table: Table,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each(&self, table: Table, f: &mut Visitor<'_>) -> Result<(), StoreError> {
         for entry in self.trees[table.index()].iter() {
             let (k, v) = entry?;
             f(&k, &v)?;
