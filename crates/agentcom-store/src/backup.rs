@@ -19,6 +19,7 @@ use agentcom_core::Millis;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::engine::Visitor;
 use crate::{Engine, StoreError, Table, WriteOp};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -124,10 +125,13 @@ fn io(context: &str, path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Engine(format!("{context} {}: {e}", path.display()))
 }
 
-/// Write one table file: the scan of `table` with `overlay` laid over it.
+/// A sorted source of records: calls the visitor for each, in key order.
+type Source<'a> = dyn FnMut(&mut Visitor<'_>) -> Result<(), StoreError> + 'a;
+
+/// Write one table file: the records of `source` with `overlay` laid over them.
 fn write_table(
-    engine: &dyn Engine,
     table: Table,
+    source: &mut Source<'_>,
     overlay: Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     path: &Path,
 ) -> Result<TableManifest, StoreError> {
@@ -147,7 +151,7 @@ fn write_table(
         count += 1;
         write_record(out, k, v).map_err(|e| io("cannot write", path, e))
     };
-    engine.for_each(table, &mut |key: &[u8], value: &[u8]| {
+    source(&mut |key: &[u8], value: &[u8]| {
         // Overlay keys before this one that the scan did not see.
         while let Some((k, v)) = pending.next_if(|(k, _)| k.as_slice() < key) {
             if let Some(v) = v {
@@ -181,6 +185,22 @@ fn write_table(
         bytes,
         checksum: format!("sha256:{}", hex(&hasher.finalize())),
     })
+}
+
+/// A table file's records as a [`Source`].
+fn file_source(path: &Path) -> impl FnMut(&mut Visitor<'_>) -> Result<(), StoreError> + '_ {
+    move |visit: &mut Visitor<'_>| {
+        let file = File::open(path).map_err(|e| io("cannot read", path, e))?;
+        let mut failure = None;
+        read_records(BufReader::new(file), &mut Sha256::new(), &mut |k, v| {
+            visit(&k, &v).map_err(|e| {
+                let text = e.to_string();
+                failure = Some(e);
+                text
+            })
+        })
+        .map_err(|e| failure.take().unwrap_or(StoreError::Engine(e)))
+    }
 }
 
 fn file_name(table: Table) -> String {
@@ -235,16 +255,31 @@ pub struct Created {
     pub problems: Vec<Problem>,
 }
 
-/// Write a backup of every table of `engine` (with `overlay` laid over the scan) into
-/// `backup_dir`, verify it, and rename it into place. A table that fails is reported and
-/// the others still written; a backup with a failed table is kept under its temporary
-/// name (never listed) and the error returned in `results`.
+/// Write a backup of every table of `engine` (no concurrent writers: the offline CLI)
+/// into `backup_dir`, verify it, and rename it into place.
 pub fn create(
     engine: &dyn Engine,
-    overlay: &Overlay,
     backup_dir: &Path,
     created_at: Millis,
     hub_version: &str,
+) -> Result<Created, StoreError> {
+    create_live(engine, backup_dir, created_at, hub_version, || {
+        Ok(Overlay::new())
+    })
+}
+
+/// Write a point-in-time backup of a store that writers keep changing. Every table is
+/// first scanned as it is (a fuzzy scan); `end_capture` then returns the writes applied
+/// since the capture began, and the final files are the scans with those writes laid
+/// over them: the state of every table at the moment the capture ended. A table that
+/// fails is reported and the others still written; such a backup stays under its
+/// temporary name (never listed).
+pub fn create_live(
+    engine: &dyn Engine,
+    backup_dir: &Path,
+    created_at: Millis,
+    hub_version: &str,
+    end_capture: impl FnOnce() -> Result<Overlay, StoreError>,
 ) -> Result<Created, StoreError> {
     fs::create_dir_all(backup_dir).map_err(|e| io("cannot create", backup_dir, e))?;
     // Names never collide: a taken millisecond moves to the next one.
@@ -259,15 +294,34 @@ pub fn create(
     let tmp = backup_dir.join(temp_name(&id));
     fs::create_dir(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
     let final_path = backup_dir.join(&id);
+    // Pass 1: fuzzy scans.
+    let mut scanned = Vec::new();
+    for table in Table::ALL {
+        let scan = tmp.join(format!("{}.scan", table.name()));
+        let result = write_table(
+            table,
+            &mut |visit: &mut Visitor<'_>| engine.for_each(table, visit),
+            None,
+            &scan,
+        );
+        scanned.push((table, scan, result.map(|_| ())));
+    }
+    let overlay = end_capture()?;
+    // Pass 2: scans with the captured writes laid over them.
     let mut tables = Vec::new();
     let mut results = Vec::new();
-    for table in Table::ALL {
-        match write_table(
-            engine,
-            table,
-            overlay.get(&table),
-            &tmp.join(file_name(table)),
-        ) {
+    for (table, scan, scanned) in scanned {
+        let written = scanned.and_then(|()| {
+            let mut source = file_source(&scan);
+            write_table(
+                table,
+                &mut source,
+                overlay.get(&table),
+                &tmp.join(file_name(table)),
+            )
+        });
+        let _ = fs::remove_file(&scan);
+        match written {
             Ok(m) => {
                 results.push(TableResult {
                     table,
@@ -612,10 +666,10 @@ mod tests {
             vec![put(Table::AgentcomConfig, "a", "9")],
         ]);
         let backups = dir.path().join("backups");
-        let created = create(&engine, &overlay, &backups, 1_000, "test").unwrap();
+        let created = create_live(&engine, &backups, 1_000, "test", || Ok(overlay)).unwrap();
         assert!(created.verified, "{:?}", created.problems);
         assert_eq!(created.manifest.tables.len(), Table::ALL.len());
-        let again = create(&engine, &Overlay::new(), &backups, 1_000, "test").unwrap();
+        let again = create(&engine, &backups, 1_000, "test").unwrap();
         assert_ne!(again.id, created.id, "names never collide");
 
         let target = SledEngine::open(&dir.path().join("b")).unwrap();
@@ -650,7 +704,7 @@ mod tests {
             ])
             .unwrap();
         let backups = dir.path().join("backups");
-        let b = create(&engine, &Overlay::new(), &backups, 5, "test").unwrap();
+        let b = create(&engine, &backups, 5, "test").unwrap();
         // Flip a byte in task_queue.
         let tq = b.path.join("task_queue.rec");
         let mut bytes = fs::read(&tq).unwrap();
@@ -685,11 +739,7 @@ mod tests {
         let engine = SledEngine::open(&dir.path().join("a")).unwrap();
         let backups = dir.path().join("backups");
         let ids: Vec<String> = (0..4)
-            .map(|i| {
-                create(&engine, &Overlay::new(), &backups, 1000 + i, "t")
-                    .unwrap()
-                    .id
-            })
+            .map(|i| create(&engine, &backups, 1000 + i, "t").unwrap().id)
             .collect();
         let removed = prune(&backups, 3);
         assert_eq!(removed, vec![ids[0].clone()]);
