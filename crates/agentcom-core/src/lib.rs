@@ -10,6 +10,7 @@ pub mod auth;
 pub mod channel;
 pub mod config;
 pub mod fsm;
+pub mod health;
 pub mod message;
 pub mod scheduler;
 pub mod supervision;

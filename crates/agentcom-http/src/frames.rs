@@ -300,6 +300,26 @@ fn encode_event(event: &HubEvent) -> Value {
             "agent_id": task.assigned_to,
             "timestamp": task.updated_at,
         }),
+        HubEvent::BackupStarted { timestamp } => {
+            json!({"type": "backup_started", "timestamp": timestamp})
+        }
+        HubEvent::BackupComplete {
+            timestamp,
+            tables_backed_up,
+            backup_id,
+            duration_ms,
+            verified,
+        } => json!({
+            "type": "backup_complete",
+            "timestamp": timestamp,
+            "tables_backed_up": tables_backed_up,
+            "backup_id": backup_id,
+            "duration_ms": duration_ms,
+            "verified": verified,
+        }),
+        HubEvent::BackupFailed { timestamp, error } => {
+            json!({"type": "backup_failed", "timestamp": timestamp, "error": error})
+        }
         other => json!({"type": "other", "detail": format!("{other:?}")}),
     };
     json!({"type": "events", "data": [data]})

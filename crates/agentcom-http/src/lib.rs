@@ -10,6 +10,7 @@ mod handlers;
 mod messaging;
 mod routes;
 mod server;
+mod storage;
 mod tasks;
 mod wire;
 mod ws;

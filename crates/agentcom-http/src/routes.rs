@@ -7,6 +7,7 @@ use crate::api::{percent_decode, ApiError, ApiResult, Request};
 use crate::handlers;
 use crate::messaging as m;
 use crate::server::App;
+use crate::storage;
 use crate::tasks;
 use crate::ws;
 
@@ -52,6 +53,10 @@ enum Endpoint {
     Task,
     TaskRetry,
     PushTask,
+    Backup,
+    Backups,
+    BackupVerify,
+    StorageHealth,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -110,6 +115,14 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/api/tasks/{task_id}", Endpoint::Task),
     ("/api/tasks/{task_id}/retry", Endpoint::TaskRetry),
     ("/api/admin/push-task", Endpoint::PushTask),
+    ("/api/admin/backup", Endpoint::Backup),
+    ("/api/admin/backups", Endpoint::Backups),
+    (
+        "/api/admin/backups/{backup_id}/verify",
+        Endpoint::BackupVerify,
+    ),
+    ("/api/admin/dets-health", Endpoint::StorageHealth),
+    ("/api/admin/storage-health", Endpoint::StorageHealth),
 ];
 
 pub struct Router {
@@ -203,6 +216,10 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::Task, Method::GET) => tasks::get(app, req, param("task_id")).await,
         (E::TaskRetry, Method::POST) => tasks::retry(app, req, param("task_id")).await,
         (E::PushTask, Method::POST) => tasks::push(app, req).await,
+        (E::Backup, Method::POST) => storage::create(app, req).await,
+        (E::Backups, Method::GET) => storage::list(app, req).await,
+        (E::BackupVerify, Method::POST) => storage::verify(app, req, param("backup_id")).await,
+        (E::StorageHealth, Method::GET) => storage::health(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

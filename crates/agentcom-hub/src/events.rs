@@ -53,11 +53,29 @@ pub enum HubEvent {
         message: Arc<Message>,
     },
     /// An agent newly subscribed to a channel (topic `channel:<name>`).
-    ChannelSubscribed { channel: String, agent_id: String },
+    ChannelSubscribed {
+        channel: String,
+        agent_id: String,
+    },
     /// A task changed state (topic `tasks`): published once per real, durable transition.
     Task {
         kind: TaskEventKind,
         task: Arc<Task>,
+    },
+    /// Topic `backups`.
+    BackupStarted {
+        timestamp: u64,
+    },
+    BackupComplete {
+        timestamp: u64,
+        tables_backed_up: Vec<String>,
+        backup_id: String,
+        duration_ms: u64,
+        verified: bool,
+    },
+    BackupFailed {
+        timestamp: u64,
+        error: String,
     },
 }
 

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 use crate::agents::{AgentTable, Agents, AgentsMsg, FsmServices};
 use crate::analytics::{Analytics, AnalyticsMsg, AnalyticsTable};
 use crate::auth::{AuthActor, AuthArgs, AuthMsg};
+use crate::backup::{BackupActor, BackupArgs, BackupMsg};
 use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
 use crate::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use crate::history::{HistoryArgs, HistoryMsg, MessageHistory};
@@ -74,6 +75,7 @@ impl Hub {
             slot::<AnalyticsMsg>(),
         );
         let (reaper_s, sessions_s) = (slot::<ReaperMsg>(), slot::<SessionsMsg>());
+        let backup_s = slot::<BackupMsg>();
         let (tasks_s, agents_s, scheduler_s) = (
             slot::<TaskMsg>(),
             slot::<AgentsMsg>(),
@@ -100,6 +102,8 @@ impl Hub {
             agents: agents_s.service("agents"),
             task_queue: tasks_s.service("task_queue"),
             scheduler: scheduler_s.service("scheduler"),
+            backup: backup_s.service("backup"),
+            engine: engine.clone(),
         };
 
         let s = services.clone();
@@ -252,6 +256,20 @@ impl Hub {
                         rejection_ttl: s.settings.accept_timeout,
                     };
                     (Scheduler, args)
+                }
+            }),
+            ChildSpec::new("backup", "service", backup_s, {
+                let s = s.clone();
+                move || {
+                    let args = BackupArgs {
+                        engine: s.engine.clone(),
+                        store: s.store.clone(),
+                        publisher: s.publisher.clone(),
+                        backup_dir: s.settings.backup_dir.clone(),
+                        keep: s.settings.backup_keep,
+                        interval: s.settings.backup_interval,
+                    };
+                    (BackupActor, args)
                 }
             }),
             ChildSpec::new("reaper", "service", reaper_s, {

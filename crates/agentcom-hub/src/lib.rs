@@ -8,6 +8,7 @@ pub mod agent_session;
 pub mod agents;
 pub mod analytics;
 pub mod auth;
+pub mod backup;
 pub mod channels;
 pub mod config;
 pub mod events;
@@ -95,6 +96,11 @@ pub struct HubSettings {
     pub task_sweep_interval: Duration,
     pub stuck_task_after: Duration,
     pub completed_task_ttl: Duration,
+    pub backup_dir: std::path::PathBuf,
+    pub backup_keep: usize,
+    pub backup_interval: Duration,
+    pub backup_stale_after: Duration,
+    pub fragmentation_floor: u64,
 }
 
 impl Default for HubSettings {
@@ -109,6 +115,11 @@ impl Default for HubSettings {
             task_sweep_interval: Duration::from_secs(30),
             stuck_task_after: Duration::from_secs(300),
             completed_task_ttl: Duration::from_secs(7 * 24 * 3600),
+            backup_dir: std::path::PathBuf::from("./data/backups"),
+            backup_keep: 3,
+            backup_interval: Duration::from_secs(24 * 3600),
+            backup_stale_after: Duration::from_secs(48 * 3600),
+            fragmentation_floor: 64 << 20,
         }
     }
 }

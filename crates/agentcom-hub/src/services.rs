@@ -14,6 +14,7 @@ use crate::agents::FsmMsg;
 use crate::agents::{AgentTable, AgentsMsg};
 use crate::analytics::{AnalyticsMsg, AnalyticsTable};
 use crate::auth::AuthMsg;
+use crate::backup::{BackupMsg, BackupRun, BackupStatus, StorageHealth, TableHealth};
 use crate::channels::{ChannelsMsg, Subscription};
 use crate::config::ConfigMsg;
 use crate::events::{HubEvent, Topic};
@@ -53,6 +54,8 @@ pub struct Services {
     pub agents: Service<AgentsMsg>,
     pub task_queue: Service<TaskMsg>,
     pub scheduler: Service<SchedulerMsg>,
+    pub backup: Service<BackupMsg>,
+    pub engine: Arc<dyn agentcom_store::Engine>,
 }
 
 /// A fresh message id: 16 lowercase hex characters.
@@ -384,6 +387,67 @@ impl Services {
         self.task_queue
             .call(|r| TaskMsg::RetryDeadLetter(id, r), CALL_TIMEOUT)
             .await?
+    }
+
+    /// Back up now (joining a run in progress); answers when the backup is written and
+    /// verified.
+    pub async fn backup_now(&self) -> Result<BackupRun, HubError> {
+        self.backup
+            .call(
+                |r| BackupMsg::Run(Some(r)),
+                std::time::Duration::from_secs(3600),
+            )
+            .await?
+    }
+
+    pub async fn backup_status(&self) -> Result<BackupStatus, HubError> {
+        Ok(self.backup.call(BackupMsg::Status, CALL_TIMEOUT).await?)
+    }
+
+    /// The storage health report: per-table counters, store totals, backup freshness.
+    pub async fn storage_health(&self) -> Result<StorageHealth, HubError> {
+        use agentcom_core::health;
+        let status = self.backup_status().await?;
+        let tables: Vec<TableHealth> = agentcom_store::Table::ALL
+            .iter()
+            .map(|t| {
+                let s = self.reader.stats(*t);
+                TableHealth {
+                    table: t.name(),
+                    record_count: s.record_count,
+                    logical_bytes: s.logical_bytes,
+                }
+            })
+            .collect();
+        let live_bytes = tables.iter().map(|t| t.logical_bytes).sum();
+        let size_on_disk = self.reader.size_on_disk()?;
+        let last_backup_at = agentcom_store::backup::list(&status.backup_dir)
+            .into_iter()
+            .rev()
+            .find_map(|b| b.manifest.map(|m| m.created_at));
+        let now = now_ms();
+        let floor = self.settings.fragmentation_floor;
+        let stale = health::stale_backup(
+            last_backup_at,
+            now,
+            self.settings.backup_stale_after.as_millis() as u64,
+        );
+        let high = health::high_fragmentation(size_on_disk, live_bytes, floor);
+        Ok(StorageHealth {
+            health_status: health::health_status(stale, high).as_str(),
+            stale_backup: stale,
+            high_fragmentation: high,
+            last_backup_at,
+            next_backup_at: status.next_backup_at,
+            last_run: status.last_run,
+            tables,
+            engine: self.reader.engine_name(),
+            size_on_disk,
+            live_bytes,
+            fragmentation_ratio: health::fragmentation_ratio(size_on_disk, live_bytes),
+            fragmentation_floor: floor,
+            was_recovered: self.reader.was_recovered(),
+        })
     }
 
     /// Agents present (identified on a websocket).

@@ -124,7 +124,9 @@ impl Actor for Session {
             agent: AgentSession::default(),
         };
         if args.kind == SessionKind::Dashboard {
-            state.subscribe(&myself, Topic::Actors);
+            for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
+                state.subscribe(&myself, topic);
+            }
         }
         Ok(state)
     }

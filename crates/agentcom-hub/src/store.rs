@@ -24,6 +24,11 @@ pub enum StoreMsg {
     Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
     /// Answer once every write sent before this message is applied (visible to readers).
     Barrier(RpcReplyPort<()>),
+    /// Start recording every batch applied from now on (for a consistent backup).
+    StartCapture(RpcReplyPort<()>),
+    /// Stop recording and hand over the batches recorded, in the order applied; `None` if
+    /// this instance was not capturing (it was restarted meanwhile).
+    EndCapture(RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
 }
 
 /// How acknowledgements are made durable.
@@ -42,6 +47,7 @@ pub struct StoreArgs {
 
 pub struct StoreState {
     engine: Arc<dyn Engine>,
+    capture: Option<Vec<Vec<WriteOp>>>,
     durability: Durability,
     committer: mpsc::UnboundedSender<RpcReplyPort<WriteResult>>,
 }
@@ -62,6 +68,7 @@ impl Actor for StoreActor {
         tokio::spawn(committer(args.engine.clone(), rx));
         Ok(StoreState {
             engine: args.engine,
+            capture: None,
             durability: args.durability,
             committer: tx,
         })
@@ -79,11 +86,23 @@ impl Actor for StoreActor {
                 let _ = reply.send(());
                 return Ok(());
             }
+            StoreMsg::StartCapture(reply) => {
+                state.capture = Some(Vec::new());
+                let _ = reply.send(());
+                return Ok(());
+            }
+            StoreMsg::EndCapture(reply) => {
+                let _ = reply.send(state.capture.take());
+                return Ok(());
+            }
         };
         if let Err(e) = state.engine.apply(&batch) {
             tracing::error!(actor = "store", error = %e, "write failed");
             let _ = reply.send(Err(e));
             return Ok(());
+        }
+        if let Some(capture) = state.capture.as_mut() {
+            capture.push(batch);
         }
         match state.durability {
             Durability::GroupCommit => {

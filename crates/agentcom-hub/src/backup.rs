@@ -1,0 +1,306 @@
+//! The backup actor: consistent point-in-time backups of every table while writers keep
+//! running, on a fixed-rate schedule derived from the backups on disk (F2), and on
+//! request. Runs never overlap: a request made during a run gets that run's result.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentcom_core::Millis;
+use agentcom_store::backup::{self, overlay_of, Created};
+use agentcom_store::{Engine, StoreError};
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::events::{HubEvent, Topic};
+use crate::pubsub::Publisher;
+use crate::service::Service;
+use crate::store::StoreMsg;
+use crate::{now_ms, HubError, CALL_TIMEOUT};
+
+/// The outcome of one run.
+#[derive(Debug, Clone)]
+pub struct BackupRun {
+    pub created: Created,
+    pub duration_ms: u64,
+}
+
+/// What the hub remembers of the latest run (the disk is the truth for the rest).
+#[derive(Debug, Clone)]
+pub struct LastRun {
+    pub at: Millis,
+    pub backup_id: Option<String>,
+    pub ok: bool,
+    pub verified: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupStatus {
+    pub backup_dir: PathBuf,
+    pub running: bool,
+    pub next_backup_at: Millis,
+    pub last_run: Option<LastRun>,
+}
+
+type Waiter = RpcReplyPort<Result<BackupRun, HubError>>;
+
+pub enum BackupMsg {
+    /// Back up now (or join the run in progress) and answer with its result.
+    Run(Option<Waiter>),
+    Finished(Result<BackupRun, String>),
+    Status(RpcReplyPort<BackupStatus>),
+}
+
+pub struct BackupArgs {
+    pub engine: Arc<dyn Engine>,
+    pub store: Service<StoreMsg>,
+    pub publisher: Publisher,
+    pub backup_dir: PathBuf,
+    pub keep: usize,
+    pub interval: Duration,
+}
+
+pub struct BackupState {
+    args: BackupArgs,
+    waiters: Vec<Waiter>,
+    running: bool,
+    last_run: Option<LastRun>,
+    next_at: Millis,
+    timer: Option<JoinHandle<Result<(), ractor::MessagingErr<BackupMsg>>>>,
+}
+
+pub struct BackupActor;
+
+/// When the next scheduled backup is due: one interval after the newest backup on disk
+/// (so a restart neither forgets it nor postpones the next one), or one interval after
+/// `now` when there is none.
+pub fn next_due(backup_dir: &std::path::Path, interval: Duration, now: Millis) -> Millis {
+    let newest = backup::list(backup_dir)
+        .into_iter()
+        .rev()
+        .find_map(|b| b.manifest.map(|m| m.created_at));
+    newest.unwrap_or(now) + interval.as_millis() as u64
+}
+
+impl Actor for BackupActor {
+    type Msg = BackupMsg;
+    type State = BackupState;
+    type Arguments = BackupArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: BackupArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = BackupState {
+            args,
+            waiters: Vec::new(),
+            running: false,
+            last_run: None,
+            next_at: 0,
+            timer: None,
+        };
+        state.schedule(&myself);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BackupMsg::Run(waiter) => {
+                state.waiters.extend(waiter);
+                if !state.running {
+                    state.running = true;
+                    state.args.publisher.publish(
+                        Topic::Backups,
+                        HubEvent::BackupStarted {
+                            timestamp: now_ms(),
+                        },
+                    );
+                    let (engine, store, dir) = (
+                        state.args.engine.clone(),
+                        state.args.store.clone(),
+                        state.args.backup_dir.clone(),
+                    );
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        let result = run(engine, store, dir).await;
+                        let _ = me.send_message(BackupMsg::Finished(result));
+                    });
+                }
+            }
+            BackupMsg::Finished(result) => {
+                state.running = false;
+                let now = now_ms();
+                match &result {
+                    Ok(run) => {
+                        let c = &run.created;
+                        let ok = c.results.iter().all(|r| r.outcome.is_ok());
+                        if ok {
+                            let removed = backup::prune(&state.args.backup_dir, state.args.keep);
+                            if !removed.is_empty() {
+                                tracing::info!(actor = "backup", ?removed, "old backups removed");
+                            }
+                        }
+                        tracing::info!(actor = "backup", backup_id = %c.id, duration_ms = run.duration_ms, verified = c.verified, "backup complete");
+                        state.last_run = Some(LastRun {
+                            at: now,
+                            backup_id: Some(c.id.clone()),
+                            ok,
+                            verified: c.verified,
+                            error: None,
+                        });
+                        let tables_backed_up = c
+                            .results
+                            .iter()
+                            .filter(|r| r.outcome.is_ok())
+                            .map(|r| r.table.name().to_string())
+                            .collect();
+                        state.args.publisher.publish(
+                            Topic::Backups,
+                            HubEvent::BackupComplete {
+                                timestamp: now,
+                                tables_backed_up,
+                                backup_id: c.id.clone(),
+                                duration_ms: run.duration_ms,
+                                verified: c.verified,
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        tracing::error!(actor = "backup", %error, "backup failed");
+                        state.last_run = Some(LastRun {
+                            at: now,
+                            backup_id: None,
+                            ok: false,
+                            verified: false,
+                            error: Some(error.clone()),
+                        });
+                        state.args.publisher.publish(
+                            Topic::Backups,
+                            HubEvent::BackupFailed {
+                                timestamp: now,
+                                error: error.clone(),
+                            },
+                        );
+                    }
+                }
+                for waiter in state.waiters.drain(..) {
+                    let _ = waiter.send(
+                        result
+                            .clone()
+                            .map_err(|e| HubError::Store(StoreError::Engine(e))),
+                    );
+                }
+                state.schedule(&myself);
+            }
+            BackupMsg::Status(reply) => {
+                let _ = reply.send(BackupStatus {
+                    backup_dir: state.args.backup_dir.clone(),
+                    running: state.running,
+                    next_backup_at: state.next_at,
+                    last_run: state.last_run.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+}
+
+impl BackupState {
+    /// Arm the timer for the next scheduled run, computed from the disk.
+    fn schedule(&mut self, myself: &ActorRef<BackupMsg>) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        let now = now_ms();
+        self.next_at = next_due(&self.args.backup_dir, self.args.interval, now);
+        let delay = Duration::from_millis(self.next_at.saturating_sub(now));
+        self.timer = Some(myself.send_after(delay, || BackupMsg::Run(None)));
+    }
+}
+
+/// One run: capture writes, scan, lay the captured writes over the scan, verify.
+async fn run(
+    engine: Arc<dyn Engine>,
+    store: Service<StoreMsg>,
+    dir: PathBuf,
+) -> Result<BackupRun, String> {
+    let started = Instant::now();
+    store
+        .call(StoreMsg::StartCapture, CALL_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let handle = tokio::runtime::Handle::current();
+    let created = tokio::task::spawn_blocking(move || {
+        backup::create_live(
+            engine.as_ref(),
+            &dir,
+            now_ms(),
+            env!("CARGO_PKG_VERSION"),
+            || {
+                let captured = handle
+                    .block_on(store.call(StoreMsg::EndCapture, CALL_TIMEOUT))
+                    .map_err(|e| StoreError::Engine(e.to_string()))?
+                    .ok_or_else(|| {
+                        StoreError::Engine(
+                            "the store restarted during the backup; its writes were not captured"
+                                .into(),
+                        )
+                    })?;
+                Ok(overlay_of(&captured))
+            },
+        )
+    })
+    .await
+    .map_err(|e| format!("backup task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    Ok(BackupRun {
+        created,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// One table's figures in the health report.
+#[derive(Debug, Clone)]
+pub struct TableHealth {
+    pub table: &'static str,
+    pub record_count: u64,
+    /// Logical bytes (keys and values) of the table's live records: the engine keeps one
+    /// file for the whole store, so no per-table file size exists.
+    pub logical_bytes: u64,
+}
+
+/// `GET /api/admin/storage-health` (and its seed name, `dets-health`).
+#[derive(Debug, Clone)]
+pub struct StorageHealth {
+    pub health_status: &'static str,
+    pub stale_backup: bool,
+    pub high_fragmentation: bool,
+    pub last_backup_at: Option<Millis>,
+    pub next_backup_at: Millis,
+    pub last_run: Option<LastRun>,
+    pub tables: Vec<TableHealth>,
+    pub engine: &'static str,
+    pub size_on_disk: u64,
+    pub live_bytes: u64,
+    pub fragmentation_ratio: f64,
+    pub fragmentation_floor: u64,
+    pub was_recovered: bool,
+}

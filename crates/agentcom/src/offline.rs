@@ -1,0 +1,315 @@
+//! The offline commands: tokens, backups and restore, run against a data directory that
+//! no hub holds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentcom_core::auth::Role;
+use agentcom_hub::{now_ms, tokens};
+use agentcom_store::backup;
+use agentcom_store::{Engine, SledEngine, StoreError, StoreReader, Table};
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Mint a token and print it on stdout.
+    Create {
+        #[arg(long)]
+        agent_id: String,
+        #[arg(long, default_value = "agent", value_parser = |s: &str| s.parse::<Role>())]
+        role: Role,
+        #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// List tokens (agent, role, prefix; never the token).
+    List {
+        #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke every token of an agent.
+    Revoke {
+        #[arg(long)]
+        agent_id: String,
+        #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// Where backups live: `--backup-dir`, else `<data_dir>/backups`.
+#[derive(clap::Args, Clone)]
+pub struct Dirs {
+    #[arg(long, env = "AGENTCOM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "AGENTCOM_BACKUP_DIR")]
+    pub backup_dir: Option<PathBuf>,
+}
+
+impl Dirs {
+    fn backups(&self) -> PathBuf {
+        self.backup_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Back up every table of a stopped hub's data directory.
+    Create {
+        #[command(flatten)]
+        dirs: Dirs,
+        /// Backups to keep (older ones are removed).
+        #[arg(long, env = "AGENTCOM_BACKUP_KEEP", default_value_t = 3)]
+        keep: usize,
+    },
+    /// List backups, newest first.
+    List {
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+    /// Re-read a backup from disk and check every table against its manifest.
+    Verify {
+        /// A backup id (in the backup directory) or a path to a backup directory.
+        backup: String,
+        #[command(flatten)]
+        dirs: Dirs,
+    },
+}
+
+/// Open the store, turning failures into instructions for the operator. When it cannot be
+/// opened at all, name the newest verified backup and the exact restore command.
+pub fn open_store(data_dir: &Path, backup_dir: Option<&Path>) -> Result<SledEngine, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    SledEngine::open(data_dir).map_err(|e| match e {
+        StoreError::Locked { .. } => format!("{e}. Stop the hub that uses {} first.", data_dir.display()),
+        StoreError::Open { .. } => {
+            let backups = backup_dir.map(Path::to_path_buf).unwrap_or_else(|| data_dir.join("backups"));
+            match backup::newest_verified(&backups) {
+                Some(b) => format!(
+                    "{e}\nThe store may be damaged. The newest verified backup is {} ({}). Restore it with:\n  agentcom restore --from {} --data-dir {}",
+                    b.id,
+                    b.path.display(),
+                    b.path.display(),
+                    data_dir.display()
+                ),
+                None => format!(
+                    "{e}\nThe store may be damaged, and no verified backup was found in {}. If you keep backups elsewhere, restore one with:\n  agentcom restore --from <backup directory> --data-dir {}",
+                    backups.display(),
+                    data_dir.display()
+                ),
+            }
+        }
+        other => other.to_string(),
+    })
+}
+
+pub fn token(cmd: TokenCommand) -> Result<(), String> {
+    let data_dir = match &cmd {
+        TokenCommand::Create { data_dir, .. }
+        | TokenCommand::List { data_dir }
+        | TokenCommand::Revoke { data_dir, .. } => data_dir.clone(),
+    };
+    let engine = Arc::new(open_store(&data_dir, None)?);
+    let reader = StoreReader::new(engine.clone());
+    let err = |e: StoreError| e.to_string();
+    match cmd {
+        TokenCommand::Create { agent_id, role, .. } => {
+            if !agentcom_core::auth::is_valid_agent_id(&agent_id) {
+                return Err("agent id must be non-empty, without spaces or slashes".into());
+            }
+            let token = tokens::mint();
+            let (_, op) = tokens::create(&agent_id, role, &token, false, now_ms());
+            engine.apply(&[op]).map_err(err)?;
+            engine.flush().map_err(err)?;
+            println!("{token}");
+        }
+        TokenCommand::List { .. } => {
+            for (_, r) in tokens::list(&reader).map_err(err)? {
+                println!(
+                    "{}\t{}\t{}...\t{}",
+                    r.agent_id,
+                    r.role.as_str(),
+                    r.prefix,
+                    r.created_at
+                );
+            }
+        }
+        TokenCommand::Revoke { agent_id, .. } => {
+            let ops = tokens::revoke(&reader, &agent_id).map_err(err)?;
+            engine.apply(&ops).map_err(err)?;
+            engine.flush().map_err(err)?;
+            println!("revoked {} token(s) of {agent_id}", ops.len());
+        }
+    }
+    Ok(())
+}
+
+pub fn backup(cmd: BackupCommand) -> Result<(), String> {
+    match cmd {
+        BackupCommand::Create { dirs, keep } => {
+            let engine = open_store(&dirs.data_dir, dirs.backup_dir.as_deref())?;
+            let created = backup::create(
+                &engine,
+                &dirs.backups(),
+                now_ms(),
+                env!("CARGO_PKG_VERSION"),
+            )
+            .map_err(|e| e.to_string())?;
+            for r in &created.results {
+                match &r.outcome {
+                    Ok((_, size)) => println!("{}\tok\t{size} bytes", r.table.name()),
+                    Err(e) => println!("{}\terror\t{e}", r.table.name()),
+                }
+            }
+            if !created.verified {
+                return Err(format!(
+                    "backup {} did not verify: {:?}",
+                    created.id, created.problems
+                ));
+            }
+            backup::prune(&dirs.backups(), keep.max(1));
+            println!(
+                "backup {} written and verified: {}",
+                created.id,
+                created.path.display()
+            );
+            Ok(())
+        }
+        BackupCommand::List { dirs } => {
+            for b in backup::list(&dirs.backups()).into_iter().rev() {
+                match &b.manifest {
+                    Some(m) => {
+                        let records: u64 = m.tables.iter().map(|t| t.record_count).sum();
+                        let bytes: u64 = m.tables.iter().map(|t| t.bytes).sum();
+                        println!(
+                            "{}\t{} records\t{bytes} bytes\t{}",
+                            b.id,
+                            records,
+                            b.path.display()
+                        );
+                    }
+                    None => println!("{}\tunreadable manifest\t{}", b.id, b.path.display()),
+                }
+            }
+            Ok(())
+        }
+        BackupCommand::Verify {
+            backup: which,
+            dirs,
+        } => {
+            let path = resolve(&which, &dirs);
+            let report = backup::verify_dir(&path);
+            if report.ok() {
+                println!(
+                    "backup {} verified: every table matches its manifest",
+                    report.id
+                );
+                Ok(())
+            } else {
+                for p in &report.problems {
+                    println!("{}: {}", p.table.as_deref().unwrap_or("backup"), p.problem);
+                }
+                Err(format!(
+                    "backup {} is damaged ({} problem(s))",
+                    report.id,
+                    report.problems.len()
+                ))
+            }
+        }
+    }
+}
+
+/// A backup named by id (in the backup directory) or by path.
+fn resolve(which: &str, dirs: &Dirs) -> PathBuf {
+    let as_path = PathBuf::from(which);
+    if as_path.is_dir() {
+        as_path
+    } else {
+        dirs.backups().join(which)
+    }
+}
+
+/// `agentcom restore`: rebuild a data directory from a verified backup, keeping the
+/// replaced database aside.
+pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
+    let source = resolve(from, dirs);
+    let report = backup::verify_dir(&source);
+    if !report.ok() {
+        let problems: Vec<String> = report
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.table.as_deref().unwrap_or("backup"), p.problem))
+            .collect();
+        return Err(format!(
+            "refusing to restore {}: it does not verify:\n  {}",
+            source.display(),
+            problems.join("\n  ")
+        ));
+    }
+    let db = dirs.data_dir.join("db");
+    let mut replaced = None;
+    if db.exists() {
+        // Opening takes sled's lock: a running hub makes this fail, and nothing is touched.
+        // A store that fails to open for another reason is what restore is for.
+        match SledEngine::open(&dirs.data_dir) {
+            Ok(engine) => drop(engine),
+            Err(e @ StoreError::Locked { .. }) => return Err(format!("refusing to restore: {e}")),
+            Err(_) => {}
+        }
+        let aside = dirs
+            .data_dir
+            .join(format!("db.replaced-{}", backup::backup_id(now_ms())));
+        std::fs::rename(&db, &aside)
+            .map_err(|e| format!("cannot move {} aside: {e}", db.display()))?;
+        replaced = Some(aside);
+    }
+    std::fs::create_dir_all(&dirs.data_dir).map_err(|e| e.to_string())?;
+    let engine = SledEngine::open(&dirs.data_dir).map_err(|e| e.to_string())?;
+    let mut bar = Progress::new();
+    let restored = backup::load(&source, &engine, &mut |table, done, total| {
+        bar.update(table, done, total)
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish();
+    println!("restored backup {} into {}", report.id, db.display());
+    for (table, n) in &restored {
+        println!("  {}\t{n} records", table.name());
+    }
+    if let Some(aside) = replaced {
+        println!("the database it replaced was kept at {}", aside.display());
+    }
+    Ok(())
+}
+
+/// A one-line progress bar on stderr, shown only for large tables.
+struct Progress {
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress { shown: false }
+    }
+
+    fn update(&mut self, table: Table, done: u64, total: u64) {
+        if total < 10_000 {
+            return;
+        }
+        let width = 30;
+        let filled = (done * width / total.max(1)) as usize;
+        eprint!(
+            "\r{:<18} [{}{}] {done}/{total}",
+            table.name(),
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled)
+        );
+        self.shown = true;
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! `agentcom serve`: start the hub, serve until SIGTERM/SIGINT, shut down cleanly.
+
+use std::sync::Arc;
+
+use agentcom_core::auth::Role;
+use agentcom_http::HttpSettings;
+use agentcom_hub::{tokens, Hub, HubSettings};
+use agentcom_store::Engine;
+
+use crate::offline::open_store;
+use crate::settings::{LogFormat, ServeArgs, Settings};
+
+pub fn serve(args: ServeArgs) -> Result<(), String> {
+    let settings = Settings::resolve(args)?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let engine: Arc<dyn Engine> =
+        Arc::new(open_store(&settings.data_dir, Some(&settings.backup_dir))?);
+    let hub_settings = HubSettings {
+        test_hooks: settings.test_hooks,
+        presence_ttl: settings.presence_ttl,
+        reaper_interval: settings.reaper_interval,
+        accept_timeout: settings.accept_timeout,
+        task_sweep_interval: settings.task_sweep_interval,
+        stuck_task_after: settings.stuck_task_after,
+        completed_task_ttl: settings.completed_task_ttl,
+        backup_dir: settings.backup_dir.clone(),
+        backup_keep: settings.backup_keep.max(1) as usize,
+        backup_interval: settings.backup_interval,
+        backup_stale_after: settings.backup_stale_after,
+        fragmentation_floor: settings.fragmentation_floor,
+        ..HubSettings::default()
+    };
+    let hub = Hub::start(engine, hub_settings)
+        .await
+        .map_err(|e| format!("the hub failed to start: {e}"))?;
+
+    if let Some(token) = &settings.admin_token {
+        hub.token_bootstrap(token)
+            .await
+            .map_err(|e| format!("cannot store the admin token: {e}"))?;
+    } else if !hub.has_admin_token().map_err(|e| e.to_string())? {
+        let (token, _) = hub
+            .token_create(tokens::BOOTSTRAP_ADMIN_ID, Role::Admin)
+            .await
+            .map_err(|e| format!("cannot create an admin token: {e}"))?;
+        println!("admin token (shown once, keep it): {token}");
+    }
+
+    let listener = tokio::net::TcpListener::bind(settings.bind)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let data = std::fs::canonicalize(&settings.data_dir).unwrap_or(settings.data_dir.clone());
+    println!("AgentCom listening on http://{addr}");
+    println!("dashboard: http://{addr}/dashboard");
+    println!("data: {}", data.join("db").display());
+    tracing::info!(%addr, data = %data.display(), "hub started");
+
+    let http = HttpSettings {
+        max_body_bytes: settings.max_body_bytes as usize,
+        max_ws_message_bytes: settings.max_ws_message_bytes as usize,
+        ws_idle_timeout: settings.ws_idle_timeout,
+        open_registration: settings.open_registration,
+        public_url: settings.public_url.clone(),
+    };
+    agentcom_http::serve(listener, hub.clone(), http, shutdown_signal()).await;
+    tracing::info!("shutting down");
+    hub.shutdown().await;
+    println!("AgentCom stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTCOM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
