@@ -1,0 +1,3 @@
+//! Black-box tests of backups, verify, restore and storage health.
+
+mod common;
