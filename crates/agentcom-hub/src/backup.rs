@@ -237,7 +237,7 @@ impl BackupState {
 }
 
 /// One run: capture writes, scan, lay the captured writes over the scan, verify.
-async fn run(
+pub async fn run(
     engine: Arc<dyn Engine>,
     store: Service<StoreMsg>,
     dir: PathBuf,
