@@ -47,6 +47,23 @@ fn hub_error(e: &HubError) -> Outbound {
     }
 }
 
+/// Any frame from an identified agent is a sign of life: presence (for the reaper, F4)
+/// and the FSM's `unresponsive` flag (F10).
+pub fn showed_life(myself: &ActorRef<SessionMsg>, state: &SessionState) {
+    let Some(agent_id) = state.agent.agent_id.as_deref() else {
+        return;
+    };
+    state
+        .services
+        .presence_table
+        .touch(agent_id, myself.get_id());
+    if state.services.agent_table.is_unresponsive(agent_id) {
+        if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
+            let _ = fsm.send_message(FsmMsg::ShowedLife);
+        }
+    }
+}
+
 /// Answer one request from the agent.
 pub async fn handle(
     myself: &ActorRef<SessionMsg>,
@@ -61,15 +78,7 @@ pub async fn handle(
         state.push(myself, reply);
         return;
     };
-    state
-        .services
-        .presence_table
-        .touch(&agent_id, myself.get_id());
-    if state.services.agent_table.is_unresponsive(&agent_id) {
-        if let Some(fsm) = state.services.agent_table.fsm_of(&agent_id) {
-            let _ = fsm.send_message(FsmMsg::ShowedLife);
-        }
-    }
+    showed_life(myself, state);
     let reply = match request {
         AgentRequest::Identify { .. } => Some(identify(myself, state, request).await),
         AgentRequest::Message {
@@ -240,22 +249,16 @@ pub async fn handle(
                 reason: detail,
                 reply: Some(reply),
             };
+            // The scheduler learns of the rejection before the task is requeued, so no
+            // pass can hand it straight back to this agent.
+            let rejected = SchedulerMsg::Rejected(task_id.clone(), agent_id.clone());
+            let _ = state.services.scheduler.send(rejected, DEFAULT_WAIT).await;
             Some(
                 match state.services.task_queue.call(msg, CALL_TIMEOUT).await {
-                    Ok(Ok(_)) => {
-                        let _ = state
-                            .services
-                            .scheduler
-                            .send(
-                                SchedulerMsg::Rejected(task_id.clone(), agent_id.clone()),
-                                DEFAULT_WAIT,
-                            )
-                            .await;
-                        Outbound::Reply(AgentReply::TaskAck {
-                            task_id,
-                            status: "rejected",
-                        })
-                    }
+                    Ok(Ok(_)) => Outbound::Reply(AgentReply::TaskAck {
+                        task_id,
+                        status: "rejected",
+                    }),
                     Ok(Err(e)) => refused(state, &agent_id, &task_id, "task_reject_failed", e),
                     Err(e) => hub_error(&e.into()),
                 },
@@ -392,24 +395,11 @@ async fn identify(
     let (name_for_fsm, caps_for_fsm) = (entry.name.clone(), entry.capabilities.clone());
     let newly = state.agent.agent_id.is_none();
     state.agent.agent_id = Some(agent_id.clone());
-    match state
-        .services
-        .presence
-        .call(
-            |r| PresenceMsg::Register(entry, myself.clone(), r),
-            CALL_TIMEOUT,
-        )
-        .await
-    {
-        Ok(Some(replaced)) => {
-            let _ = replaced.send_message(SessionMsg::Close(CloseReason::new(
-                close_code::REPLACED,
-                "replaced by a newer connection",
-            )));
-        }
-        Ok(None) => {}
+    let register = |r| PresenceMsg::Register(entry, myself.clone(), r);
+    let replaced = match state.services.presence.call(register, CALL_TIMEOUT).await {
+        Ok(replaced) => replaced,
         Err(e) => return hub_error(&e.into()),
-    }
+    };
     state.subscribe(myself, Topic::Messages);
     state.subscribe(myself, Topic::Presence);
     match channels::subscriptions_of(&state.services.reader, &agent_id) {
@@ -430,6 +420,12 @@ async fn identify(
     if let Err(e) = state.services.agents.call(connect, CALL_TIMEOUT).await {
         return hub_error(&e.into());
     }
+    // Only now, with the FSM bound to this connection, close the one it replaces (F5):
+    // that connection's disconnect can no longer take the agent's tasks.
+    if let Some(old) = replaced {
+        let reason = CloseReason::new(close_code::REPLACED, "replaced by a newer connection");
+        let _ = old.send_message(SessionMsg::Close(reason));
+    }
     if newly {
         state.services.analytics_connected(&agent_id).await;
     }
@@ -449,9 +445,12 @@ pub async fn leave(myself: &ActorRef<SessionMsg>, state: &mut SessionState) {
             CALL_TIMEOUT,
         )
         .await;
-    if let Some(fsm) = state.services.agent_table.fsm_of(&agent_id) {
-        let _ = fsm.send_message(FsmMsg::SessionDown(myself.get_id()));
-    }
+    let disconnect = |reply| AgentsMsg::Disconnect {
+        agent_id: agent_id.clone(),
+        session: myself.get_id(),
+        reply,
+    };
+    let _ = state.services.agents.call(disconnect, CALL_TIMEOUT).await;
     state.services.analytics_disconnected(&agent_id).await;
     state.unsubscribe_all();
 }

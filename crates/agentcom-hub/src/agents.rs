@@ -10,7 +10,9 @@ use agentcom_core::fsm::{AgentFsm, AgentState};
 use agentcom_core::scheduler::{capability_names, Candidate};
 use agentcom_core::task::TaskStatus;
 use agentcom_core::Millis;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
+};
 use serde_json::Value;
 
 use crate::presence::PresenceTable;
@@ -43,12 +45,22 @@ pub struct AgentTable {
 }
 
 impl AgentTable {
+    /// The agent's FSM, if it is alive.
     pub fn fsm_of(&self, agent_id: &str) -> Option<ActorRef<FsmMsg>> {
-        self.rows
-            .read()
-            .expect("agents lock")
-            .get(agent_id)
+        let rows = self.rows.read().expect("agents lock");
+        rows.get(agent_id)
             .map(|r| r.actor.clone())
+            .filter(|a| a.get_status() != ActorStatus::Stopped)
+    }
+
+    fn remove_if(&self, agent_id: &str, actor: &ActorId) {
+        let mut rows = self.rows.write().expect("agents lock");
+        if rows
+            .get(agent_id)
+            .is_some_and(|r| r.actor.get_id() == *actor)
+        {
+            rows.remove(agent_id);
+        }
     }
 
     pub fn session_of(&self, agent_id: &str) -> Option<ActorRef<SessionMsg>> {
@@ -131,8 +143,9 @@ pub enum FsmMsg {
         name: String,
         capabilities: Value,
     },
-    /// A connection of this agent closed.
-    SessionDown(ActorId),
+    /// A connection of this agent closed: if it is the FSM's connection, reclaim the
+    /// agent's tasks (durably), stop, and answer `true`.
+    SessionDown(ActorId, RpcReplyPort<bool>),
 }
 
 pub struct FsmArgs {
@@ -275,26 +288,26 @@ impl Actor for AgentFsmActor {
                 }
                 state.publish();
             }
-            FsmMsg::SessionDown(session) => {
-                if session == state.session.get_id() {
+            FsmMsg::SessionDown(session, reply) => {
+                let ours = session == state.session.get_id();
+                if ours {
                     // Reclaim every task the queue has assigned to this agent.
                     let filter = TaskFilter {
                         status: Some(TaskStatus::Assigned),
                         assigned_to: Some(state.agent_id.clone()),
                         ..TaskFilter::default()
                     };
-                    if let Ok(tasks) = state
+                    let listed = state
                         .services
                         .task_queue
                         .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
-                        .await
-                    {
-                        for task in tasks {
-                            state.reclaim(&task.id, "agent_disconnect").await;
-                        }
+                        .await;
+                    for task in listed.unwrap_or_default() {
+                        state.reclaim_now(&task.id, "agent_disconnect").await;
                     }
                     myself.stop(Some("agent disconnected".into()));
                 }
+                let _ = reply.send(ours);
             }
         }
         Ok(())
@@ -305,13 +318,10 @@ impl Actor for AgentFsmActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let mut rows = state.services.table.rows.write().expect("agents lock");
-        if rows
-            .get(&state.agent_id)
-            .is_some_and(|r| r.actor.get_id() == myself.get_id())
-        {
-            rows.remove(&state.agent_id);
-        }
+        state
+            .services
+            .table
+            .remove_if(&state.agent_id, &myself.get_id());
         Ok(())
     }
 }
@@ -323,6 +333,24 @@ impl FsmState {
         myself.send_after(self.services.accept_timeout, move || {
             FsmMsg::AcceptTimeout(task_id, assignment)
         });
+    }
+
+    /// Reclaim and wait until the reclaim is durable (so that a reconnecting agent sees it).
+    async fn reclaim_now(&self, task_id: &str, reason: &str) {
+        let (t, a, r) = (
+            task_id.to_string(),
+            self.agent_id.clone(),
+            reason.to_string(),
+        );
+        let msg = |reply| TaskMsg::Reclaim {
+            task_id: t,
+            from: Some(a),
+            reason: r,
+            reply: Some(reply),
+        };
+        if let Err(e) = self.services.task_queue.call(msg, CALL_TIMEOUT).await {
+            tracing::error!(agent_id = %self.agent_id, task_id, error = %e, "reclaim failed");
+        }
     }
 
     async fn reclaim(&self, task_id: &str, reason: &str) {
@@ -361,6 +389,9 @@ impl FsmState {
     }
 }
 
+/// Connects and disconnects of one agent are serialised here, so that a quick reconnect
+/// either rebinds the running FSM (the old connection's disconnect is then ignored) or
+/// finds the old FSM gone, its tasks already reclaimed, and starts a fresh one.
 pub enum AgentsMsg {
     /// An agent identified on `session`: start its FSM, or rebind the running one (F5).
     Connect {
@@ -368,6 +399,12 @@ pub enum AgentsMsg {
         name: String,
         capabilities: Value,
         session: ActorRef<SessionMsg>,
+        reply: RpcReplyPort<()>,
+    },
+    /// A connection of the agent closed.
+    Disconnect {
+        agent_id: String,
+        session: ActorId,
         reply: RpcReplyPort<()>,
     },
 }
@@ -395,13 +432,31 @@ impl Actor for Agents {
         msg: Self::Msg,
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let AgentsMsg::Connect {
-            agent_id,
-            name,
-            capabilities,
-            session,
-            reply,
-        } = msg;
+        let (agent_id, name, capabilities, session, reply) = match msg {
+            AgentsMsg::Connect {
+                agent_id,
+                name,
+                capabilities,
+                session,
+                reply,
+            } => (agent_id, name, capabilities, session, reply),
+            AgentsMsg::Disconnect {
+                agent_id,
+                session,
+                reply,
+            } => {
+                if let Some(fsm) = services.table.fsm_of(&agent_id) {
+                    let stopped = fsm
+                        .call(|r| FsmMsg::SessionDown(session, r), Some(CALL_TIMEOUT))
+                        .await;
+                    if matches!(stopped, Ok(ractor::rpc::CallResult::Success(true))) {
+                        services.table.remove_if(&agent_id, &fsm.get_id());
+                    }
+                }
+                let _ = reply.send(());
+                return Ok(());
+            }
+        };
         if let Some(fsm) = services.table.fsm_of(&agent_id) {
             let _ = fsm.send_message(FsmMsg::Rebind {
                 session,

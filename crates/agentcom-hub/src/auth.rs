@@ -6,7 +6,7 @@ use agentcom_store::{StoreReader, TokenRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::service::Service;
-use crate::store::{write_then, StoreMsg};
+use crate::store::{write_then, InOrder, StoreMsg};
 use crate::{now_ms, tokens, HubError};
 
 pub enum AuthMsg {
@@ -32,11 +32,17 @@ pub struct AuthArgs {
     pub store: Service<StoreMsg>,
 }
 
+pub struct AuthState {
+    reader: StoreReader,
+    store: Service<StoreMsg>,
+    order: InOrder,
+}
+
 pub struct AuthActor;
 
 impl Actor for AuthActor {
     type Msg = AuthMsg;
-    type State = AuthArgs;
+    type State = AuthState;
     type Arguments = AuthArgs;
 
     async fn pre_start(
@@ -44,7 +50,11 @@ impl Actor for AuthActor {
         _myself: ActorRef<Self::Msg>,
         args: AuthArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
+        Ok(AuthState {
+            reader: args.reader,
+            store: args.store,
+            order: InOrder::new(),
+        })
     }
 
     async fn handle(
@@ -57,7 +67,10 @@ impl Actor for AuthActor {
             AuthMsg::Create(agent_id, role, reply) => {
                 let token = tokens::mint();
                 let (record, op) = tokens::create(&agent_id, role, &token, false, now_ms());
-                write_then(&state.store, vec![op], reply, move || (token, record)).await;
+                write_then(&state.store, &state.order, vec![op], reply, move || {
+                    (token, record)
+                })
+                .await;
             }
             AuthMsg::Register(agent_id, reply) => {
                 // Serialised here, so two concurrent registrations cannot both mint.
@@ -69,7 +82,10 @@ impl Actor for AuthActor {
                         let token = tokens::mint();
                         let (record, op) =
                             tokens::create(&agent_id, Role::Agent, &token, false, now_ms());
-                        write_then(&state.store, vec![op], reply, move || (token, record)).await;
+                        write_then(&state.store, &state.order, vec![op], reply, move || {
+                            (token, record)
+                        })
+                        .await;
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
@@ -79,7 +95,7 @@ impl Actor for AuthActor {
             AuthMsg::Revoke(agent_id, reply) => match tokens::revoke(&state.reader, &agent_id) {
                 Ok(ops) => {
                     let n = ops.len();
-                    write_then(&state.store, ops, reply, move || n).await;
+                    write_then(&state.store, &state.order, ops, reply, move || n).await;
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
@@ -87,7 +103,7 @@ impl Actor for AuthActor {
             },
             AuthMsg::Bootstrap(token, reply) => {
                 match tokens::bootstrap(&state.reader, &token, now_ms()) {
-                    Ok(ops) => write_then(&state.store, ops, reply, || ()).await,
+                    Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
                     }

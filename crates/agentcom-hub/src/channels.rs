@@ -19,7 +19,7 @@ use crate::mailbox::MailboxMsg;
 use crate::presence::PresenceTable;
 use crate::pubsub::Publisher;
 use crate::service::{Service, DEFAULT_WAIT};
-use crate::store::{write_then, StoreMsg, WRITE_TIMEOUT};
+use crate::store::{write_then, InOrder, StoreMsg, WRITE_TIMEOUT};
 use crate::{now_ms, HubError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,7 @@ pub struct ChannelsArgs {
 }
 
 pub struct ChannelsState {
+    order: InOrder,
     args: ChannelsArgs,
     channels: HashMap<String, ChannelRecord>,
     last_seq: HashMap<String, u64>,
@@ -81,6 +82,7 @@ impl Actor for Channels {
             channels.insert(record.name.clone(), record);
         }
         Ok(ChannelsState {
+            order: InOrder::new(),
             args,
             channels,
             last_seq: seqs,
@@ -109,7 +111,7 @@ impl Actor for Channels {
                 let op = put_record(&record);
                 state.channels.insert(name.clone(), record);
                 state.last_seq.insert(name, 0);
-                write_then(&state.args.store, vec![op], reply, || ()).await;
+                write_then(&state.args.store, &state.order, vec![op], reply, || ()).await;
             }
             ChannelsMsg::Subscribe(name, agent_id, reply) => {
                 let Some(record) = state.channels.get_mut(&name) else {
@@ -123,16 +125,22 @@ impl Actor for Channels {
                 record.subscribers.insert(0, agent_id.clone());
                 let op = put_record(record);
                 let publisher = state.args.publisher.clone();
-                write_then(&state.args.store, vec![op], reply, move || {
-                    publisher.publish(
-                        Topic::Channel(name.clone()),
-                        HubEvent::ChannelSubscribed {
-                            channel: name,
-                            agent_id,
-                        },
-                    );
-                    Subscription::Subscribed
-                })
+                write_then(
+                    &state.args.store,
+                    &state.order,
+                    vec![op],
+                    reply,
+                    move || {
+                        publisher.publish(
+                            Topic::Channel(name.clone()),
+                            HubEvent::ChannelSubscribed {
+                                channel: name,
+                                agent_id,
+                            },
+                        );
+                        Subscription::Subscribed
+                    },
+                )
                 .await;
             }
             ChannelsMsg::Unsubscribe(name, agent_id, reply) => {
@@ -147,7 +155,7 @@ impl Actor for Channels {
                 } else {
                     Vec::new()
                 };
-                write_then(&state.args.store, ops, reply, || ()).await;
+                write_then(&state.args.store, &state.order, ops, reply, || ()).await;
             }
             ChannelsMsg::Publish(name, message, reply) => {
                 let Some(record) = state.channels.get(&name) else {
@@ -209,7 +217,7 @@ impl Actor for Channels {
                         message: Arc::new(message),
                     },
                 );
-                tokio::spawn(async move {
+                state.order.then(async move {
                     let result = async {
                         written?.wait(WRITE_TIMEOUT).await??;
                         if let Some(copied) = copied {

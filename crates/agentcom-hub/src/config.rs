@@ -7,7 +7,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::HashMap;
 
 use crate::service::Service;
-use crate::store::{write_then, StoreMsg};
+use crate::store::{write_then, InOrder, StoreMsg};
 use crate::HubError;
 
 pub enum ConfigMsg {
@@ -26,6 +26,7 @@ pub struct ConfigArgs {
 }
 
 pub struct ConfigState {
+    order: InOrder,
     values: HashMap<ConfigKey, (ConfigValue, u64)>,
     next_seq: u64,
     store: Service<StoreMsg>,
@@ -58,6 +59,7 @@ impl Actor for ConfigActor {
             }
         }
         Ok(ConfigState {
+            order: InOrder::new(),
             values,
             next_seq: 1,
             store: args.store,
@@ -96,7 +98,7 @@ impl Actor for ConfigActor {
                 };
                 // The cache learns the value before the caller hears of it, so a read
                 // that follows the acknowledgement sees it.
-                write_then(&state.store, vec![op], reply, move || {
+                write_then(&state.store, &state.order, vec![op], reply, move || {
                     let _ = myself.send_message(ConfigMsg::Committed(key, value, seq));
                 })
                 .await;

@@ -9,7 +9,7 @@ use agentcom_store::{
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::service::Service;
-use crate::store::{write_then, StoreMsg};
+use crate::store::{write_then, InOrder, StoreMsg};
 use crate::{now_ms, HubError};
 
 /// Messages kept; the oldest are trimmed.
@@ -26,6 +26,7 @@ pub struct HistoryArgs {
 }
 
 pub struct HistoryState {
+    order: InOrder,
     last_seq: u64,
     store: Service<StoreMsg>,
 }
@@ -64,6 +65,7 @@ impl Actor for MessageHistory {
             .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
             .await?;
         Ok(HistoryState {
+            order: InOrder::new(),
             last_seq: last_seq(
                 &args.reader,
                 Some(meta::HISTORY_SEQ),
@@ -106,7 +108,7 @@ impl Actor for MessageHistory {
                 key: seq_key(seq - HISTORY_KEEP).to_vec(),
             });
         }
-        write_then(&state.store, ops, reply, move || seq).await;
+        write_then(&state.store, &state.order, ops, reply, move || seq).await;
         Ok(())
     }
 }

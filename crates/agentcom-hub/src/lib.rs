@@ -1,5 +1,7 @@
-//! AgentCom's actors: a supervisor over the pubsub, store, config, auth and session
-//! actors, and [`Hub`], the handle the HTTP layer and the binary use.
+//! AgentCom's actors: a supervisor over the store, pubsub, config, auth, presence,
+//! messaging (history, threads, mailbox, channels, analytics), task (queue, agent FSMs,
+//! scheduler), backup, reaper and session actors; and [`Hub`], the handle the HTTP layer
+//! and the binary use.
 //!
 //! Architecture invariants: only the store actor writes to the engine; actors talk by
 //! messages; this crate knows nothing of the wire JSON.

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::config::ConfigMsg;
 use crate::service::Service;
-use crate::store::{write_then, StoreMsg};
+use crate::store::{write_then, InOrder, StoreMsg};
 use crate::{now_ms, HubError};
 
 /// Entries kept per agent; the oldest are trimmed.
@@ -39,6 +39,7 @@ pub struct MailboxArgs {
 }
 
 pub struct MailboxState {
+    order: InOrder,
     args: MailboxArgs,
     last_seq: u64,
     /// The sequence numbers held per agent.
@@ -73,6 +74,7 @@ impl Actor for Mailbox {
             .unwrap_or(0);
         myself.send_interval(EVICT_EVERY, || MailboxMsg::Evict(None));
         Ok(MailboxState {
+            order: InOrder::new(),
             args,
             last_seq: stored.max(max_seq),
             held,
@@ -119,7 +121,7 @@ impl Actor for Mailbox {
                     key: meta::MAILBOX_SEQ.to_vec(),
                     value: encode(&state.last_seq),
                 });
-                write_then(&state.args.store, ops, reply, || ()).await;
+                write_then(&state.args.store, &state.order, ops, reply, || ()).await;
             }
             MailboxMsg::Ack(agent_id, up_to, reply) => {
                 let mut ops = Vec::new();
@@ -132,7 +134,7 @@ impl Actor for Mailbox {
                         });
                     }
                 }
-                write_then(&state.args.store, ops, reply, || ()).await;
+                write_then(&state.args.store, &state.order, ops, reply, || ()).await;
             }
             MailboxMsg::Evict(reply) => {
                 let ttl = match state
@@ -163,10 +165,12 @@ impl Actor for Mailbox {
                 }
                 let n = ops.len();
                 match reply {
-                    Some(reply) => write_then(&state.args.store, ops, reply, move || n).await,
+                    Some(reply) => {
+                        write_then(&state.args.store, &state.order, ops, reply, move || n).await
+                    }
                     None => {
                         let (tx, _) = ractor::concurrency::oneshot();
-                        write_then(&state.args.store, ops, tx.into(), move || n).await
+                        write_then(&state.args.store, &state.order, ops, tx.into(), move || n).await
                     }
                 }
             }

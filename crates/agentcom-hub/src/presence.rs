@@ -110,8 +110,9 @@ pub enum PresenceMsg {
     ),
     /// Remove the agent's presence if `session` is still its connection.
     Unregister(String, ActorId, RpcReplyPort<()>),
-    /// Remove whatever presence `session` holds (after the session crashed).
-    UnregisterSession(ActorId),
+    /// Remove whatever presence `session` holds (after the session crashed); answers
+    /// with the agents it held.
+    UnregisterSession(ActorId, RpcReplyPort<Vec<String>>),
     /// Change the agent's status (only from its current connection).
     SetStatus(String, ActorId, String, RpcReplyPort<()>),
 }
@@ -179,7 +180,7 @@ impl Actor for Presence {
                 }
                 let _ = reply.send(());
             }
-            PresenceMsg::UnregisterSession(session) => {
+            PresenceMsg::UnregisterSession(session, reply) => {
                 let removed: Vec<String> = {
                     let mut agents = state.table.agents.write().expect("presence lock");
                     let ids: Vec<String> = agents
@@ -192,11 +193,12 @@ impl Actor for Presence {
                     }
                     ids
                 };
-                for agent_id in removed {
+                for agent_id in &removed {
                     state
                         .publisher
-                        .publish(Topic::Presence, HubEvent::AgentLeft(agent_id));
+                        .publish(Topic::Presence, HubEvent::AgentLeft(agent_id.clone()));
                 }
+                let _ = reply.send(removed);
             }
             PresenceMsg::SetStatus(agent_id, session, status, reply) => {
                 let changed = {

@@ -139,7 +139,8 @@ impl Actor for Session {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Inbound(Inbound::Malformed(code)) => {
-                state.push(&myself, Outbound::error(code))
+                crate::agent_session::showed_life(&myself, state);
+                state.push(&myself, Outbound::error(code));
             }
             SessionMsg::Inbound(Inbound::Agent(request)) => {
                 if state.kind == SessionKind::Agent {
@@ -321,12 +322,25 @@ impl Actor for Sessions {
                 // A crashed session skipped its clean-up: drop the presence it held.
                 tracing::error!(error = %err, "session crashed");
                 state.open.remove(&cell.get_id());
-                let msg = crate::presence::PresenceMsg::UnregisterSession(cell.get_id());
-                let _ = state
-                    .services
-                    .presence
-                    .send(msg, crate::service::DEFAULT_WAIT)
-                    .await;
+                // …and the agent's FSM was never told, so its tasks are reclaimed here.
+                let id = cell.get_id();
+                let services = state.services.clone();
+                tokio::spawn(async move {
+                    let unregister = |r| crate::presence::PresenceMsg::UnregisterSession(id, r);
+                    let agents = services
+                        .presence
+                        .call(unregister, crate::CALL_TIMEOUT)
+                        .await
+                        .unwrap_or_default();
+                    for agent_id in agents {
+                        let disconnect = |reply| crate::agents::AgentsMsg::Disconnect {
+                            agent_id,
+                            session: id,
+                            reply,
+                        };
+                        let _ = services.agents.call(disconnect, crate::CALL_TIMEOUT).await;
+                    }
+                });
             }
             _ => {}
         }

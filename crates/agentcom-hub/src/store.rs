@@ -5,6 +5,8 @@
 //! wait for the next one, so one fsync covers many writes: the committer task drains every
 //! waiting acknowledgement before each flush.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use agentcom_store::{Engine, StoreError, WriteOp};
@@ -154,22 +156,60 @@ async fn committer(
     }
 }
 
+/// Runs the continuations of one actor's writes in the order the writes were sent, so
+/// that answers and events follow the order of the actor's decisions even when several
+/// writes become durable in the same flush.
+#[derive(Clone)]
+pub struct InOrder {
+    tx: mpsc::UnboundedSender<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl InOrder {
+    /// Start the runner (one per actor instance; it ends when the last handle is dropped).
+    pub fn new() -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Pin<Box<dyn Future<Output = ()> + Send>>>();
+        tokio::spawn(async move {
+            while let Some(next) = rx.recv().await {
+                next.await;
+            }
+        });
+        InOrder { tx }
+    }
+
+    /// Run `work` after everything queued before it.
+    pub fn then(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if let Err(mpsc::error::SendError(work)) = self.tx.send(Box::pin(work)) {
+            tokio::spawn(work);
+        }
+    }
+}
+
+impl Default for InOrder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Send `ops` to the store now (keeping this actor's write order) and answer `reply` with
-/// `done()` once they are durable, without holding up the actor meanwhile.
+/// `done()` once they are durable, without holding up the actor meanwhile; answers go out
+/// in the order of the writes (`order`).
 pub async fn write_then<T: Send + 'static>(
     store: &Service<StoreMsg>,
+    order: &InOrder,
     ops: Vec<WriteOp>,
     reply: RpcReplyPort<Result<T, crate::HubError>>,
     done: impl FnOnce() -> T + Send + 'static,
 ) {
     if ops.is_empty() {
-        let _ = reply.send(Ok(done()));
+        order.then(async move {
+            let _ = reply.send(Ok(done()));
+        });
         return;
     }
     let pending = store
         .request(|port| StoreMsg::Write(ops, port), DEFAULT_WAIT)
         .await;
-    tokio::spawn(async move {
+    order.then(async move {
         let result = match pending {
             Err(e) => Err(e.into()),
             Ok(pending) => match pending.wait(WRITE_TIMEOUT).await {

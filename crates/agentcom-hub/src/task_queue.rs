@@ -16,7 +16,7 @@ use crate::agents::{AgentTable, FsmMsg};
 use crate::events::{HubEvent, TaskEventKind, Topic};
 use crate::pubsub::Publisher;
 use crate::service::Service;
-use crate::store::{write_then, StoreMsg};
+use crate::store::{write_then, InOrder, StoreMsg};
 use crate::{now_ms, HubError};
 
 pub type TaskResult<T> = Result<T, HubError>;
@@ -95,6 +95,7 @@ pub struct TaskQueueArgs {
 }
 
 pub struct TaskQueueState {
+    order: InOrder,
     args: TaskQueueArgs,
     active: HashMap<String, Task>,
     dead: HashMap<String, Task>,
@@ -142,7 +143,12 @@ impl Actor for TaskQueue {
         let active = load(&args.reader, Table::TaskQueue)?;
         let dead = load(&args.reader, Table::TaskDeadLetter)?;
         myself.send_interval(args.sweep_interval, || TaskMsg::Sweep);
-        Ok(TaskQueueState { args, active, dead })
+        Ok(TaskQueueState {
+            order: InOrder::new(),
+            args,
+            active,
+            dead,
+        })
     }
 
     async fn handle(
@@ -273,7 +279,7 @@ impl Actor for TaskQueue {
                         state
                             .commit(ops, task, &[event], Some(agent_id), tx.into())
                             .await;
-                        tokio::spawn(async move {
+                        state.order.then(async move {
                             let interrupted =
                                 crate::service::ServiceError::Interrupted("task_queue");
                             let result = rx.await.unwrap_or(Err(HubError::Service(interrupted)));
@@ -425,7 +431,7 @@ impl Actor for TaskQueue {
                         state.active.remove(id);
                     }
                     let (tx, _) = ractor::concurrency::oneshot();
-                    write_then(&state.args.store, ops, tx.into(), || ()).await;
+                    write_then(&state.args.store, &state.order, ops, tx.into(), || ()).await;
                 }
             }
         }
@@ -478,7 +484,7 @@ impl TaskQueueState {
         let publisher = self.args.publisher.clone();
         let agents = self.args.agents.clone();
         let events = events.to_vec();
-        write_then(&self.args.store, ops, reply, move || {
+        write_then(&self.args.store, &self.order, ops, reply, move || {
             let shared = Arc::new(task.clone());
             for event in events {
                 publisher.publish(

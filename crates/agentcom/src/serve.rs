@@ -60,7 +60,6 @@ async fn run(settings: Settings) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&settings.data_dir).unwrap_or(settings.data_dir.clone());
     println!("AgentCom listening on http://{addr}");
-    println!("dashboard: http://{addr}/dashboard");
     println!("data: {}", data.join("db").display());
     tracing::info!(%addr, data = %data.display(), "hub started");
 
