@@ -287,7 +287,9 @@ async fn task_accepted(state: &mut SessionState, agent_id: &str, task_id: String
     {
         Ok(Ok(_)) => {
             if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-                let _ = fsm.send_message(FsmMsg::Accepted(task_id.clone()));
+                let _ = fsm
+                    .call(|r| FsmMsg::Accepted(task_id.clone(), r), Some(CALL_TIMEOUT))
+                    .await;
             }
             Outbound::Reply(AgentReply::TaskAck {
                 task_id,
@@ -311,7 +313,9 @@ async fn task_recovering(state: &mut SessionState, agent_id: &str, task_id: Stri
     {
         Ok(Some(task)) if task.is_assigned_to(agent_id) => {
             if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-                let _ = fsm.send_message(FsmMsg::Resume(task_id.clone()));
+                let _ = fsm
+                    .call(|r| FsmMsg::Resume(task_id.clone(), r), Some(CALL_TIMEOUT))
+                    .await;
             }
             Outbound::Reply(AgentReply::TaskContinue {
                 task_id,

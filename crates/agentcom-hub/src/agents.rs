@@ -130,11 +130,12 @@ impl AgentTable {
 pub enum FsmMsg {
     /// The scheduler offers a task: answers whether the agent took it (idle → assigned).
     Assign(String, RpcReplyPort<bool>),
-    Accepted(String),
+    /// The agent accepted its task; answers once the FSM moved (so the ack implies it).
+    Accepted(String, RpcReplyPort<()>),
     /// The task left the agent (completed, failed, reclaimed, rejected, refused).
     Released(String),
     /// `task_continue`: the agent resumes a task assigned to it.
-    Resume(String),
+    Resume(String, RpcReplyPort<()>),
     ShowedLife,
     AcceptTimeout(String, u64),
     /// A newer connection identified as this agent.
@@ -241,19 +242,21 @@ impl Actor for AgentFsmActor {
                 }
                 let _ = reply.send(took);
             }
-            FsmMsg::Accepted(task_id) => {
+            FsmMsg::Accepted(task_id, reply) => {
                 if state.fsm.accepted(&task_id, now) {
                     state.publish();
                 }
+                let _ = reply.send(());
             }
             FsmMsg::Released(task_id) => {
                 if state.fsm.released(&task_id, now) {
                     state.publish();
                 }
             }
-            FsmMsg::Resume(task_id) => {
+            FsmMsg::Resume(task_id, reply) => {
                 state.fsm.resume(&task_id, now);
                 state.publish();
+                let _ = reply.send(());
             }
             FsmMsg::ShowedLife => {
                 if state.fsm.unresponsive {
