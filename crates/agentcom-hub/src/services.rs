@@ -115,10 +115,12 @@ impl Services {
     /// online recipients and kept in the mailbox of offline ones (one copy per agent).
     pub async fn route(&self, message: Message) -> Result<(), HubError> {
         let m = message.clone();
-        self.history
-            .call(|r| HistoryMsg::Store(m, r), CALL_TIMEOUT)
-            .await??;
-        self.index(&message).await;
+        // History and the thread index are written side by side (they may share a flush).
+        let (stored, ()) = tokio::join!(
+            self.history.call(|r| HistoryMsg::Store(m, r), CALL_TIMEOUT),
+            self.index(&message)
+        );
+        stored??;
         let (mailbox, recipients) = if message.is_broadcast() {
             let offline: Vec<String> = self
                 .known_agents()?
@@ -149,13 +151,16 @@ impl Services {
         Ok(())
     }
 
+    /// Index a message into threads; returns once the index is durable. A failure is
+    /// logged, not returned: the message itself is already delivered and stored.
     async fn index(&self, message: &Message) {
-        if let Err(e) = self
+        let m = message.clone();
+        let result = self
             .threads
-            .send(ThreadsMsg::Index(message.clone()), DEFAULT_WAIT)
-            .await
-        {
-            tracing::error!(error = %e, "message not indexed into threads");
+            .call(|r| ThreadsMsg::Index(m, r), CALL_TIMEOUT)
+            .await;
+        if let Err(e) = result.map_err(HubError::from).and_then(|r| r) {
+            tracing::error!(error = %e, message_id = %message.id, "message not indexed into threads");
         }
     }
 

@@ -5,13 +5,15 @@
 use agentcom_core::message::Message;
 use agentcom_core::threads::{root_of, subtree};
 use agentcom_store::{encode, StoreError, StoreReader, Table, WriteOp};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::service::{Service, DEFAULT_WAIT};
-use crate::store::StoreMsg;
+use crate::service::Service;
+use crate::store::{write_then, InOrder, StoreMsg};
+use crate::HubError;
 
 pub enum ThreadsMsg {
-    Index(Message),
+    /// Index a message; answers once the index entries are durable.
+    Index(Message, RpcReplyPort<Result<(), HubError>>),
 }
 
 pub struct ThreadsArgs {
@@ -23,7 +25,7 @@ pub struct Threads;
 
 impl Actor for Threads {
     type Msg = ThreadsMsg;
-    type State = ThreadsArgs;
+    type State = (ThreadsArgs, InOrder);
     type Arguments = ThreadsArgs;
 
     async fn pre_start(
@@ -34,16 +36,16 @@ impl Actor for Threads {
         args.store
             .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
             .await?;
-        Ok(args)
+        Ok((args, InOrder::new()))
     }
 
     async fn handle(
         &self,
         _: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        state: &mut Self::State,
+        (state, order): &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let ThreadsMsg::Index(message) = msg;
+        let ThreadsMsg::Index(message, reply) = msg;
         let mut ops = vec![WriteOp::Put {
             table: Table::ThreadMessages,
             key: message.id.as_bytes().to_vec(),
@@ -60,17 +62,7 @@ impl Actor for Threads {
                 });
             }
         }
-        // Indexing is best effort for the sender (its message is already durable in the
-        // history), but its order is kept: the write is sent before the next is handled.
-        let pending = state
-            .store
-            .request(|port| StoreMsg::Write(ops, port), DEFAULT_WAIT)
-            .await?;
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = pending.wait(DEFAULT_WAIT).await {
-                tracing::error!(actor = "threads", error = %e, "thread index write failed");
-            }
-        });
+        write_then(&state.store, order, ops, reply, || ()).await;
         Ok(())
     }
 }
