@@ -2295,3 +2295,111 @@ async fn f25_a_connected_agent_still_receives_messages_after_an_admin_reset() {
     assert_eq!(push["id"], bcast.as_str(), "broadcast after reset");
     assert_eq!(mailbox_count(&hub, "beta", &beta).await, 0, "still online");
 }
+
+// ---------------------------------------------------------------------------------------
+// Web push (routes 45–47)
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_worker_is_served_with_its_scope_header() {
+    let hub = TestHub::start().await;
+    let r = hub.get("/sw.js", None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.content_type.as_deref(),
+        Some("application/javascript; charset=utf-8")
+    );
+    assert_eq!(r.headers.get("service-worker-allowed").unwrap(), "/");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("addEventListener('push'") && body.contains("notificationclick"),
+        "{body}"
+    );
+}
+
+fn decode_base64url(s: &str) -> Vec<u8> {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = alphabet
+            .iter()
+            .position(|a| *a == c)
+            .expect("base64url character") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vapid_key_is_an_uncompressed_p256_point_that_survives_restarts() {
+    let mut hub = TestHub::start().await;
+    let r = hub.get("/api/dashboard/vapid-key", None).await;
+    assert_eq!(r.status, 200);
+    let key = r.json["vapid_public_key"].as_str().unwrap().to_string();
+    assert!(
+        !key.contains('=') && !key.contains('+') && !key.contains('/'),
+        "unpadded base64url: {key}"
+    );
+    let point = decode_base64url(&key);
+    assert_eq!((point.len(), point[0]), (65, 4));
+    hub.restart().await;
+    let again = hub.get("/api/dashboard/vapid-key", None).await.json["vapid_public_key"].clone();
+    assert_eq!(
+        again,
+        json!(key),
+        "the original regenerated its keys at every boot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_push_subscriptions_need_a_dashboard_token_and_an_object() {
+    let hub = TestHub::start().await;
+    let agent = hub.token("worker", "agent").await;
+    let viewer = hub.token("screen", "viewer").await;
+    let sub = json!({"endpoint": "https://push.example/abc", "keys": {"p256dh": "x", "auth": "y"}});
+    let r = hub
+        .send_json("POST", "/api/dashboard/push-subscribe", None, sub.clone())
+        .await;
+    assert_eq!(r.status, 401);
+    let r = hub
+        .send_json(
+            "POST",
+            "/api/dashboard/push-subscribe",
+            Some(&agent),
+            sub.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = hub
+        .send_json(
+            "POST",
+            "/api/dashboard/push-subscribe",
+            Some(&viewer),
+            json!([1, 2]),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json["error"].clone()),
+        (400, json!("invalid_body"))
+    );
+    let big = json!({"endpoint": "x".repeat(5000)});
+    let r = hub
+        .send_json("POST", "/api/dashboard/push-subscribe", Some(&viewer), big)
+        .await;
+    assert_eq!(r.status, 413);
+    let r = hub
+        .send_json("POST", "/api/dashboard/push-subscribe", Some(&viewer), sub)
+        .await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (200, json!({"status": "subscribed"}))
+    );
+}

@@ -6,6 +6,7 @@ use http::Method;
 use crate::api::{percent_decode, ApiError, ApiResult, Request};
 use crate::handlers;
 use crate::messaging as m;
+use crate::push;
 use crate::server::App;
 use crate::storage;
 use crate::tasks;
@@ -57,6 +58,9 @@ enum Endpoint {
     Backups,
     BackupVerify,
     StorageHealth,
+    ServiceWorker,
+    VapidKey,
+    PushSubscribe,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -123,6 +127,9 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ),
     ("/api/admin/dets-health", Endpoint::StorageHealth),
     ("/api/admin/storage-health", Endpoint::StorageHealth),
+    ("/sw.js", Endpoint::ServiceWorker),
+    ("/api/dashboard/vapid-key", Endpoint::VapidKey),
+    ("/api/dashboard/push-subscribe", Endpoint::PushSubscribe),
 ];
 
 pub struct Router {
@@ -220,6 +227,9 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::Backups, Method::GET) => storage::list(app, req).await,
         (E::BackupVerify, Method::POST) => storage::verify(app, req, param("backup_id")).await,
         (E::StorageHealth, Method::GET) => storage::health(app, req).await,
+        (E::ServiceWorker, Method::GET) => Ok(push::service_worker()),
+        (E::VapidKey, Method::GET) => push::vapid_key(app).await,
+        (E::PushSubscribe, Method::POST) => push::subscribe(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

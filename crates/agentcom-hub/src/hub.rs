@@ -16,6 +16,7 @@ use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
 use crate::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use crate::history::{HistoryArgs, HistoryMsg, MessageHistory};
 use crate::mailbox::{Mailbox, MailboxArgs, MailboxMsg};
+use crate::notifier::{Notifier, NotifierArgs, NotifierMsg};
 use crate::presence::{Presence, PresenceArgs, PresenceMsg, PresenceTable};
 use crate::pubsub::{PubSub, PubSubMsg, Publisher, Subscriptions};
 use crate::reaper::{Reaper, ReaperArgs, ReaperMsg};
@@ -76,6 +77,7 @@ impl Hub {
         );
         let (reaper_s, sessions_s) = (slot::<ReaperMsg>(), slot::<SessionsMsg>());
         let backup_s = slot::<BackupMsg>();
+        let notifier_s = slot::<NotifierMsg>();
         let (tasks_s, agents_s, scheduler_s) = (
             slot::<TaskMsg>(),
             slot::<AgentsMsg>(),
@@ -103,6 +105,7 @@ impl Hub {
             task_queue: tasks_s.service("task_queue"),
             scheduler: scheduler_s.service("scheduler"),
             backup: backup_s.service("backup"),
+            notifier: notifier_s.service("notifier"),
             engine: engine.clone(),
         };
 
@@ -256,6 +259,16 @@ impl Hub {
                         rejection_ttl: s.settings.accept_timeout,
                     };
                     (Scheduler, args)
+                }
+            }),
+            ChildSpec::new("notifier", "service", notifier_s, {
+                let s = s.clone();
+                move || {
+                    let args = NotifierArgs {
+                        reader: s.reader.clone(),
+                        store: s.store.clone(),
+                    };
+                    (Notifier, args)
                 }
             }),
             ChildSpec::new("backup", "service", backup_s, {

@@ -17,6 +17,7 @@ pub mod events;
 pub mod history;
 mod hub;
 pub mod mailbox;
+pub mod notifier;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

@@ -55,6 +55,7 @@ pub struct Services {
     pub task_queue: Service<TaskMsg>,
     pub scheduler: Service<SchedulerMsg>,
     pub backup: Service<BackupMsg>,
+    pub notifier: Service<crate::notifier::NotifierMsg>,
     pub engine: Arc<dyn agentcom_store::Engine>,
 }
 
