@@ -25,6 +25,8 @@ use crate::{Engine, StoreError, Table, WriteOp};
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8] = b"AGENTCOM-BACKUP-TABLE 1\n";
 pub const MANIFEST: &str = "manifest.json";
+/// Bytes written between two syncs of a table file.
+const SYNC_EVERY: u64 = 16 << 20;
 
 /// Writes that happened while a table was being scanned, to lay over the scan so that the
 /// backup is the state at one point in time: key → new value (`None`: deleted).
@@ -147,9 +149,20 @@ fn write_table(
     let empty = BTreeMap::new();
     let overlay = overlay.unwrap_or(&empty);
     let mut pending = overlay.iter().peekable();
+    let mut synced = 0u64;
     let mut emit = |out: &mut HashingWriter, k: &[u8], v: &[u8]| -> Result<(), StoreError> {
         count += 1;
-        write_record(out, k, v).map_err(|e| io("cannot write", path, e))
+        write_record(out, k, v).map_err(|e| io("cannot write", path, e))?;
+        // Sync as we go: one huge fsync at the end would hold the disk for a long time and
+        // stall the store's own flushes (and so every writer's acknowledgement).
+        if out.bytes - synced >= SYNC_EVERY {
+            synced = out.bytes;
+            out.inner
+                .flush()
+                .and_then(|()| out.inner.get_ref().sync_data())
+                .map_err(|e| io("cannot fsync", path, e))?;
+        }
+        Ok(())
     };
     source(&mut |key: &[u8], value: &[u8]| {
         // Overlay keys before this one that the scan did not see.
@@ -294,33 +307,39 @@ pub fn create_live(
     let tmp = backup_dir.join(temp_name(&id));
     fs::create_dir(&tmp).map_err(|e| io("cannot create", &tmp, e))?;
     let final_path = backup_dir.join(&id);
-    // Pass 1: fuzzy scans.
+    // Pass 1: fuzzy scans, straight into the table files.
     let mut scanned = Vec::new();
     for table in Table::ALL {
-        let scan = tmp.join(format!("{}.scan", table.name()));
+        let path = tmp.join(file_name(table));
         let result = write_table(
             table,
             &mut |visit: &mut Visitor<'_>| engine.for_each(table, visit),
             None,
-            &scan,
+            &path,
         );
-        scanned.push((table, scan, result.map(|_| ())));
+        scanned.push((table, path, result));
     }
     let overlay = end_capture()?;
-    // Pass 2: scans with the captured writes laid over them.
+    // Pass 2: a table written to during its scan is rewritten with those writes laid over
+    // it; the others are final already.
     let mut tables = Vec::new();
     let mut results = Vec::new();
-    for (table, scan, scanned) in scanned {
-        let written = scanned.and_then(|()| {
-            let mut source = file_source(&scan);
-            write_table(
-                table,
-                &mut source,
-                overlay.get(&table),
-                &tmp.join(file_name(table)),
-            )
-        });
-        let _ = fs::remove_file(&scan);
+    for (table, path, scanned) in scanned {
+        let written = match (scanned, overlay.get(&table)) {
+            (Ok(m), None) => Ok(m),
+            (Ok(_), Some(writes)) => {
+                let scan = tmp.join(format!("{}.scan", table.name()));
+                fs::rename(&path, &scan)
+                    .map_err(|e| io("cannot rename", &path, e))
+                    .and_then(|()| {
+                        let mut source = file_source(&scan);
+                        let m = write_table(table, &mut source, Some(writes), &path);
+                        let _ = fs::remove_file(&scan);
+                        m
+                    })
+            }
+            (Err(e), _) => Err(e),
+        };
         match written {
             Ok(m) => {
                 results.push(TableResult {
