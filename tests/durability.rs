@@ -275,25 +275,30 @@ async fn a_crash_looping_actor_backs_off_while_the_hub_keeps_answering() {
 
         // The dashboard sees the crash, then the restart after the backoff.
         let mut crashed_backoff = None;
-        loop {
+        let mut restarted = false;
+        while !restarted {
             let frame = ws.next_json().await;
-            let event = &frame["data"][0];
-            if event["actor"] != "config" {
+            if frame["type"] != "events" {
                 continue;
             }
-            match event["type"].as_str().unwrap() {
-                "actor_crashed" => {
-                    assert!(
-                        event["last_error"]
-                            .as_str()
-                            .unwrap()
-                            .contains("injected crash"),
-                        "{event}"
-                    );
-                    crashed_backoff = event["last_backoff_ms"].as_u64();
+            for event in frame["data"].as_array().unwrap() {
+                if event["actor"] != "config" {
+                    continue;
                 }
-                "actor_restarted" => break,
-                other => panic!("unexpected event {other}"),
+                match event["type"].as_str().unwrap() {
+                    "actor_crashed" => {
+                        assert!(
+                            event["last_error"]
+                                .as_str()
+                                .unwrap()
+                                .contains("injected crash"),
+                            "{event}"
+                        );
+                        crashed_backoff = event["last_backoff_ms"].as_u64();
+                    }
+                    "actor_restarted" => restarted = true,
+                    other => panic!("unexpected event {other}"),
+                }
             }
         }
         let backoff = crashed_backoff.expect("crash event before restart event");

@@ -442,10 +442,23 @@ async fn dashboard_socket_needs_admin_or_viewer_and_streams_actor_events() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let frame = ws.next_json().await;
-    assert_eq!(frame["type"], "events");
-    assert_eq!(frame["data"][0]["type"], "actor_restarted");
-    assert_eq!(frame["data"][0]["actor"], "config");
+    let snapshot = ws.next_json().await;
+    assert_eq!(snapshot["type"], "snapshot", "the snapshot comes first");
+    assert!(snapshot["data"]["health"]["status"].is_string());
+    let restarted = loop {
+        let frame = ws.next_json().await;
+        assert_eq!(frame["type"], "events", "{frame}");
+        let found = frame["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == "actor_restarted")
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+    };
+    assert_eq!(restarted["actor"], "config");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

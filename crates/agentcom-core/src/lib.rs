@@ -9,6 +9,7 @@ pub mod analytics;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod dashboard;
 pub mod fsm;
 pub mod health;
 pub mod message;

@@ -1,7 +1,7 @@
 //! Agent and dashboard websocket frames: JSON text ⇄ the hub's typed protocol.
 
 use agentcom_hub::events::HubEvent;
-use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, Outbound};
+use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, DashboardRequest, Outbound};
 use serde_json::{json, Map, Value};
 
 use crate::wire;
@@ -181,7 +181,9 @@ pub fn encode(frame: &Outbound) -> String {
         }
         Outbound::Reply(reply) => encode_reply(reply),
         Outbound::Push(push) => encode_push(push),
-        Outbound::Event(event) => encode_event(event),
+        Outbound::Events(events) => json!({"type": "events", "data": events.iter().map(|e| event_json(e)).collect::<Vec<_>>()}),
+        Outbound::Snapshot(snapshot) => json!({"type": "snapshot", "data": wire::snapshot(snapshot)}),
+        Outbound::RetryResult { task_id, status } => json!({"type": "retry_result", "task_id": task_id, "status": status}),
     }
     .to_string()
 }
@@ -274,9 +276,21 @@ fn encode_push(push: &AgentPush) -> Value {
     }
 }
 
-/// A dashboard event frame.
-fn encode_event(event: &HubEvent) -> Value {
-    let data = match event {
+/// Parse a dashboard's frame: `request_snapshot`, `retry_task`; anything else is ignored.
+pub fn parse_dashboard(value: Value) -> DashboardRequest {
+    match value.get("type").and_then(Value::as_str) {
+        Some("request_snapshot") => DashboardRequest::RequestSnapshot,
+        Some("retry_task") => match value.get("task_id").and_then(Value::as_str) {
+            Some(id) => DashboardRequest::RetryTask(id.to_string()),
+            None => DashboardRequest::Other,
+        },
+        _ => DashboardRequest::Other,
+    }
+}
+
+/// One dashboard event (reference §4.2, plus backups and actors).
+fn event_json(event: &HubEvent) -> Value {
+    match event {
         HubEvent::Actor(e) => json!({
             "type": e.kind.as_str(),
             "actor": e.record.name,
@@ -321,8 +335,7 @@ fn encode_event(event: &HubEvent) -> Value {
             json!({"type": "backup_failed", "timestamp": timestamp, "error": error})
         }
         other => json!({"type": "other", "detail": format!("{other:?}")}),
-    };
-    json!({"type": "events", "data": [data]})
+    }
 }
 
 #[cfg(test)]

@@ -79,3 +79,13 @@ pub async fn subscribe(app: &App, req: Request) -> ApiResult {
         .map_err(agentcom_hub::HubError::from)??;
     Ok(ok(json!({"status": "subscribed"})))
 }
+
+/// Route 44: the dashboard snapshot (admin or viewer token; the original left it open, S3).
+pub async fn dashboard_state(app: &App, req: Request) -> ApiResult {
+    let who = caller(&app.hub, req.headers())?;
+    if !who.role.may_view_dashboard() {
+        return Err(forbidden("the dashboard needs an admin or viewer token"));
+    }
+    let snapshot = app.hub.dashboard_snapshot().await?;
+    Ok(ok(crate::wire::snapshot(&snapshot)))
+}

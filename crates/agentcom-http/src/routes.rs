@@ -61,6 +61,7 @@ enum Endpoint {
     ServiceWorker,
     VapidKey,
     PushSubscribe,
+    DashboardState,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -130,6 +131,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/sw.js", Endpoint::ServiceWorker),
     ("/api/dashboard/vapid-key", Endpoint::VapidKey),
     ("/api/dashboard/push-subscribe", Endpoint::PushSubscribe),
+    ("/api/dashboard/state", Endpoint::DashboardState),
 ];
 
 pub struct Router {
@@ -230,6 +232,7 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::ServiceWorker, Method::GET) => Ok(push::service_worker()),
         (E::VapidKey, Method::GET) => push::vapid_key(app).await,
         (E::PushSubscribe, Method::POST) => push::subscribe(app, req).await,
+        (E::DashboardState, Method::GET) => push::dashboard_state(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

@@ -146,3 +146,76 @@ pub fn task(t: &agentcom_core::task::Task) -> Value {
         "history": t.history.iter().map(|e| json!({"event": e.event, "timestamp": e.timestamp, "details": e.details})).collect::<Vec<_>>(),
     })
 }
+
+/// The dashboard snapshot (reference §4.4), plus `actors` and the full `storage` report.
+pub fn snapshot(s: &agentcom_hub::dashboard::Snapshot) -> Value {
+    let agents: Vec<Value> = s
+        .agents
+        .iter()
+        .map(|a| {
+            json!({
+                "agent_id": a.agent_id,
+                "name": a.name,
+                "fsm_state": a.fsm.state.as_str(),
+                "current_task_id": a.fsm.current_task,
+                "capabilities": normalized_capabilities(&a.capabilities),
+                "flags": if a.fsm.unresponsive { vec!["unresponsive"] } else { vec![] },
+                "connected_at": a.connected_at,
+                "last_state_change": a.fsm.last_state_change,
+            })
+        })
+        .collect();
+    let queue = s.queue.as_ref().map(|q| {
+        let count = |status: agentcom_core::task::TaskStatus| q.by_status.iter().find(|(k, _)| *k == status).map_or(0, |(_, n)| *n);
+        use agentcom_core::task::TaskStatus as S;
+        json!({
+            "by_status": {"queued": count(S::Queued), "assigned": count(S::Assigned), "completed": count(S::Completed)},
+            "by_priority": (0..4u8).map(|p| (p.to_string(), Value::from(q.by_priority.iter().find(|(k, _)| *k == p).map_or(0, |(_, n)| *n)))).collect::<serde_json::Map<_, _>>(),
+            "dead_letter": q.dead_letter,
+        })
+    });
+    let dead: Option<Vec<Value>> = s.dead_letter_tasks.as_ref().map(|tasks| {
+        tasks
+            .iter()
+            .map(|t| json!({"id": t.id, "description": t.description, "last_error": t.last_error, "retry_count": t.retry_count, "created_at": t.created_at}))
+            .collect()
+    });
+    let completions: Vec<Value> = s
+        .recent_completions
+        .iter()
+        .map(|c| {
+            json!({"task_id": c.task_id, "agent_id": c.agent_id, "description": c.description, "duration_ms": c.duration_ms, "tokens_used": c.tokens_used, "completed_at": c.completed_at})
+        })
+        .collect();
+    let dets_health = s.storage.as_ref().map(|h| {
+        json!({
+            "tables": h.tables.iter().map(|t| json!({"table": t.table, "status": "ok", "record_count": t.record_count, "file_size_bytes": t.logical_bytes, "fragmentation_ratio": null})).collect::<Vec<_>>(),
+            "last_backup_at": h.last_backup_at,
+            "next_backup_at": h.next_backup_at,
+            "last_backup_results": h.last_run.as_ref().map(|r| json!({"at": r.at, "backup_id": r.backup_id, "status": if r.ok { "ok" } else { "error" }, "verified": r.verified, "error": r.error})),
+            "health_status": h.health_status,
+            "store": {"engine": h.engine, "size_on_disk": h.size_on_disk, "live_bytes": h.live_bytes, "fragmentation_ratio": h.fragmentation_ratio},
+        })
+    });
+    let actors: Vec<Value> = s
+        .actors
+        .iter()
+        .map(|r| json!({"name": r.name, "kind": r.kind, "status": r.status.as_str(), "restartable": r.restartable, "restarts": r.restarts, "crashes": r.crashes, "last_error": r.last_error, "started_at": r.started_at, "last_restart_at": r.last_restart_at}))
+        .collect();
+    json!({
+        "uptime_ms": s.uptime_ms,
+        "timestamp": s.timestamp,
+        "health": {"status": s.status.as_str(), "conditions": s.conditions},
+        "agents": agents,
+        "queue": queue,
+        "dead_letter_tasks": dead,
+        "recent_completions": completions,
+        "throughput": {
+            "completed_last_hour": s.throughput.completed_last_hour,
+            "avg_completion_ms": s.throughput.avg_completion_ms,
+            "total_tokens_hour": s.throughput.total_tokens_hour,
+        },
+        "dets_health": dets_health,
+        "actors": actors,
+    })
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use agentcom_hub::protocol::{DashboardRequest, Outbound};
+use agentcom_hub::protocol::Outbound;
 use agentcom_hub::sessions::{
     CloseReason, Inbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
 };
@@ -196,7 +196,7 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
     match (serde_json::from_str::<Value>(text), kind) {
         (Err(_), _) => Inbound::Malformed("invalid_json"),
         (Ok(v), SessionKind::Agent) => Inbound::Agent(crate::frames::parse_agent(v)),
-        (Ok(_), SessionKind::Dashboard) => Inbound::Dashboard(DashboardRequest::Other),
+        (Ok(v), SessionKind::Dashboard) => Inbound::Dashboard(crate::frames::parse_dashboard(v)),
     }
 }
 

@@ -14,6 +14,7 @@ use crate::auth::{AuthActor, AuthArgs, AuthMsg};
 use crate::backup::{BackupActor, BackupArgs, BackupMsg};
 use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
 use crate::config::{ConfigActor, ConfigArgs, ConfigMsg};
+use crate::dashboard::{Dashboard, DashboardArgs, DashboardMsg};
 use crate::history::{HistoryArgs, HistoryMsg, MessageHistory};
 use crate::mailbox::{Mailbox, MailboxArgs, MailboxMsg};
 use crate::notifier::{Notifier, NotifierArgs, NotifierMsg};
@@ -78,6 +79,7 @@ impl Hub {
         let (reaper_s, sessions_s) = (slot::<ReaperMsg>(), slot::<SessionsMsg>());
         let backup_s = slot::<BackupMsg>();
         let notifier_s = slot::<NotifierMsg>();
+        let dashboard_s = slot::<DashboardMsg>();
         let (tasks_s, agents_s, scheduler_s) = (
             slot::<TaskMsg>(),
             slot::<AgentsMsg>(),
@@ -106,6 +108,8 @@ impl Hub {
             scheduler: scheduler_s.service("scheduler"),
             backup: backup_s.service("backup"),
             notifier: notifier_s.service("notifier"),
+            dashboard: dashboard_s.service("dashboard_state"),
+            supervisor: Arc::new(std::sync::OnceLock::new()),
             engine: engine.clone(),
         };
 
@@ -285,6 +289,16 @@ impl Hub {
                     (BackupActor, args)
                 }
             }),
+            ChildSpec::new("dashboard_state", "service", dashboard_s, {
+                let s = s.clone();
+                move || {
+                    let args = DashboardArgs {
+                        services: s.clone(),
+                        sample_interval: s.settings.queue_sample_interval,
+                    };
+                    (Dashboard, args)
+                }
+            }),
             ChildSpec::new("reaper", "service", reaper_s, {
                 let s = s.clone();
                 move || {
@@ -318,6 +332,7 @@ impl Hub {
             reason: e.to_string(),
         })?;
 
+        let _ = services.supervisor.set(supervisor.clone());
         Ok(Hub {
             supervisor,
             engine,

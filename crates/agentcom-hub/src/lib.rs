@@ -13,6 +13,7 @@ pub mod auth;
 pub mod backup;
 pub mod channels;
 pub mod config;
+pub mod dashboard;
 pub mod events;
 pub mod history;
 mod hub;
@@ -104,6 +105,8 @@ pub struct HubSettings {
     pub backup_interval: Duration,
     pub backup_stale_after: Duration,
     pub fragmentation_floor: u64,
+    pub queue_sample_interval: Duration,
+    pub dashboard_flush_interval: Duration,
 }
 
 impl Default for HubSettings {
@@ -123,6 +126,8 @@ impl Default for HubSettings {
             backup_interval: Duration::from_secs(24 * 3600),
             backup_stale_after: Duration::from_secs(48 * 3600),
             fragmentation_floor: 64 << 20,
+            queue_sample_interval: Duration::from_secs(60),
+            dashboard_flush_interval: Duration::from_millis(100),
         }
     }
 }

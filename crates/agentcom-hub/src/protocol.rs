@@ -74,6 +74,9 @@ pub enum AgentRequest {
 /// A frame from a dashboard.
 #[derive(Debug, Clone)]
 pub enum DashboardRequest {
+    RequestSnapshot,
+    RetryTask(String),
+    /// Anything else: ignored, as the original did.
     Other,
 }
 
@@ -150,8 +153,15 @@ pub enum Outbound {
     },
     Reply(AgentReply),
     Push(AgentPush),
-    /// A pubsub event for a dashboard.
-    Event(Arc<HubEvent>),
+    /// Pubsub events for a dashboard, oldest first (one frame per flush interval).
+    Events(Vec<Arc<HubEvent>>),
+    /// The dashboard snapshot.
+    Snapshot(Box<crate::dashboard::Snapshot>),
+    /// The answer to a dashboard's `retry_task`.
+    RetryResult {
+        task_id: String,
+        status: &'static str,
+    },
 }
 
 impl Outbound {

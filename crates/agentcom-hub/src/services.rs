@@ -56,6 +56,9 @@ pub struct Services {
     pub scheduler: Service<SchedulerMsg>,
     pub backup: Service<BackupMsg>,
     pub notifier: Service<crate::notifier::NotifierMsg>,
+    pub dashboard: Service<crate::dashboard::DashboardMsg>,
+    /// The root supervisor, set once it runs.
+    pub supervisor: Arc<std::sync::OnceLock<ractor::ActorRef<crate::supervisor::SupervisorMsg>>>,
     pub engine: Arc<dyn agentcom_store::Engine>,
 }
 
@@ -454,6 +457,27 @@ impl Services {
             fragmentation_floor: floor,
             was_recovered: self.reader.was_recovered(),
         })
+    }
+
+    /// The supervision tree, one record per supervised actor.
+    pub async fn actors(&self) -> Result<Vec<crate::supervisor::ChildRecord>, HubError> {
+        let supervisor = self
+            .supervisor
+            .get()
+            .ok_or(crate::service::ServiceError::Unavailable("supervisor"))?;
+        Ok(supervisor
+            .call(crate::supervisor::SupervisorMsg::List, Some(CALL_TIMEOUT))
+            .await
+            .map_err(|_| crate::service::ServiceError::Unavailable("supervisor"))?
+            .success_or(crate::service::ServiceError::Timeout("supervisor"))?)
+    }
+
+    /// The dashboard snapshot.
+    pub async fn dashboard_snapshot(&self) -> Result<crate::dashboard::Snapshot, HubError> {
+        Ok(self
+            .dashboard
+            .call(crate::dashboard::DashboardMsg::Snapshot, CALL_TIMEOUT)
+            .await?)
     }
 
     /// Agents present (identified on a websocket).

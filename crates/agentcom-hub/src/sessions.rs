@@ -87,6 +87,8 @@ pub enum SessionMsg {
     /// Detach from a channel's topic (after an unsubscription made elsewhere).
     Detach(String),
     Close(CloseReason),
+    /// Send the dashboard events gathered since the last flush.
+    Flush,
 }
 
 pub struct SessionArgs {
@@ -101,6 +103,9 @@ pub struct SessionState {
     pub(crate) services: Services,
     subscribed: HashMap<Topic, SubscriptionId>,
     pub(crate) agent: AgentSession,
+    principal: Option<Principal>,
+    /// Dashboard events waiting for the next flush.
+    pending: Vec<Arc<HubEvent>>,
 }
 
 /// One websocket connection.
@@ -122,11 +127,17 @@ impl Actor for Session {
             services,
             subscribed: HashMap::new(),
             agent: AgentSession::default(),
+            principal: args.principal,
+            pending: Vec::new(),
         };
         if args.kind == SessionKind::Dashboard {
             for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
                 state.subscribe(&myself, topic);
             }
+            // The snapshot comes first, then the events (reference §4.1).
+            let _ = myself.send_message(SessionMsg::Inbound(Inbound::Dashboard(
+                DashboardRequest::RequestSnapshot,
+            )));
         }
         Ok(state)
     }
@@ -147,9 +158,32 @@ impl Actor for Session {
                     crate::agent_session::handle(&myself, state, request).await;
                 }
             }
-            SessionMsg::Inbound(Inbound::Dashboard(_)) => {}
+            SessionMsg::Inbound(Inbound::Dashboard(request)) => {
+                if state.kind == SessionKind::Dashboard {
+                    dashboard_request(&myself, state, request).await;
+                }
+            }
+            SessionMsg::Flush => {
+                let events = std::mem::take(&mut state.pending);
+                if !events.is_empty() {
+                    state.push(&myself, Outbound::Events(events));
+                }
+            }
             SessionMsg::Deliver(event) => match state.kind {
-                SessionKind::Dashboard => state.push(&myself, Outbound::Event(event)),
+                SessionKind::Dashboard => {
+                    if state.pending.is_empty() {
+                        let every = state.services.settings.dashboard_flush_interval;
+                        myself.send_after(every, || SessionMsg::Flush);
+                    }
+                    state.pending.push(event);
+                    // A consumer this far behind gets a fresh snapshot instead (SPEC §2).
+                    if state.pending.len() > 1000 {
+                        state.pending.clear();
+                        let _ = myself.send_message(SessionMsg::Inbound(Inbound::Dashboard(
+                            DashboardRequest::RequestSnapshot,
+                        )));
+                    }
+                }
                 SessionKind::Agent => {
                     if let Some(push) = crate::agent_session::push_for(state, &event) {
                         state.push(&myself, Outbound::Push(push));
@@ -221,6 +255,39 @@ impl SessionState {
             )));
             myself.stop(Some("slow consumer".into()));
         }
+    }
+}
+
+/// A dashboard's request: a snapshot, or retrying a dead-letter task (admin only).
+async fn dashboard_request(
+    myself: &ActorRef<SessionMsg>,
+    state: &mut SessionState,
+    request: DashboardRequest,
+) {
+    match request {
+        DashboardRequest::RequestSnapshot => match state.services.dashboard_snapshot().await {
+            Ok(snapshot) => state.push(myself, Outbound::Snapshot(Box::new(snapshot))),
+            Err(e) => state.push(
+                myself,
+                Outbound::Error {
+                    code: "snapshot_unavailable".into(),
+                    field: None,
+                    message: Some(e.to_string()),
+                },
+            ),
+        },
+        DashboardRequest::RetryTask(task_id) => {
+            if !state.principal.as_ref().is_some_and(|p| p.role.is_admin()) {
+                state.push(myself, Outbound::error("admin_only"));
+                return;
+            }
+            let status = match state.services.retry_task(&task_id).await {
+                Ok(_) => "requeued",
+                Err(_) => "not_found",
+            };
+            state.push(myself, Outbound::RetryResult { task_id, status });
+        }
+        DashboardRequest::Other => {}
     }
 }
 

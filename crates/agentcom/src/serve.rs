@@ -36,6 +36,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         backup_interval: settings.backup_interval,
         backup_stale_after: settings.backup_stale_after,
         fragmentation_floor: settings.fragmentation_floor,
+        queue_sample_interval: settings.queue_sample_interval,
+        dashboard_flush_interval: settings.dashboard_flush_interval,
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)

@@ -1,0 +1,320 @@
+//! Dashboard state (reference §4.4, §7.5): hourly throughput, recent completions, queue
+//! samples and agent sightings, fed by the `tasks`, `presence` and `actors` topics; and
+//! the snapshot the dashboard shows, gathered from every part with a short deadline so
+//! that a slow or restarting part leaves its own section empty instead of failing the
+//! snapshot (F23). Counts come from the queue's own events, once each (F3).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_core::dashboard::{compute_health, HealthInputs, Status, StorageInputs};
+use agentcom_core::task::{Task, TaskStatus};
+use agentcom_core::Millis;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::agents::AgentView;
+use crate::backup::StorageHealth;
+use crate::events::{HubEvent, TaskEventKind, Topic};
+use crate::now_ms;
+use crate::pubsub::SubscriptionId;
+use crate::services::Services;
+use crate::supervisor::ChildRecord;
+use crate::task_queue::{TaskMsg, TaskStats};
+
+/// Completions kept for the dashboard.
+const RECENT_KEEP: usize = 100;
+/// How long a part of the snapshot may take before it is left out.
+const PART_DEADLINE: Duration = Duration::from_secs(1);
+/// An agent that left is reported offline for this long.
+const OFFLINE_MEMORY_MS: Millis = 3_600_000;
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub task_id: String,
+    pub agent_id: Option<String>,
+    pub description: String,
+    pub duration_ms: u64,
+    pub tokens_used: Option<u64>,
+    pub completed_at: Millis,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Throughput {
+    pub completed_last_hour: u64,
+    pub avg_completion_ms: u64,
+    pub total_tokens_hour: u64,
+}
+
+/// Everything the dashboard shows.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub uptime_ms: u64,
+    pub timestamp: Millis,
+    pub status: Status,
+    pub conditions: Vec<String>,
+    pub agents: Vec<AgentView>,
+    /// `None` when the task queue did not answer in time.
+    pub queue: Option<TaskStats>,
+    pub dead_letter_tasks: Option<Vec<Task>>,
+    pub recent_completions: Vec<Completion>,
+    pub throughput: Throughput,
+    /// `None` when the storage report could not be had in time.
+    pub storage: Option<StorageHealth>,
+    pub actors: Vec<ChildRecord>,
+}
+
+pub enum DashboardMsg {
+    Event(Arc<HubEvent>),
+    SampleQueue,
+    NewHour,
+    Snapshot(RpcReplyPort<Snapshot>),
+}
+
+pub struct DashboardArgs {
+    pub services: Services,
+    pub sample_interval: Duration,
+}
+
+pub struct DashboardState {
+    services: Services,
+    started_at: Millis,
+    completed: u64,
+    failed: u64,
+    tokens: u64,
+    durations: Vec<u64>,
+    recent: VecDeque<Completion>,
+    samples: VecDeque<u64>,
+    /// Agents seen since start: when each went offline (`None`: online).
+    seen: HashMap<String, Option<Millis>>,
+    subscribed: Vec<(Topic, SubscriptionId)>,
+}
+
+pub struct Dashboard;
+
+impl Actor for Dashboard {
+    type Msg = DashboardMsg;
+    type State = DashboardState;
+    type Arguments = DashboardArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DashboardArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut subscribed = Vec::new();
+        for topic in [Topic::Tasks, Topic::Presence] {
+            let me = myself.clone();
+            let id = args.services.subscriptions.subscribe(
+                topic.clone(),
+                Arc::new(move |e: &Arc<HubEvent>| {
+                    me.send_message(DashboardMsg::Event(e.clone())).is_ok()
+                }),
+            );
+            subscribed.push((topic, id));
+        }
+        myself.send_interval(args.sample_interval, || DashboardMsg::SampleQueue);
+        myself.send_interval(Duration::from_secs(3600), || DashboardMsg::NewHour);
+        let seen = args
+            .services
+            .agent_table
+            .list()
+            .into_iter()
+            .map(|a| (a.agent_id, None))
+            .collect();
+        Ok(DashboardState {
+            services: args.services,
+            started_at: now_ms(),
+            completed: 0,
+            failed: 0,
+            tokens: 0,
+            durations: Vec::new(),
+            recent: VecDeque::new(),
+            samples: VecDeque::new(),
+            seen,
+            subscribed,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DashboardMsg::Event(event) => state.record(&event),
+            DashboardMsg::SampleQueue => {
+                if let Ok(stats) = state
+                    .services
+                    .task_queue
+                    .call(TaskMsg::Stats, PART_DEADLINE)
+                    .await
+                {
+                    state.samples.push_back(stats.queued as u64);
+                    if state.samples.len() > 3 {
+                        state.samples.pop_front();
+                    }
+                }
+            }
+            DashboardMsg::NewHour => {
+                state.completed = 0;
+                state.failed = 0;
+                state.tokens = 0;
+                state.durations.clear();
+            }
+            DashboardMsg::Snapshot(reply) => {
+                let _ = reply.send(state.snapshot().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (topic, id) in state.subscribed.drain(..) {
+            state.services.subscriptions.unsubscribe(&topic, id);
+        }
+        Ok(())
+    }
+}
+
+impl DashboardState {
+    fn record(&mut self, event: &HubEvent) {
+        let now = now_ms();
+        match event {
+            HubEvent::Task {
+                kind: TaskEventKind::Completed,
+                task,
+            } => {
+                self.completed += 1;
+                self.tokens += task.tokens_used.unwrap_or(0);
+                let duration_ms = task.assigned_at.map_or(0, |t| now.saturating_sub(t));
+                self.durations.push(duration_ms);
+                self.recent.push_front(Completion {
+                    task_id: task.id.clone(),
+                    agent_id: task.assigned_to.clone(),
+                    description: task.description.clone(),
+                    duration_ms,
+                    tokens_used: task.tokens_used,
+                    completed_at: now,
+                });
+                self.recent.truncate(RECENT_KEEP);
+            }
+            HubEvent::Task {
+                kind: TaskEventKind::DeadLetter,
+                ..
+            } => self.failed += 1,
+            // A failure with retries left (not a retry from the dead-letter table).
+            HubEvent::Task {
+                kind: TaskEventKind::Retried,
+                task,
+            } if task.history.first().is_some_and(|h| h.event == "retry") => self.failed += 1,
+            HubEvent::AgentJoined(entry) => {
+                self.seen.insert(entry.agent_id.clone(), None);
+            }
+            HubEvent::AgentLeft(agent_id) => {
+                self.seen.insert(agent_id.clone(), Some(now));
+            }
+            _ => {}
+        }
+    }
+
+    async fn snapshot(&mut self) -> Snapshot {
+        let now = now_ms();
+        let s = &self.services;
+        let agents = s.agent_table.list();
+        let queue = s.task_queue.call(TaskMsg::Stats, PART_DEADLINE).await.ok();
+        let dead_letter_tasks = s
+            .task_queue
+            .call(TaskMsg::DeadLetters, PART_DEADLINE)
+            .await
+            .ok();
+        let assigned = s
+            .task_queue
+            .call(TaskMsg::Snapshot, PART_DEADLINE)
+            .await
+            .map(|(_, a)| a)
+            .unwrap_or_default();
+        let storage = tokio::time::timeout(PART_DEADLINE, s.storage_health())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let actors = tokio::time::timeout(PART_DEADLINE, s.actors())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+
+        self.seen
+            .retain(|_, offline| offline.is_none_or(|t| now.saturating_sub(t) < OFFLINE_MEMORY_MS));
+        let mut offline_agents: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(id, offline)| offline.is_some() && !agents.iter().any(|a| &a.agent_id == *id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        offline_agents.sort();
+        let stuck_after = s.settings.stuck_task_after.as_millis() as u64;
+        let stuck_tasks = assigned
+            .iter()
+            .filter(|t| {
+                t.status == TaskStatus::Assigned && now.saturating_sub(t.updated_at) > stuck_after
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        let inputs = HealthInputs {
+            now,
+            offline_agents,
+            queue_samples: self.samples.iter().copied().collect(),
+            completed_this_hour: self.completed,
+            failed_this_hour: self.failed,
+            stuck_tasks,
+            storage: storage.as_ref().map(|h| StorageInputs {
+                last_backup_at: h.last_backup_at,
+                stale_after_ms: s.settings.backup_stale_after.as_millis() as u64,
+                high_fragmentation: h.high_fragmentation,
+                wasted_bytes: h.size_on_disk.saturating_sub(h.live_bytes),
+                last_run_error: h.last_run.as_ref().and_then(|r| r.error.clone()),
+                last_run_unverified: h
+                    .last_run
+                    .as_ref()
+                    .filter(|r| r.ok && !r.verified)
+                    .and_then(|r| r.backup_id.clone()),
+            }),
+            looping_actors: actors
+                .iter()
+                .filter(|a| {
+                    a.crash_streak > 2 && a.status != crate::supervisor::ChildStatus::Running
+                })
+                .map(|a| (a.name.to_string(), a.crash_streak))
+                .collect(),
+        };
+        let (status, conditions) = compute_health(&inputs);
+        let avg = if self.durations.is_empty() {
+            0
+        } else {
+            self.durations.iter().sum::<u64>() / self.durations.len() as u64
+        };
+        Snapshot {
+            uptime_ms: now.saturating_sub(self.started_at),
+            timestamp: now,
+            status,
+            conditions,
+            agents,
+            queue,
+            dead_letter_tasks,
+            recent_completions: self.recent.iter().cloned().collect(),
+            throughput: Throughput {
+                completed_last_hour: self.completed,
+                avg_completion_ms: avg,
+                total_tokens_hour: self.tokens,
+            },
+            storage,
+            actors,
+        }
+    }
+}
