@@ -166,15 +166,32 @@ pub async fn read_object(req: Request, limit: usize) -> Result<Map<String, Value
     }
 }
 
-/// The token of an `Authorization: Bearer <token>` header (exactly one, exact scheme).
+/// The name of the dashboard's session cookie (set by `POST /api/dashboard/login`).
+pub const SESSION_COOKIE: &str = "agentcom_token";
+
+/// The caller's token: an `Authorization: Bearer <token>` header (exactly one, exact
+/// scheme), else the dashboard's session cookie (HttpOnly, SameSite=Strict: the page
+/// never puts its token in a URL).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
-    let value = values.next()?;
-    if values.next().is_some() {
-        return None;
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            let token = value.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+            (!token.is_empty()).then_some(token)
+        }
+        (Some(_), Some(_)) => None,
+        (None, _) => session_cookie(headers),
     }
-    let token = value.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-    (!token.is_empty()).then_some(token)
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .filter(|t| !t.is_empty())
 }
 
 /// A query-string parameter, percent-decoded.
@@ -297,5 +314,11 @@ mod tests {
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         h.append(header::AUTHORIZATION, "Bearer def".parse().unwrap());
         assert_eq!(bearer(&h), None);
+        let mut c = HeaderMap::new();
+        c.insert(
+            header::COOKIE,
+            "theme=dark; agentcom_token=tok".parse().unwrap(),
+        );
+        assert_eq!(bearer(&c), Some("tok"));
     }
 }

@@ -307,12 +307,24 @@ fn event_json(event: &HubEvent) -> Value {
         HubEvent::StatusChanged(p) => {
             json!({"type": "status_changed", "agent_id": p.agent_id, "status": p.status})
         }
+        // The task rides along, so the page can update itself without a snapshot.
         HubEvent::Task { kind, task } => json!({
             "type": "task_event",
             "task_id": task.id,
             "event": kind.as_str(),
             "agent_id": task.assigned_to,
             "timestamp": task.updated_at,
+            "task": {
+                "description": task.description,
+                "priority": task.priority,
+                "status": task.status.as_str(),
+                "assigned_to": task.assigned_to,
+                "assigned_at": task.assigned_at,
+                "tokens_used": task.tokens_used,
+                "last_error": task.last_error,
+                "retry_count": task.retry_count,
+                "created_at": task.created_at,
+            },
         }),
         HubEvent::BackupStarted { timestamp } => {
             json!({"type": "backup_started", "timestamp": timestamp})

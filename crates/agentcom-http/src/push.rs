@@ -89,3 +89,68 @@ pub async fn dashboard_state(app: &App, req: Request) -> ApiResult {
     let snapshot = app.hub.dashboard_snapshot().await?;
     Ok(ok(crate::wire::snapshot(&snapshot)))
 }
+
+/// The dashboard page, embedded in the binary (`web/dashboard.html`).
+const DASHBOARD_PAGE: &str = include_str!("../../../web/dashboard.html");
+
+/// Route 34: the dashboard page. It holds no data itself: it signs in with a token once
+/// (`POST /api/dashboard/login`) and then reads everything over the dashboard websocket.
+pub fn dashboard_page() -> Response {
+    let mut res = hyper::Response::new(Full::new(Bytes::from_static(DASHBOARD_PAGE.as_bytes())));
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("content-security-policy", HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline' 'self'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; img-src 'self' data:"));
+    res
+}
+
+fn session_cookie(value: &str, max_age: u64) -> HeaderValue {
+    let cookie = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
+        crate::api::SESSION_COOKIE
+    );
+    HeaderValue::from_str(&cookie).expect("a token is a valid cookie value")
+}
+
+/// Sign the dashboard in: the token (admin or viewer) goes into an HttpOnly session
+/// cookie, so it never appears in a URL or in the page's script.
+pub async fn login(app: &App, req: Request) -> ApiResult {
+    let body = read_object(req, 4096).await?;
+    let token = body
+        .get("token")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let who = app
+        .hub
+        .authenticate(&token)?
+        .ok_or_else(crate::api::ApiError::unauthorized)?;
+    if !who.role.may_view_dashboard() {
+        return Err(forbidden("the dashboard needs an admin or viewer token"));
+    }
+    let mut res =
+        ok(json!({"status": "signed_in", "agent_id": who.agent_id, "role": who.role.as_str()}));
+    res.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&token, 7 * 24 * 3600));
+    Ok(res)
+}
+
+/// Who the dashboard is signed in as (401 when it is not).
+pub async fn whoami(app: &App, req: Request) -> ApiResult {
+    let who = caller(&app.hub, req.headers())?;
+    Ok(ok(
+        json!({"agent_id": who.agent_id, "role": who.role.as_str()}),
+    ))
+}
+
+/// Sign the dashboard out: the cookie is cleared.
+pub fn logout() -> Response {
+    let mut res = ok(json!({"status": "signed_out"}));
+    res.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie("", 0));
+    res
+}

@@ -62,6 +62,10 @@ enum Endpoint {
     VapidKey,
     PushSubscribe,
     DashboardState,
+    DashboardPage,
+    Login,
+    Logout,
+    WhoAmI,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -132,6 +136,10 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/api/dashboard/vapid-key", Endpoint::VapidKey),
     ("/api/dashboard/push-subscribe", Endpoint::PushSubscribe),
     ("/api/dashboard/state", Endpoint::DashboardState),
+    ("/dashboard", Endpoint::DashboardPage),
+    ("/api/dashboard/login", Endpoint::Login),
+    ("/api/dashboard/logout", Endpoint::Logout),
+    ("/api/dashboard/whoami", Endpoint::WhoAmI),
 ];
 
 pub struct Router {
@@ -233,6 +241,10 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::VapidKey, Method::GET) => push::vapid_key(app).await,
         (E::PushSubscribe, Method::POST) => push::subscribe(app, req).await,
         (E::DashboardState, Method::GET) => push::dashboard_state(app, req).await,
+        (E::DashboardPage, Method::GET) => Ok(push::dashboard_page()),
+        (E::Login, Method::POST) => push::login(app, req).await,
+        (E::Logout, Method::POST) => Ok(push::logout()),
+        (E::WhoAmI, Method::GET) => push::whoami(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),
