@@ -1136,18 +1136,31 @@ async fn verify_names_the_damaged_table_and_restore_refuses_damaged_backups() {
         .to_string();
     let good_dir = bdir.path().join(&good);
 
-    // Four damaged copies, each in the backup directory under its own name.
-    let cases: [(&str, &str); 4] = [
-        ("damaged-flip", "task_queue"),
-        ("damaged-truncated", "agent_mailbox"),
-        ("damaged-missing", "message_history"),
-        ("damaged-manifest", "agentcom_config"),
+    // Four damaged copies, each in the backup directory under a backup name of its own
+    // (only directories named like backups are backups).
+    let cases: [(&str, &str, &str); 4] = [
+        ("damaged-flip", "task_queue", "2001-01-01T00-00-01.000Z"),
+        (
+            "damaged-truncated",
+            "agent_mailbox",
+            "2001-01-01T00-00-02.000Z",
+        ),
+        (
+            "damaged-missing",
+            "message_history",
+            "2001-01-01T00-00-03.000Z",
+        ),
+        (
+            "damaged-manifest",
+            "agentcom_config",
+            "2001-01-01T00-00-04.000Z",
+        ),
     ];
-    for (name, table) in cases {
+    for (kind, table, name) in cases {
         let dir = bdir.path().join(name);
         copy_dir(&good_dir, &dir);
         let file = dir.join(format!("{table}.rec"));
-        match name {
+        match kind {
             "damaged-flip" => {
                 let mut bytes = std::fs::read(&file).unwrap();
                 let mid = bytes.len() - 3;
@@ -1205,7 +1218,7 @@ async fn verify_names_the_damaged_table_and_restore_refuses_damaged_backups() {
     let out = agentcom(&["backup", "verify", &s(&good_dir)]).await;
     assert!(out.ok(), "{out:?}");
 
-    for (name, table) in cases {
+    for (_, table, name) in cases {
         let r = hub
             .request(
                 "POST",

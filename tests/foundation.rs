@@ -596,3 +596,40 @@ async fn a_damaged_store_stops_the_hub_with_the_restore_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("agentcom restore"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_for_admins_only() {
+    let hub = TestHub::start().await;
+    let agent = hub.token("worker-1", "agent").await;
+    assert_eq!(hub.get("/metrics", Some(&agent)).await.status, 403);
+    assert_eq!(hub.get("/metrics", None).await.status, 401);
+    let r = hub
+        .send_json(
+            "POST",
+            "/api/tasks",
+            Some(ADMIN),
+            json!({"description": "measure me", "priority": "urgent"}),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = hub.get("/metrics", Some(ADMIN)).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .content_type
+        .as_deref()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = String::from_utf8_lossy(&r.body);
+    for line in [
+        "agentcom_tasks{status=\"queued\"} 1",
+        "agentcom_queue_depth{priority=\"0\"} 1",
+        "agentcom_websocket_connections{kind=\"agent\"} 0",
+        "agentcom_actor_restarts_total{actor=\"config\"} 0",
+        "agentcom_table_records{table=\"task_queue\"} 1",
+        "# TYPE agentcom_task_run_seconds histogram",
+        "agentcom_task_wait_seconds_bucket{le=\"+Inf\"} 0",
+        "agentcom_store_size_bytes ",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+}

@@ -13,6 +13,7 @@ pub mod dashboard;
 pub mod fsm;
 pub mod health;
 pub mod message;
+pub mod metrics;
 pub mod scheduler;
 pub mod supervision;
 pub mod task;

@@ -8,6 +8,7 @@ mod api;
 mod frames;
 mod handlers;
 mod messaging;
+mod metrics;
 mod push;
 mod routes;
 mod server;

@@ -6,6 +6,7 @@ use http::Method;
 use crate::api::{percent_decode, ApiError, ApiResult, Request};
 use crate::handlers;
 use crate::messaging as m;
+use crate::metrics;
 use crate::push;
 use crate::server::App;
 use crate::storage;
@@ -66,6 +67,7 @@ enum Endpoint {
     Login,
     Logout,
     WhoAmI,
+    Metrics,
 }
 
 const ROUTES: &[(&str, Endpoint)] = &[
@@ -140,6 +142,7 @@ const ROUTES: &[(&str, Endpoint)] = &[
     ("/api/dashboard/login", Endpoint::Login),
     ("/api/dashboard/logout", Endpoint::Logout),
     ("/api/dashboard/whoami", Endpoint::WhoAmI),
+    ("/metrics", Endpoint::Metrics),
 ];
 
 pub struct Router {
@@ -245,6 +248,7 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::Login, Method::POST) => push::login(app, req).await,
         (E::Logout, Method::POST) => Ok(push::logout()),
         (E::WhoAmI, Method::GET) => push::whoami(app, req).await,
+        (E::Metrics, Method::GET) => metrics::metrics(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,
         (E::DashboardSocket, Method::GET) => ws::upgrade_dashboard(app, req).await,
         _ => Err(ApiError::not_found()),

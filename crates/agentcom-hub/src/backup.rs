@@ -29,6 +29,9 @@ pub struct BackupRun {
 #[derive(Debug, Clone)]
 pub struct LastRun {
     pub at: Millis,
+    pub duration_ms: u64,
+    /// Bytes of the backup written.
+    pub bytes: u64,
     pub backup_id: Option<String>,
     pub ok: bool,
     pub verified: bool,
@@ -44,6 +47,9 @@ pub struct BackupStatus {
 }
 
 type Waiter = RpcReplyPort<Result<BackupRun, HubError>>;
+
+/// How long after a failed scheduled run the next attempt comes.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(600);
 
 pub enum BackupMsg {
     /// Back up now (or join the run in progress) and answer with its result.
@@ -150,6 +156,8 @@ impl Actor for BackupActor {
                         tracing::info!(actor = "backup", backup_id = %c.id, duration_ms = run.duration_ms, verified = c.verified, "backup complete");
                         state.last_run = Some(LastRun {
                             at: now,
+                            duration_ms: run.duration_ms,
+                            bytes: c.manifest.tables.iter().map(|t| t.bytes).sum(),
                             backup_id: Some(c.id.clone()),
                             ok,
                             verified: c.verified,
@@ -176,6 +184,8 @@ impl Actor for BackupActor {
                         tracing::error!(actor = "backup", %error, "backup failed");
                         state.last_run = Some(LastRun {
                             at: now,
+                            duration_ms: 0,
+                            bytes: 0,
                             backup_id: None,
                             ok: false,
                             verified: false,
@@ -231,10 +241,19 @@ impl BackupState {
         }
         let now = now_ms();
         self.next_at = next_due(&self.args.backup_dir, self.args.interval, now);
+        // After a failed run, retry no sooner than a while later (not in a tight loop).
+        if self.last_run.as_ref().is_some_and(|r| !r.ok || !r.verified) {
+            self.next_at = self
+                .next_at
+                .max(now + RETRY_AFTER_FAILURE.min(self.args.interval).as_millis() as u64);
+        }
         let delay = Duration::from_millis(self.next_at.saturating_sub(now));
         self.timer = Some(myself.send_after(delay, || BackupMsg::Run(None)));
     }
 }
+
+/// Numbers backup runs, so that a run only ever ends its own capture.
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// One run: capture writes, scan, lay the captured writes over the scan, verify.
 pub async fn run(
@@ -243,34 +262,31 @@ pub async fn run(
     dir: PathBuf,
 ) -> Result<BackupRun, String> {
     let started = Instant::now();
+    let id = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     store
-        .call(StoreMsg::StartCapture, CALL_TIMEOUT)
+        .call(|r| StoreMsg::StartCapture(id, r), CALL_TIMEOUT)
         .await
         .map_err(|e| e.to_string())?;
     let handle = tokio::runtime::Handle::current();
+    let end_store = store.clone();
     let created = tokio::task::spawn_blocking(move || {
-        backup::create_live(
-            engine.as_ref(),
-            &dir,
-            now_ms(),
-            env!("CARGO_PKG_VERSION"),
-            || {
-                let captured = handle
-                    .block_on(store.call(StoreMsg::EndCapture, CALL_TIMEOUT))
-                    .map_err(|e| StoreError::Engine(e.to_string()))?
-                    .ok_or_else(|| {
-                        StoreError::Engine(
-                            "the store restarted during the backup; its writes were not captured"
-                                .into(),
-                        )
-                    })?;
-                Ok(overlay_of(&captured))
-            },
-        )
+        backup::create_live(engine.as_ref(), &dir, now_ms(), env!("CARGO_PKG_VERSION"), || {
+            let captured = handle
+                .block_on(store.call(|r| StoreMsg::EndCapture(id, r), CALL_TIMEOUT))
+                .map_err(|e| StoreError::Engine(e.to_string()))?
+                .ok_or_else(|| {
+                    StoreError::Engine("the writes made during the backup were not all captured (the store restarted, or another run took the capture over)".into())
+                })?;
+            Ok(overlay_of(&captured))
+        })
     })
     .await
-    .map_err(|e| format!("backup task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| format!("backup task failed: {e}"));
+    // Whatever happened, this run's capture ends here (a no-op when it already ended).
+    let _ = end_store
+        .call(|r| StoreMsg::EndCapture(id, r), CALL_TIMEOUT)
+        .await;
+    let created = created?.map_err(|e| e.to_string())?;
     Ok(BackupRun {
         created,
         duration_ms: started.elapsed().as_millis() as u64,

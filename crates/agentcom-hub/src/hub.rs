@@ -109,6 +109,7 @@ impl Hub {
             backup: backup_s.service("backup"),
             notifier: notifier_s.service("notifier"),
             dashboard: dashboard_s.service("dashboard_state"),
+            task_latency: Arc::default(),
             supervisor: Arc::new(std::sync::OnceLock::new()),
             engine: engine.clone(),
         };
@@ -227,6 +228,7 @@ impl Hub {
                 let s = s.clone();
                 move || {
                     let args = TaskQueueArgs {
+                        latency: s.task_latency.clone(),
                         reader: s.reader.clone(),
                         store: s.store.clone(),
                         publisher: s.publisher.clone(),

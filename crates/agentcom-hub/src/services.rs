@@ -57,6 +57,7 @@ pub struct Services {
     pub backup: Service<BackupMsg>,
     pub notifier: Service<crate::notifier::NotifierMsg>,
     pub dashboard: Service<crate::dashboard::DashboardMsg>,
+    pub task_latency: Arc<crate::task_queue::TaskLatency>,
     /// The root supervisor, set once it runs.
     pub supervisor: Arc<std::sync::OnceLock<ractor::ActorRef<crate::supervisor::SupervisorMsg>>>,
     pub engine: Arc<dyn agentcom_store::Engine>,

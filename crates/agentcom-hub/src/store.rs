@@ -26,11 +26,13 @@ pub enum StoreMsg {
     Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
     /// Answer once every write sent before this message is applied (visible to readers).
     Barrier(RpcReplyPort<()>),
-    /// Start recording every batch applied from now on (for a consistent backup).
-    StartCapture(RpcReplyPort<()>),
+    /// Start recording every batch applied from now on (for a consistent backup), for the
+    /// run with this id (a later start takes the capture over).
+    StartCapture(u64, RpcReplyPort<()>),
     /// Stop recording and hand over the batches recorded, in the order applied; `None` if
-    /// this instance was not capturing (it was restarted meanwhile).
-    EndCapture(RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
+    /// this run's capture is not the one running (the store restarted, or another run
+    /// took it over).
+    EndCapture(u64, RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
 }
 
 /// How acknowledgements are made durable.
@@ -49,7 +51,7 @@ pub struct StoreArgs {
 
 pub struct StoreState {
     engine: Arc<dyn Engine>,
-    capture: Option<Vec<Vec<WriteOp>>>,
+    capture: Option<(u64, Vec<Vec<WriteOp>>)>,
     durability: Durability,
     committer: mpsc::UnboundedSender<RpcReplyPort<WriteResult>>,
 }
@@ -88,13 +90,19 @@ impl Actor for StoreActor {
                 let _ = reply.send(());
                 return Ok(());
             }
-            StoreMsg::StartCapture(reply) => {
-                state.capture = Some(Vec::new());
+            StoreMsg::StartCapture(run, reply) => {
+                state.capture = Some((run, Vec::new()));
                 let _ = reply.send(());
                 return Ok(());
             }
-            StoreMsg::EndCapture(reply) => {
-                let _ = reply.send(state.capture.take());
+            StoreMsg::EndCapture(run, reply) => {
+                let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
+                let captured = if ours {
+                    state.capture.take().map(|(_, c)| c)
+                } else {
+                    None
+                };
+                let _ = reply.send(captured);
                 return Ok(());
             }
         };
@@ -103,7 +111,7 @@ impl Actor for StoreActor {
             let _ = reply.send(Err(e));
             return Ok(());
         }
-        if let Some(capture) = state.capture.as_mut() {
+        if let Some((_, capture)) = state.capture.as_mut() {
             capture.push(batch);
         }
         match state.durability {

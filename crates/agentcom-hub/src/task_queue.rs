@@ -85,7 +85,16 @@ pub enum TaskMsg {
     Sweep,
 }
 
+/// Task latencies for `/metrics`: time queued before assignment, and time from
+/// assignment to completion.
+#[derive(Default)]
+pub struct TaskLatency {
+    pub wait: std::sync::Mutex<agentcom_core::metrics::Histogram>,
+    pub run: std::sync::Mutex<agentcom_core::metrics::Histogram>,
+}
+
 pub struct TaskQueueArgs {
+    pub latency: Arc<TaskLatency>,
     pub reader: StoreReader,
     pub store: Service<StoreMsg>,
     pub publisher: Publisher,
@@ -484,9 +493,23 @@ impl TaskQueueState {
         let publisher = self.args.publisher.clone();
         let agents = self.args.agents.clone();
         let events = events.to_vec();
+        let latency = self.args.latency.clone();
         write_then(&self.args.store, &self.order, ops, reply, move || {
             let shared = Arc::new(task.clone());
             for event in events {
+                match (event, task.assigned_at) {
+                    (TaskEventKind::Assigned, Some(at)) => latency
+                        .wait
+                        .lock()
+                        .expect("latency lock")
+                        .observe(at.saturating_sub(task.created_at)),
+                    (TaskEventKind::Completed, Some(at)) => latency
+                        .run
+                        .lock()
+                        .expect("latency lock")
+                        .observe(now_ms().saturating_sub(at)),
+                    _ => {}
+                }
                 publisher.publish(
                     Topic::Tasks,
                     HubEvent::Task {

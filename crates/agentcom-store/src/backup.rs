@@ -323,7 +323,7 @@ pub fn create_live(
     // Pass 2: a table written to during its scan is rewritten with those writes laid over
     // it; the others are final already.
     let mut tables = Vec::new();
-    let mut results = Vec::new();
+    let mut results: Vec<TableResult> = Vec::new();
     for (table, path, scanned) in scanned {
         let written = match (scanned, overlay.get(&table)) {
             (Ok(m), None) => Ok(m),
@@ -368,12 +368,21 @@ pub fn create_live(
         .and_then(|_| f.sync_all())
         .map_err(|e| io("cannot write", &manifest_path, e))?;
     let problems = verify_dir(&tmp).problems;
-    let failed = results.iter().any(|r| r.outcome.is_err());
-    if !failed {
+    // Only a complete backup that verifies is renamed into place; anything else stays
+    // under its hidden name (never listed, removed by the next prune) and is reported.
+    let good = problems.is_empty() && results.iter().all(|r| r.outcome.is_ok());
+    if good {
         sync_dir(&tmp);
         fs::rename(&tmp, &final_path).map_err(|e| io("cannot rename", &tmp, e))?;
         sync_dir(backup_dir);
+    } else {
+        for r in results.iter_mut() {
+            if let Ok((path, _)) = &mut r.outcome {
+                *path = tmp.join(path.file_name().unwrap_or_default());
+            }
+        }
     }
+    let failed = !good;
     Ok(Created {
         id,
         path: if failed { tmp } else { final_path },
@@ -411,7 +420,7 @@ pub fn list(backup_dir: &Path) -> Vec<BackupEntry> {
         .filter(|e| e.path().is_dir())
         .filter_map(|e| {
             let id = e.file_name().to_string_lossy().to_string();
-            (!id.starts_with('.')).then(|| BackupEntry {
+            is_backup_id(&id).then(|| BackupEntry {
                 manifest: read_manifest(&e.path()).ok(),
                 path: e.path(),
                 id,
@@ -545,9 +554,34 @@ fn read_records(
     }
 }
 
-/// Delete all but the newest `keep` backups (never the newest verified one), and any
-/// leftover temporary directories. Returns the ids removed.
+/// Is `name` a backup id (`YYYY-MM-DDTHH-MM-SS.mmmZ`)? Only such directories are ever
+/// listed or pruned.
+pub fn is_backup_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 | 13 | 16 => *c == b'-',
+            10 => *c == b'T',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// Delete all but the newest `keep` backups (never the newest verified one), and the
+/// hidden directories of runs that did not complete. Call it only while no backup runs.
 pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
+    if let Ok(entries) = fs::read_dir(backup_dir) {
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.')
+                && name.ends_with(".tmp")
+                && is_backup_id(&name[1..name.len() - 4])
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let all = list(backup_dir);
     let newest_verified = all
         .iter()
@@ -750,6 +784,13 @@ mod tests {
         );
         let target = SledEngine::open(&dir.path().join("b")).unwrap();
         assert!(load(&b.path, &target, &mut |_, _, _| {}).is_err());
+    }
+
+    #[test]
+    fn only_backup_ids_count() {
+        assert!(is_backup_id(&backup_id(1_795_914_562_540)));
+        assert!(!is_backup_id("notes"));
+        assert!(!is_backup_id(".2026-11-29T01-09-22.540Z.tmp"));
     }
 
     #[test]
