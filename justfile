@@ -16,3 +16,4 @@ lint:
 # Benchmarks (results go to docs/BENCHMARKS.md by hand).
 bench:
     cargo bench -p agentcom-hub --bench ack_writes
+    cargo bench -p agentcom-hub --bench backup
