@@ -115,7 +115,7 @@ pub async fn handle(
             None => error("channel_not_found"),
             Some(name) => match state.services.subscribe(&name, &agent_id).await {
                 Ok(sub) => {
-                    state.subscribe(myself, Topic::Channel(name));
+                    state.subscribe(Topic::Channel(name));
                     let already = sub == channels::Subscription::AlreadySubscribed;
                     Outbound::Reply(AgentReply::ChannelSubscribed { channel, already })
                 }
@@ -404,12 +404,12 @@ async fn identify(
         Ok(replaced) => replaced,
         Err(e) => return hub_error(&e.into()),
     };
-    state.subscribe(myself, Topic::Messages);
-    state.subscribe(myself, Topic::Presence);
+    state.subscribe(Topic::Messages);
+    state.subscribe(Topic::Presence);
     match channels::subscriptions_of(&state.services.reader, &agent_id) {
         Ok(names) => {
             for name in names {
-                state.subscribe(myself, Topic::Channel(name));
+                state.subscribe(Topic::Channel(name));
             }
         }
         Err(e) => return hub_error(&e.into()),

@@ -17,7 +17,7 @@ use crate::agents::AgentView;
 use crate::backup::StorageHealth;
 use crate::events::{HubEvent, TaskEventKind, Topic};
 use crate::now_ms;
-use crate::pubsub::SubscriptionId;
+use crate::pubsub::Subscribed;
 use crate::services::Services;
 use crate::supervisor::ChildRecord;
 use crate::task_queue::{TaskMsg, TaskStats};
@@ -87,7 +87,8 @@ pub struct DashboardState {
     samples: VecDeque<u64>,
     /// Agents seen since start: when each went offline (`None`: online).
     seen: HashMap<String, Option<Millis>>,
-    subscribed: Vec<(Topic, SubscriptionId)>,
+    /// Kept for its subscriptions, which end when the state is dropped.
+    _subscribed: Subscribed<DashboardMsg>,
 }
 
 pub struct Dashboard;
@@ -102,17 +103,12 @@ impl Actor for Dashboard {
         myself: ActorRef<Self::Msg>,
         args: DashboardArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut subscribed = Vec::new();
-        for topic in [Topic::Tasks, Topic::Presence] {
-            let me = myself.clone();
-            let id = args.services.subscriptions.subscribe(
-                topic.clone(),
-                Arc::new(move |e: &Arc<HubEvent>| {
-                    me.send_message(DashboardMsg::Event(e.clone())).is_ok()
-                }),
-            );
-            subscribed.push((topic, id));
-        }
+        let mut subscribed =
+            Subscribed::new(args.services.subscriptions.clone(), myself.clone(), |e| {
+                Some(DashboardMsg::Event(e.clone()))
+            });
+        subscribed.add(Topic::Tasks);
+        subscribed.add(Topic::Presence);
         myself.send_interval(args.sample_interval, || DashboardMsg::SampleQueue);
         myself.send_interval(Duration::from_secs(3600), || DashboardMsg::NewHour);
         let seen = args
@@ -132,7 +128,7 @@ impl Actor for Dashboard {
             recent: VecDeque::new(),
             samples: VecDeque::new(),
             seen,
-            subscribed,
+            _subscribed: subscribed,
         })
     }
 
@@ -166,17 +162,6 @@ impl Actor for Dashboard {
             DashboardMsg::Snapshot(reply) => {
                 let _ = reply.send(state.snapshot().await);
             }
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        for (topic, id) in state.subscribed.drain(..) {
-            state.services.subscriptions.unsubscribe(&topic, id);
         }
         Ok(())
     }

@@ -56,6 +56,69 @@ impl Subscriptions {
     }
 }
 
+/// One actor's subscriptions, each delivered to the actor as a message. Each topic is
+/// subscribed at most once, and every subscription ends when the set is dropped — with
+/// the actor's state, whether it stopped or crashed.
+pub struct Subscribed<M: ractor::Message> {
+    table: Arc<Subscriptions>,
+    actor: ActorRef<M>,
+    wrap: fn(&Arc<HubEvent>) -> Option<M>,
+    ids: HashMap<Topic, SubscriptionId>,
+}
+
+impl<M: ractor::Message> Subscribed<M> {
+    /// Events become `wrap(event)`; `None` skips an event without a message.
+    pub fn new(
+        table: Arc<Subscriptions>,
+        actor: ActorRef<M>,
+        wrap: fn(&Arc<HubEvent>) -> Option<M>,
+    ) -> Self {
+        Subscribed {
+            table,
+            actor,
+            wrap,
+            ids: HashMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, topic: Topic) {
+        if self.ids.contains_key(&topic) {
+            return;
+        }
+        let (actor, wrap) = (self.actor.clone(), self.wrap);
+        let id = self.table.subscribe(
+            topic.clone(),
+            Arc::new(move |event| match wrap(event) {
+                Some(msg) => actor.send_message(msg).is_ok(),
+                None => true,
+            }),
+        );
+        self.ids.insert(topic, id);
+    }
+
+    pub fn contains(&self, topic: &Topic) -> bool {
+        self.ids.contains_key(topic)
+    }
+
+    pub fn remove(&mut self, topic: &Topic) {
+        if let Some(id) = self.ids.remove(topic) {
+            self.table.unsubscribe(topic, id);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        for (topic, id) in self.ids.drain() {
+            self.table.unsubscribe(&topic, id);
+        }
+    }
+}
+
+impl<M: ractor::Message> Drop for Subscribed<M> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 pub enum PubSubMsg {
     Publish(Topic, Arc<HubEvent>),
 }

@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::agents::{AgentTable, FsmMsg};
 use crate::events::{HubEvent, TaskEventKind, Topic};
 use crate::protocol::AgentPush;
-use crate::pubsub::{SubscriptionId, Subscriptions};
+use crate::pubsub::{Subscribed, Subscriptions};
 use crate::service::Service;
 use crate::sessions::SessionMsg;
 use crate::task_queue::TaskMsg;
@@ -43,7 +43,8 @@ pub struct SchedulerState {
     args: SchedulerArgs,
     pass_pending: bool,
     rejections: HashMap<(String, String), Instant>,
-    subscribed: Vec<(Topic, SubscriptionId)>,
+    /// Kept for its subscriptions, which end when the state is dropped.
+    _subscribed: Subscribed<SchedulerMsg>,
 }
 
 pub struct Scheduler;
@@ -58,31 +59,25 @@ impl Actor for Scheduler {
         myself: ActorRef<Self::Msg>,
         args: SchedulerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut subscribed = Vec::new();
-        for topic in [Topic::Tasks, Topic::Presence] {
-            let me = myself.clone();
-            let id = args.subscriptions.subscribe(
-                topic.clone(),
-                Arc::new(move |event: &Arc<HubEvent>| {
-                    let wake = match event.as_ref() {
-                        HubEvent::Task { kind, .. } => {
-                            !matches!(kind, TaskEventKind::Assigned | TaskEventKind::DeadLetter)
-                        }
-                        HubEvent::AgentJoined(_) => true,
-                        _ => false,
-                    };
-                    !wake || me.send_message(SchedulerMsg::Kick).is_ok()
-                }),
-            );
-            subscribed.push((topic, id));
-        }
+        let mut subscribed = Subscribed::new(args.subscriptions.clone(), myself.clone(), |event| {
+            let wake = match event.as_ref() {
+                HubEvent::Task { kind, .. } => {
+                    !matches!(kind, TaskEventKind::Assigned | TaskEventKind::DeadLetter)
+                }
+                HubEvent::AgentJoined(_) => true,
+                _ => false,
+            };
+            wake.then_some(SchedulerMsg::Kick)
+        });
+        subscribed.add(Topic::Tasks);
+        subscribed.add(Topic::Presence);
         myself.send_interval(args.sweep_interval, || SchedulerMsg::StuckSweep);
         let _ = myself.send_message(SchedulerMsg::Kick);
         Ok(SchedulerState {
             args,
             pass_pending: false,
             rejections: HashMap::new(),
-            subscribed,
+            _subscribed: subscribed,
         })
     }
 
@@ -110,17 +105,6 @@ impl Actor for Scheduler {
                     Instant::now() + state.args.rejection_ttl,
                 );
             }
-        }
-        Ok(())
-    }
-
-    async fn post_stop(
-        &self,
-        _: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        for (topic, id) in state.subscribed.drain(..) {
-            state.args.subscriptions.unsubscribe(&topic, id);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::agent_session::AgentSession;
 use crate::events::{HubEvent, Topic};
 use crate::protocol::{AgentPush, AgentRequest, DashboardRequest, Outbound};
-use crate::pubsub::SubscriptionId;
+use crate::pubsub::Subscribed;
 use crate::services::Services;
 use crate::Principal;
 
@@ -101,7 +101,7 @@ pub struct SessionState {
     pub(crate) kind: SessionKind,
     io: SessionIo,
     pub(crate) services: Services,
-    subscribed: HashMap<Topic, SubscriptionId>,
+    subscribed: Subscribed<SessionMsg>,
     pub(crate) agent: AgentSession,
     principal: Option<Principal>,
     /// Dashboard events waiting for the next flush.
@@ -121,18 +121,21 @@ impl Actor for Session {
         myself: ActorRef<Self::Msg>,
         (args, services): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let subscriptions = services.subscriptions.clone();
         let mut state = SessionState {
             kind: args.kind,
             io: args.io,
             services,
-            subscribed: HashMap::new(),
+            subscribed: Subscribed::new(subscriptions, myself.clone(), |e| {
+                Some(SessionMsg::Deliver(e.clone()))
+            }),
             agent: AgentSession::default(),
             principal: args.principal,
             pending: Vec::new(),
         };
         if args.kind == SessionKind::Dashboard {
             for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
-                state.subscribe(&myself, topic);
+                state.subscribe(topic);
             }
             // The snapshot comes first, then the events (reference §4.1).
             let _ = myself.send_message(SessionMsg::Inbound(Inbound::Dashboard(
@@ -191,7 +194,7 @@ impl Actor for Session {
                 }
             },
             SessionMsg::Push(push) => state.push(&myself, Outbound::Push(push)),
-            SessionMsg::Attach(channel) => state.subscribe(&myself, Topic::Channel(channel)),
+            SessionMsg::Attach(channel) => state.subscribe(Topic::Channel(channel)),
             SessionMsg::Detach(channel) => state.unsubscribe(&Topic::Channel(channel)),
             SessionMsg::Close(reason) => {
                 state.io.close.send_replace(Some(reason));
@@ -214,32 +217,20 @@ impl Actor for Session {
 
 impl SessionState {
     /// Subscribe this session to a topic (once: repeated calls change nothing).
-    pub(crate) fn subscribe(&mut self, myself: &ActorRef<SessionMsg>, topic: Topic) {
-        if self.subscribed.contains_key(&topic) {
-            return;
-        }
-        let me = myself.clone();
-        let id = self.services.subscriptions.subscribe(
-            topic.clone(),
-            Arc::new(move |event| me.send_message(SessionMsg::Deliver(event.clone())).is_ok()),
-        );
-        self.subscribed.insert(topic, id);
+    pub(crate) fn subscribe(&mut self, topic: Topic) {
+        self.subscribed.add(topic);
     }
 
     pub(crate) fn is_subscribed(&self, topic: &Topic) -> bool {
-        self.subscribed.contains_key(topic)
+        self.subscribed.contains(topic)
     }
 
     pub(crate) fn unsubscribe(&mut self, topic: &Topic) {
-        if let Some(id) = self.subscribed.remove(topic) {
-            self.services.subscriptions.unsubscribe(topic, id);
-        }
+        self.subscribed.remove(topic);
     }
 
     pub(crate) fn unsubscribe_all(&mut self) {
-        for (topic, id) in self.subscribed.drain() {
-            self.services.subscriptions.unsubscribe(&topic, id);
-        }
+        self.subscribed.clear();
     }
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
