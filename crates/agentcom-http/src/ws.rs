@@ -96,7 +96,7 @@ fn upgrade(
                     Some(config),
                 )
                 .await;
-                run_socket(hub, kind, principal, stream, idle).await;
+                Box::pin(run_socket(hub, kind, principal, stream, idle)).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
@@ -133,7 +133,7 @@ async fn run_socket<S>(
         },
     };
     let (mut sink, mut source) = stream.split();
-    let session = match hub.open_session(args).await {
+    let session = match Box::pin(hub.open_session(args)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not open a session");

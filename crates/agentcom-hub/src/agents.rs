@@ -232,88 +232,9 @@ impl Actor for AgentFsmActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let now = now_ms();
-        match msg {
-            FsmMsg::Assign(task_id, reply) => {
-                let took = state.fsm.assign(&task_id, now);
-                if took {
-                    state.start_timer(&myself, &task_id);
-                    state.publish();
-                }
-                let _ = reply.send(took);
-            }
-            FsmMsg::Accepted(task_id, reply) => {
-                if state.fsm.accepted(&task_id, now) {
-                    state.publish();
-                }
-                let _ = reply.send(());
-            }
-            FsmMsg::Released(task_id) => {
-                if state.fsm.released(&task_id, now) {
-                    state.publish();
-                }
-            }
-            FsmMsg::Resume(task_id, reply) => {
-                state.fsm.resume(&task_id, now);
-                state.publish();
-                let _ = reply.send(());
-            }
-            FsmMsg::ShowedLife => {
-                if state.fsm.unresponsive {
-                    state.fsm.showed_life();
-                    state.publish();
-                }
-            }
-            FsmMsg::AcceptTimeout(task_id, assignment) => {
-                if assignment == state.assignment && state.fsm.accept_timed_out(&task_id, now) {
-                    tracing::warn!(agent_id = %state.agent_id, %task_id, "task not accepted in time; reclaiming it");
-                    state.reclaim(&task_id, "accept_timeout").await;
-                    state.publish();
-                }
-            }
-            FsmMsg::Rebind {
-                session,
-                name,
-                capabilities,
-            } => {
-                state.session = session.clone();
-                if let Some(row) = state
-                    .services
-                    .table
-                    .rows
-                    .write()
-                    .expect("agents lock")
-                    .get_mut(&state.agent_id)
-                {
-                    row.session = session;
-                    row.view.name = name;
-                    row.view.capabilities = capabilities;
-                }
-                state.publish();
-            }
-            FsmMsg::SessionDown(session, reply) => {
-                let ours = session == state.session.get_id();
-                if ours {
-                    // Reclaim every task the queue has assigned to this agent.
-                    let filter = TaskFilter {
-                        status: Some(TaskStatus::Assigned),
-                        assigned_to: Some(state.agent_id.clone()),
-                        ..TaskFilter::default()
-                    };
-                    let listed = state
-                        .services
-                        .task_queue
-                        .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
-                        .await;
-                    for task in listed.unwrap_or_default() {
-                        state.reclaim_now(&task.id, "agent_disconnect").await;
-                    }
-                    myself.stop(Some("agent disconnected".into()));
-                }
-                let _ = reply.send(ours);
-            }
-        }
-        Ok(())
+        // Boxed: the handler's state machine lives only while it runs, not in every
+        // connected agent's FSM task (memory per agent).
+        Box::pin(handle_fsm(myself, msg, state)).await
     }
 
     async fn post_stop(
@@ -327,6 +248,95 @@ impl Actor for AgentFsmActor {
             .remove_if(&state.agent_id, &myself.get_id());
         Ok(())
     }
+}
+
+async fn handle_fsm(
+    myself: ActorRef<FsmMsg>,
+    msg: FsmMsg,
+    state: &mut FsmState,
+) -> Result<(), ActorProcessingErr> {
+    let now = now_ms();
+    match msg {
+        FsmMsg::Assign(task_id, reply) => {
+            let took = state.fsm.assign(&task_id, now);
+            if took {
+                state.start_timer(&myself, &task_id);
+                state.publish();
+            }
+            let _ = reply.send(took);
+        }
+        FsmMsg::Accepted(task_id, reply) => {
+            if state.fsm.accepted(&task_id, now) {
+                state.publish();
+            }
+            let _ = reply.send(());
+        }
+        FsmMsg::Released(task_id) => {
+            if state.fsm.released(&task_id, now) {
+                state.publish();
+            }
+        }
+        FsmMsg::Resume(task_id, reply) => {
+            state.fsm.resume(&task_id, now);
+            state.publish();
+            let _ = reply.send(());
+        }
+        FsmMsg::ShowedLife => {
+            if state.fsm.unresponsive {
+                state.fsm.showed_life();
+                state.publish();
+            }
+        }
+        FsmMsg::AcceptTimeout(task_id, assignment) => {
+            if assignment == state.assignment && state.fsm.accept_timed_out(&task_id, now) {
+                tracing::warn!(agent_id = %state.agent_id, %task_id, "task not accepted in time; reclaiming it");
+                state.reclaim(&task_id, "accept_timeout").await;
+                state.publish();
+            }
+        }
+        FsmMsg::Rebind {
+            session,
+            name,
+            capabilities,
+        } => {
+            state.session = session.clone();
+            if let Some(row) = state
+                .services
+                .table
+                .rows
+                .write()
+                .expect("agents lock")
+                .get_mut(&state.agent_id)
+            {
+                row.session = session;
+                row.view.name = name;
+                row.view.capabilities = capabilities;
+            }
+            state.publish();
+        }
+        FsmMsg::SessionDown(session, reply) => {
+            let ours = session == state.session.get_id();
+            if ours {
+                // Reclaim every task the queue has assigned to this agent.
+                let filter = TaskFilter {
+                    status: Some(TaskStatus::Assigned),
+                    assigned_to: Some(state.agent_id.clone()),
+                    ..TaskFilter::default()
+                };
+                let listed = state
+                    .services
+                    .task_queue
+                    .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
+                    .await;
+                for task in listed.unwrap_or_default() {
+                    state.reclaim_now(&task.id, "agent_disconnect").await;
+                }
+                myself.stop(Some("agent disconnected".into()));
+            }
+            let _ = reply.send(ours);
+        }
+    }
+    Ok(())
 }
 
 impl FsmState {

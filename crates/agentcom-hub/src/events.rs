@@ -40,11 +40,11 @@ pub enum HubEvent {
     /// A supervised actor changed state (topic `actors`).
     Actor(ActorEvent),
     /// An agent identified (topic `presence`).
-    AgentJoined(PresenceEntry),
+    AgentJoined(Arc<PresenceEntry>),
     /// An agent's presence ended (topic `presence`).
     AgentLeft(String),
     /// An agent changed its status (topic `presence`).
-    StatusChanged(PresenceEntry),
+    StatusChanged(Arc<PresenceEntry>),
     /// A broadcast message (topic `messages`).
     Broadcast(Arc<Message>),
     /// A message published on a channel (topic `channel:<name>`).

@@ -160,7 +160,7 @@ impl Actor for Presence {
                 };
                 state
                     .publisher
-                    .publish(Topic::Presence, HubEvent::AgentJoined(entry));
+                    .publish(Topic::Presence, HubEvent::AgentJoined(Arc::new(entry)));
                 let _ = reply.send(replaced);
             }
             PresenceMsg::Unregister(agent_id, session, reply) => {
@@ -214,7 +214,7 @@ impl Actor for Presence {
                 if let Some(entry) = changed {
                     state
                         .publisher
-                        .publish(Topic::Presence, HubEvent::StatusChanged(entry));
+                        .publish(Topic::Presence, HubEvent::StatusChanged(Arc::new(entry)));
                 }
                 let _ = reply.send(());
             }

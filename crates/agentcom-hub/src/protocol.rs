@@ -136,9 +136,9 @@ pub enum AgentPush {
         channel: String,
         agent_id: String,
     },
-    AgentJoined(PresenceEntry),
+    AgentJoined(Arc<PresenceEntry>),
     AgentLeft(String),
-    StatusChanged(PresenceEntry),
+    StatusChanged(Arc<PresenceEntry>),
     TaskAssign(Arc<Task>),
 }
 

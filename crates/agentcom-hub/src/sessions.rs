@@ -18,7 +18,7 @@ use crate::services::Services;
 use crate::Principal;
 
 /// Outbound queue capacity of one connection.
-pub const OUTBOUND_QUEUE: usize = 256;
+pub const OUTBOUND_QUEUE: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
@@ -158,12 +158,14 @@ impl Actor for Session {
             }
             SessionMsg::Inbound(Inbound::Agent(request)) => {
                 if state.kind == SessionKind::Agent {
-                    crate::agent_session::handle(&myself, state, request).await;
+                    // Boxed: the handler's large state machine lives only while it runs, not
+                    // in every idle connection's task (memory per connection, SPEC §2).
+                    Box::pin(crate::agent_session::handle(&myself, state, request)).await;
                 }
             }
             SessionMsg::Inbound(Inbound::Dashboard(request)) => {
                 if state.kind == SessionKind::Dashboard {
-                    dashboard_request(&myself, state, request).await;
+                    Box::pin(dashboard_request(&myself, state, request)).await;
                 }
             }
             SessionMsg::Flush => {
@@ -209,7 +211,7 @@ impl Actor for Session {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        crate::agent_session::leave(&myself, state).await;
+        Box::pin(crate::agent_session::leave(&myself, state)).await;
         state.unsubscribe_all();
         Ok(())
     }
