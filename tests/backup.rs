@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Frame, Reply, TestHub, Ws, ADMIN};
+use common::{now_ms, Frame, Reply, TestHub, Ws, ADMIN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -37,13 +37,6 @@ const HOUR_MS: u64 = 3_600_000;
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
 
 fn s(p: &Path) -> String {
     p.to_str().expect("utf-8 path").to_string()
@@ -231,21 +224,8 @@ impl Served {
 /// An agent identified on `/ws`.
 async fn identify(hub: &TestHub, id: &str, caps: Value) -> Ws {
     let token = hub.token(id, "agent").await;
-    let mut ws = hub.ws("/ws", None).await.unwrap();
-    ws.send_json(json!({"type": "identify", "agent_id": id, "token": token, "capabilities": caps}))
-        .await;
-    next_of_type(&mut ws, "identified").await;
-    ws
-}
-
-async fn next_of_type(ws: &mut Ws, ty: &str) -> Value {
-    loop {
-        let v = ws.next_json().await;
-        if v["type"] == ty {
-            return v;
-        }
-        assert!(v["type"] != "error", "error while waiting for {ty}: {v}");
-    }
+    hub.identify(id, &token, json!({"capabilities": caps}))
+        .await
 }
 
 /// A direct message as `token`'s agent; the message id.
@@ -946,29 +926,26 @@ async fn round_trip_backup_wipe_restore_yields_identical_tables() {
         .await;
         assert_eq!(r.status, 201, "{r:?}");
         let id = r.json["task_id"].as_str().unwrap().to_string();
-        let assign = next_of_type(&mut worker, "task_assign").await;
+        let assign = worker.next_of_type("task_assign").await;
         assert_eq!(assign["task_id"], id.as_str());
         let generation = assign["generation"].clone();
         worker
             .send_json(json!({"type": "task_accepted", "task_id": id}))
             .await;
-        next_of_type(&mut worker, "task_ack").await;
+        worker.next_of_type("task_ack").await;
         if fail {
             worker
                 .send_json(json!({"type": "task_failed", "task_id": id, "generation": generation, "error": "boom"}))
                 .await;
             assert_eq!(
-                next_of_type(&mut worker, "task_ack").await["status"],
+                worker.next_of_type("task_ack").await["status"],
                 "dead_letter"
             );
         } else {
             worker
                 .send_json(json!({"type": "task_complete", "task_id": id, "generation": generation, "result": {"ok": true}}))
                 .await;
-            assert_eq!(
-                next_of_type(&mut worker, "task_ack").await["status"],
-                "complete"
-            );
+            assert_eq!(worker.next_of_type("task_ack").await["status"], "complete");
         }
         task_ids.push(id);
     }

@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Frame, Reply, TestHub, Ws, ADMIN};
+use common::{now_ms, Frame, Reply, TestHub, Ws, ADMIN};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
@@ -45,13 +45,6 @@ const HINT: &str = "provide Authorization: Bearer <token>";
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as u64
-}
 
 fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object()
@@ -226,26 +219,6 @@ async fn frame_within(ws: &mut Ws, within: Duration) -> Option<Frame> {
         .ok()
 }
 
-/// Wait for the next frame of type `ty`, skipping other pushes (`agent_joined` …).
-async fn next_of_type(ws: &mut Ws, ty: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut skipped = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match frame_within(ws, left).await {
-            None => panic!("no {ty:?} frame within {WAIT:?}; skipped {skipped:?}"),
-            Some(Frame::Json(v)) if v["type"] == ty => return v,
-            Some(Frame::Json(v)) if v["type"] == "error" => {
-                panic!("error frame while waiting for {ty:?}: {v}")
-            }
-            Some(Frame::Json(v)) => skipped.push(v),
-            Some(Frame::Closed(code)) => {
-                panic!("socket closed ({code:?}) while waiting for {ty:?}; skipped {skipped:?}")
-            }
-        }
-    }
-}
-
 /// Assert that no frame of type `ty` arrives within `within` (other frames are skipped).
 async fn assert_no_frame_of_type(ws: &mut Ws, ty: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
@@ -269,13 +242,13 @@ async fn identify_with(hub: &TestHub, mut frame: Value) -> Ws {
     let agent_id = frame["agent_id"].clone();
     let mut ws = hub.ws("/ws", None).await.expect("connect /ws");
     ws.send_json(frame).await;
-    let reply = next_of_type(&mut ws, "identified").await;
+    let reply = ws.next_of_type("identified").await;
     assert_eq!(reply, json!({"type": "identified", "agent_id": agent_id}));
     ws
 }
 
 async fn identify(hub: &TestHub, agent_id: &str, token: &str) -> Ws {
-    identify_with(hub, json!({"agent_id": agent_id, "token": token})).await
+    hub.identify(agent_id, token, json!({})).await
 }
 
 /// One POST with a chosen `Host` header (the harness always sends the socket address).
@@ -451,7 +424,7 @@ async fn direct_message_to_an_online_agent_is_pushed_and_not_stored() {
         json!({"to": "beta", "type": "note", "payload": {"x": 1}}),
     )
     .await;
-    let push = next_of_type(&mut ws, "message").await;
+    let push = ws.next_of_type("message").await;
     assert_eq!(keys(&push), key_set(PUSH_KEYS), "{push}");
     assert_eq!(push["id"], id.as_str());
     assert_eq!(push["from"], "alpha");
@@ -488,7 +461,7 @@ async fn f15_broadcast_leaves_one_mailbox_copy_per_offline_agent_and_none_for_th
 
     // The online agent gets every one as a push, and no mailbox copy.
     for id in &sent {
-        let push = next_of_type(&mut delta_ws, "message").await;
+        let push = delta_ws.next_of_type("message").await;
         assert_eq!(push["id"], id.as_str());
         assert_eq!(push["from"], "alpha");
     }
@@ -1263,7 +1236,7 @@ async fn f15_online_channel_subscriber_gets_a_push_and_no_mailbox_copy() {
     let mut beta_ws = identify(&hub, "beta", &beta).await;
 
     publish(&hub, &alpha, "Dev", json!({"payload": {"k": "v"}})).await;
-    let push = next_of_type(&mut beta_ws, "channel_message").await;
+    let push = beta_ws.next_of_type("channel_message").await;
     assert_eq!(
         keys(&push),
         key_set(&[
@@ -1312,7 +1285,7 @@ async fn f15_http_subscribe_attaches_an_online_agents_connection() {
     subscribe(&hub, &beta, "dev").await;
 
     publish(&hub, &alpha, "dev", json!({"payload": {"n": 1}})).await;
-    let push = next_of_type(&mut beta_ws, "channel_message").await;
+    let push = beta_ws.next_of_type("channel_message").await;
     assert_eq!(push["payload"], json!({"n": 1}));
     wait_for("the offline subscriber's copy", || async {
         mailbox_count(&hub, "gamma", &gamma).await == 1
@@ -1647,7 +1620,7 @@ async fn f7_messages_sent_over_the_websocket_are_threaded() {
         "reply_to": m1,
     }))
     .await;
-    let sent = next_of_type(&mut ws, "message_sent").await;
+    let sent = ws.next_of_type("message_sent").await;
     assert!(is_hex16(&sent["id"]), "{sent}");
     let m2 = sent["id"].as_str().unwrap().to_string();
 
@@ -1782,8 +1755,8 @@ async fn f7_messages_are_counted_in_analytics() {
     beta_ws
         .send_json(json!({"type": "message", "to": "alpha", "payload": {}}))
         .await;
-    next_of_type(&mut beta_ws, "message_sent").await;
-    next_of_type(&mut alpha_ws, "message").await;
+    beta_ws.next_of_type("message_sent").await;
+    alpha_ws.next_of_type("message").await;
 
     let counts = |s: &Value| {
         (
@@ -2288,10 +2261,10 @@ async fn f25_a_connected_agent_still_receives_messages_after_an_admin_reset() {
     }
 
     let direct = send(&hub, &alpha, json!({"to": "beta", "payload": {"n": 1}})).await;
-    let push = next_of_type(&mut ws, "message").await;
+    let push = ws.next_of_type("message").await;
     assert_eq!(push["id"], direct.as_str(), "direct message after reset");
     let bcast = send(&hub, &alpha, json!({"payload": {"n": 2}})).await;
-    let push = next_of_type(&mut ws, "message").await;
+    let push = ws.next_of_type("message").await;
     assert_eq!(push["id"], bcast.as_str(), "broadcast after reset");
     assert_eq!(mailbox_count(&hub, "beta", &beta).await, 0, "still online");
 }

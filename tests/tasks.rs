@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{TestHub, Ws, ADMIN};
+use common::{now_ms, TestHub, Ws, ADMIN};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -19,24 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 async fn identify(hub: &TestHub, id: &str, caps: Value) -> Ws {
     let token = hub.token(id, "agent").await;
-    let mut ws = hub.ws("/ws", None).await.unwrap();
-    ws.send_json(json!({"type": "identify", "agent_id": id, "token": token, "capabilities": caps}))
-        .await;
-    next_of_type(&mut ws, "identified").await;
-    ws
-}
-
-async fn next_of_type(ws: &mut Ws, ty: &str) -> Value {
-    loop {
-        let v = ws.next_json().await;
-        if v["type"] == ty {
-            return v;
-        }
-        assert!(
-            ty == "error" || v["type"] != "error",
-            "error while waiting for {ty}: {v}"
-        );
-    }
+    hub.identify(id, &token, json!({"capabilities": caps}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +41,7 @@ async fn happy_path_on_the_wire() {
     let task_id = r.json["task_id"].as_str().unwrap().to_string();
     assert!(task_id.starts_with("task-") && task_id.len() == 21);
 
-    let assign = next_of_type(&mut agent, "task_assign").await;
+    let assign = agent.next_of_type("task_assign").await;
     assert_eq!(assign["task_id"], task_id.as_str());
     assert_eq!(assign["description"], "t1");
     assert_eq!(assign["metadata"], json!({}));
@@ -68,7 +52,7 @@ async fn happy_path_on_the_wire() {
         .send_json(json!({"type": "task_accepted", "task_id": task_id}))
         .await;
     assert_eq!(
-        next_of_type(&mut agent, "task_ack").await,
+        agent.next_of_type("task_ack").await,
         json!({"type": "task_ack", "task_id": task_id, "status": "accepted"})
     );
     let state = hub.get("/api/agents/coder/state", Some(ADMIN)).await.json;
@@ -80,10 +64,7 @@ async fn happy_path_on_the_wire() {
     agent
         .send_json(json!({"type": "task_complete", "task_id": task_id, "generation": 1, "result": {"ok": true, "tokens_used": 77}}))
         .await;
-    assert_eq!(
-        next_of_type(&mut agent, "task_ack").await["status"],
-        "complete"
-    );
+    assert_eq!(agent.next_of_type("task_ack").await["status"], "complete");
     let task = hub
         .get(&format!("/api/tasks/{task_id}"), Some(ADMIN))
         .await
@@ -103,7 +84,7 @@ async fn happy_path_on_the_wire() {
         .send_json(json!({"type": "task_complete", "task_id": task_id, "generation": 1}))
         .await;
     assert_eq!(
-        next_of_type(&mut agent, "error").await["error"],
+        agent.next_of_type("error").await["error"],
         "task_complete_failed: invalid_state"
     );
     assert!(
@@ -140,13 +121,6 @@ fn is_push(v: &Value) -> bool {
 
 fn is_assign(v: &Value) -> bool {
     v["type"] == "task_assign"
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 /// An agent (or dashboard) websocket with a buffer, so that replies and pushes can be

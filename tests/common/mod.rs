@@ -360,6 +360,58 @@ impl Ws {
     }
 }
 
+/// Current time as Unix epoch milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+impl TestHub {
+    /// Connect to `/ws` and identify as `agent_id` with `token` (and any `extra` identify
+    /// fields, e.g. capabilities); panics unless the hub answers `identified`.
+    pub async fn identify(&self, agent_id: &str, token: &str, extra: Value) -> Ws {
+        let mut frame =
+            serde_json::json!({"type": "identify", "agent_id": agent_id, "token": token});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            frame[k] = v;
+        }
+        let mut ws = self.ws("/ws", None).await.expect("connect /ws");
+        ws.send_json(frame).await;
+        let reply = ws.next_of_type("identified").await;
+        assert_eq!(
+            reply,
+            serde_json::json!({"type": "identified", "agent_id": agent_id})
+        );
+        ws
+    }
+}
+
+impl Ws {
+    /// The next frame of type `ty` within 10 s, skipping other pushes; panics on an error
+    /// frame (unless waiting for one) or a close.
+    pub async fn next_of_type(&mut self, ty: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.next(Duration::from_secs(600))).await;
+            match frame {
+                Err(_) => panic!("no {ty:?} frame within 10 s; skipped {skipped:?}"),
+                Ok(Frame::Json(v)) if v["type"] == ty => return v,
+                Ok(Frame::Json(v)) if v["type"] == "error" => {
+                    panic!("error frame while waiting for {ty:?}: {v}")
+                }
+                Ok(Frame::Json(v)) => skipped.push(v),
+                Ok(Frame::Closed(code)) => {
+                    panic!("socket closed ({code:?}) while waiting for {ty:?}; skipped {skipped:?}")
+                }
+            }
+        }
+    }
+}
+
 /// Poll `check` until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
