@@ -2603,3 +2603,44 @@ async fn smoke_sidecar_rejects_when_busy_and_recovers_after_reconnect() {
         entry("reclaimed", json!("rejected: busy"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboards_see_agent_state_changes_as_they_happen() {
+    let hub = TestHub::start().await;
+    let mut dash = hub.ws("/ws/dashboard", Some(ADMIN)).await.unwrap();
+    assert_eq!(dash.next_json().await["type"], "snapshot");
+    let mut agent = identify(&hub, "worker", json!([])).await;
+    let r = hub
+        .send_json(
+            "POST",
+            "/api/tasks",
+            Some(ADMIN),
+            json!({"description": "watch me"}),
+        )
+        .await;
+    let task_id = r.json["task_id"].as_str().unwrap().to_string();
+    agent.next_of_type("task_assign").await;
+    agent
+        .send_json(json!({"type": "task_accepted", "task_id": task_id}))
+        .await;
+    agent.next_of_type("task_ack").await;
+    // idle (on identify) → assigned → working, each as an `agent_state` event.
+    let mut states = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while states.last().map(String::as_str) != Some("working") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "states so far: {states:?}"
+        );
+        let frame = dash.next_json().await;
+        for e in frame["data"].as_array().into_iter().flatten() {
+            if e["type"] == "agent_state" && e["agent_id"] == "worker" {
+                states.push(e["fsm_state"].as_str().unwrap().to_string());
+                if e["fsm_state"] == "assigned" || e["fsm_state"] == "working" {
+                    assert_eq!(e["current_task_id"], task_id.as_str());
+                }
+            }
+        }
+    }
+    assert_eq!(states, vec!["idle", "assigned", "working"]);
+}

@@ -326,6 +326,20 @@ fn event_json(event: &HubEvent) -> Value {
                 "created_at": task.created_at,
             },
         }),
+        HubEvent::AgentState {
+            agent_id,
+            fsm_state,
+            current_task_id,
+            unresponsive,
+            last_state_change,
+        } => json!({
+            "type": "agent_state",
+            "agent_id": agent_id,
+            "fsm_state": fsm_state,
+            "current_task_id": current_task_id,
+            "flags": if *unresponsive { vec!["unresponsive"] } else { vec![] },
+            "last_state_change": last_state_change,
+        }),
         HubEvent::BackupStarted { timestamp } => {
             json!({"type": "backup_started", "timestamp": timestamp})
         }

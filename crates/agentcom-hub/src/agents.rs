@@ -162,6 +162,7 @@ pub struct FsmArgs {
 #[derive(Clone)]
 pub struct FsmServices {
     pub table: Arc<AgentTable>,
+    pub publisher: crate::pubsub::Publisher,
     pub presence: Arc<PresenceTable>,
     pub task_queue: Service<TaskMsg>,
     pub scheduler: Service<SchedulerMsg>,
@@ -394,6 +395,16 @@ impl FsmState {
         self.services
             .presence
             .set_fsm_state(&self.agent_id, self.fsm.state.as_str());
+        self.services.publisher.publish(
+            crate::events::Topic::Presence,
+            crate::events::HubEvent::AgentState {
+                agent_id: self.agent_id.clone(),
+                fsm_state: self.fsm.state.as_str(),
+                current_task_id: self.fsm.current_task.clone(),
+                unresponsive: self.fsm.unresponsive,
+                last_state_change: self.fsm.last_state_change,
+            },
+        );
         if self.fsm.is_available() {
             if let Some(s) = self.services.scheduler.current() {
                 let _ = s.send_message(SchedulerMsg::Kick);

@@ -57,6 +57,14 @@ pub enum HubEvent {
         channel: String,
         agent_id: String,
     },
+    /// An agent's FSM changed state (topic `presence`; for dashboards).
+    AgentState {
+        agent_id: String,
+        fsm_state: &'static str,
+        current_task_id: Option<String>,
+        unresponsive: bool,
+        last_state_change: u64,
+    },
     /// A task changed state (topic `tasks`): published once per real, durable transition.
     Task {
         kind: TaskEventKind,

@@ -244,6 +244,7 @@ impl Hub {
                 move || {
                     let services = FsmServices {
                         table: s.agent_table.clone(),
+                        publisher: s.publisher.clone(),
                         presence: s.presence_table.clone(),
                         task_queue: s.task_queue.clone(),
                         scheduler: s.scheduler.clone(),
