@@ -20,7 +20,24 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(run(settings))
 }
 
+/// Hand memory freed after a burst (a join storm, a large snapshot, a backup) back to the
+/// system every few seconds: glibc keeps freed memory in its per-thread arenas otherwise,
+/// and an idle hub would keep the resident size of its busiest moment.
+fn spawn_memory_trimmer() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| loop {
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe { libc::malloc_trim(0) };
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::warn!(error = %e, "memory trimmer not started"));
+}
+
 async fn run(settings: Settings) -> Result<(), String> {
+    spawn_memory_trimmer();
     let engine: Arc<dyn Engine> =
         Arc::new(open_store(&settings.data_dir, Some(&settings.backup_dir))?);
     let hub_settings = HubSettings {
