@@ -86,7 +86,9 @@ fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(4096)
+                    // Small: an idle connection keeps its read buffer (docs/BENCHMARKS.md);
+                    // larger messages still arrive, in more reads.
+                    .read_buffer_size(1024)
                     .write_buffer_size(0)
                     .max_message_size(Some(limit))
                     .max_frame_size(Some(limit));
