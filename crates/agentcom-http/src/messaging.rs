@@ -207,12 +207,14 @@ pub async fn subscription(app: &App, req: Request, raw: String, subscribe: bool)
     let who = messaging_caller(&app.hub, req.headers())?;
     let name = channel_name(&raw)?;
     if subscribe {
-        Ok(ok(match app.hub.subscribe(&name, &who.agent_id).await? {
-            Subscription::Subscribed => json!({"status": "subscribed", "channel": raw}),
-            Subscription::AlreadySubscribed => json!({"status": "already_subscribed"}),
-        }))
+        Ok(ok(
+            match app.hub.subscribe(&name, &who.agent_id, None).await? {
+                Subscription::Subscribed => json!({"status": "subscribed", "channel": raw}),
+                Subscription::AlreadySubscribed => json!({"status": "already_subscribed"}),
+            },
+        ))
     } else {
-        app.hub.unsubscribe(&name, &who.agent_id).await?;
+        app.hub.unsubscribe(&name, &who.agent_id, None).await?;
         Ok(ok(json!({"status": "unsubscribed", "channel": raw})))
     }
 }

@@ -113,7 +113,11 @@ pub async fn handle(
         ))),
         AgentRequest::ChannelSubscribe(channel) => Some(match normalize(&channel) {
             None => error("channel_not_found"),
-            Some(name) => match state.services.subscribe(&name, &agent_id).await {
+            Some(name) => match state
+                .services
+                .subscribe(&name, &agent_id, Some(myself.get_id()))
+                .await
+            {
                 Ok(sub) => {
                     state.subscribe(Topic::Channel(name));
                     let already = sub == channels::Subscription::AlreadySubscribed;
@@ -124,7 +128,11 @@ pub async fn handle(
         }),
         AgentRequest::ChannelUnsubscribe(channel) => Some(match normalize(&channel) {
             None => error("channel_not_found"),
-            Some(name) => match state.services.unsubscribe(&name, &agent_id).await {
+            Some(name) => match state
+                .services
+                .unsubscribe(&name, &agent_id, Some(myself.get_id()))
+                .await
+            {
                 Ok(()) => {
                     state.unsubscribe(&Topic::Channel(name));
                     Outbound::Reply(AgentReply::ChannelUnsubscribed { channel })

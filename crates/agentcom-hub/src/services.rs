@@ -8,6 +8,7 @@ use agentcom_core::auth::Role;
 use agentcom_core::config::{ConfigKey, ConfigValue};
 use agentcom_core::message::{is_broadcast_target, Message, DEFAULT_KIND};
 use agentcom_store::{StoreReader, TokenRecord};
+use ractor::ActorId;
 use serde_json::Value;
 
 use crate::agents::FsmMsg;
@@ -62,6 +63,9 @@ pub struct Services {
     pub supervisor: Arc<std::sync::OnceLock<ractor::ActorRef<crate::supervisor::SupervisorMsg>>>,
     pub engine: Arc<dyn agentcom_store::Engine>,
 }
+
+/// How long an HTTP (un)subscription waits for the agent's live connection to follow.
+const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A fresh message id: 16 lowercase hex characters.
 pub fn message_id() -> String {
@@ -212,28 +216,53 @@ impl Services {
             .await?
     }
 
-    /// Subscribe an agent; its live connection, if any, is attached to the channel (F15).
-    pub async fn subscribe(&self, name: &str, agent_id: &str) -> Result<Subscription, HubError> {
+    /// Subscribe an agent; its live connection, if any, is attached to the channel before
+    /// this returns (F15). `by_session` is the connection asking, which attaches itself.
+    pub async fn subscribe(
+        &self,
+        name: &str,
+        agent_id: &str,
+        by_session: Option<ActorId>,
+    ) -> Result<Subscription, HubError> {
         let (n, a) = (name.to_string(), agent_id.to_string());
         let sub = self
             .channels
             .call(|r| ChannelsMsg::Subscribe(n, a, r), CALL_TIMEOUT)
             .await??;
-        if let Some(session) = self.presence_table.session_of(agent_id) {
-            let _ = session.send_message(SessionMsg::Attach(name.to_string()));
+        if let Some(session) = self.live_session(agent_id, by_session) {
+            let attach = |r| SessionMsg::Attach(name.to_string(), r);
+            let _ = session.call(attach, Some(ATTACH_TIMEOUT)).await;
         }
         Ok(sub)
     }
 
-    pub async fn unsubscribe(&self, name: &str, agent_id: &str) -> Result<(), HubError> {
+    /// Unsubscribe an agent; its live connection, if any, is detached before this returns.
+    pub async fn unsubscribe(
+        &self,
+        name: &str,
+        agent_id: &str,
+        by_session: Option<ActorId>,
+    ) -> Result<(), HubError> {
         let (n, a) = (name.to_string(), agent_id.to_string());
         self.channels
             .call(|r| ChannelsMsg::Unsubscribe(n, a, r), CALL_TIMEOUT)
             .await??;
-        if let Some(session) = self.presence_table.session_of(agent_id) {
-            let _ = session.send_message(SessionMsg::Detach(name.to_string()));
+        if let Some(session) = self.live_session(agent_id, by_session) {
+            let detach = |r| SessionMsg::Detach(name.to_string(), r);
+            let _ = session.call(detach, Some(ATTACH_TIMEOUT)).await;
         }
         Ok(())
+    }
+
+    /// The agent's live connection, unless it is `except` (which acts for itself).
+    fn live_session(
+        &self,
+        agent_id: &str,
+        except: Option<ActorId>,
+    ) -> Option<ractor::ActorRef<SessionMsg>> {
+        self.presence_table
+            .session_of(agent_id)
+            .filter(|s| Some(s.get_id()) != except)
     }
 
     /// Publish on a channel; counted and indexed like every routed message.

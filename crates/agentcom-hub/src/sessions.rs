@@ -82,10 +82,12 @@ pub enum SessionMsg {
     Deliver(Arc<HubEvent>),
     /// A push addressed to this connection alone (direct messages).
     Push(AgentPush),
-    /// Attach to a channel's topic (after a subscription made elsewhere, e.g. over HTTP).
-    Attach(String),
-    /// Detach from a channel's topic (after an unsubscription made elsewhere).
-    Detach(String),
+    /// Attach to a channel's topic (after a subscription made elsewhere, e.g. over HTTP);
+    /// answers once attached, so a publish that follows reaches this connection.
+    Attach(String, RpcReplyPort<()>),
+    /// Detach from a channel's topic (after an unsubscription made elsewhere); answers
+    /// once detached.
+    Detach(String, RpcReplyPort<()>),
     Close(CloseReason),
     /// Send the dashboard events gathered since the last flush.
     Flush,
@@ -196,8 +198,14 @@ impl Actor for Session {
                 }
             },
             SessionMsg::Push(push) => state.push(&myself, Outbound::Push(push)),
-            SessionMsg::Attach(channel) => state.subscribe(Topic::Channel(channel)),
-            SessionMsg::Detach(channel) => state.unsubscribe(&Topic::Channel(channel)),
+            SessionMsg::Attach(channel, reply) => {
+                state.subscribe(Topic::Channel(channel));
+                let _ = reply.send(());
+            }
+            SessionMsg::Detach(channel, reply) => {
+                state.unsubscribe(&Topic::Channel(channel));
+                let _ = reply.send(());
+            }
             SessionMsg::Close(reason) => {
                 state.io.close.send_replace(Some(reason));
                 myself.stop(Some("closed".into()));
