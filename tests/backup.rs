@@ -1267,6 +1267,16 @@ async fn last_and_next_backup_survive_a_restart() {
     assert_eq!(h["next_backup_at"], created_at + HOUR_MS, "{h}");
     assert_eq!(h["stale_backup"], false, "{h}");
     assert_eq!(h["health_status"], "healthy", "{h}");
+    let last = &h["last_backup_result"];
+    assert_eq!(
+        last["backup_id"], b["backup_id"],
+        "the last run is remembered: {h}"
+    );
+    assert_eq!(
+        (last["status"].clone(), last["verified"].clone()),
+        (json!("ok"), json!(true)),
+        "{h}"
+    );
     // A clean stop and start too.
     hub.terminate().await;
     hub.restart().await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use agentcom_core::Millis;
 use agentcom_store::backup::{self, overlay_of, Created};
-use agentcom_store::{Engine, StoreError};
+use agentcom_store::{encode, Engine, StoreError, StoreReader, Table, WriteOp};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -25,8 +25,9 @@ pub struct BackupRun {
     pub duration_ms: u64,
 }
 
-/// What the hub remembers of the latest run (the disk is the truth for the rest).
-#[derive(Debug, Clone)]
+/// What the hub remembers of the latest run (the disk is the truth for the rest). Kept
+/// in `hub_meta`, so a restart does not forget it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LastRun {
     pub at: Millis,
     pub duration_ms: u64,
@@ -47,6 +48,9 @@ pub struct BackupStatus {
 }
 
 type Waiter = RpcReplyPort<Result<BackupRun, HubError>>;
+
+/// The `hub_meta` key of the latest run's [`LastRun`].
+const LAST_RUN_KEY: &[u8] = b"last_backup_run";
 
 /// How long after a failed scheduled run the next attempt comes.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(600);
@@ -99,11 +103,14 @@ impl Actor for BackupActor {
         myself: ActorRef<Self::Msg>,
         args: BackupArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let last_run = StoreReader::new(args.engine.clone())
+            .get_record::<LastRun>(Table::HubMeta, LAST_RUN_KEY)
+            .unwrap_or_default();
         let mut state = BackupState {
             args,
             waiters: Vec::new(),
             running: false,
-            last_run: None,
+            last_run,
             next_at: 0,
             timer: None,
         };
@@ -198,6 +205,26 @@ impl Actor for BackupActor {
                                 error: error.clone(),
                             },
                         );
+                    }
+                }
+                if let Some(last) = &state.last_run {
+                    let op = WriteOp::Put {
+                        table: Table::HubMeta,
+                        key: LAST_RUN_KEY.to_vec(),
+                        value: encode(last),
+                    };
+                    // Durable before the callers hear of the run, so a restart right after
+                    // still reports it.
+                    let write = state
+                        .args
+                        .store
+                        .request(
+                            |p| StoreMsg::Write(vec![op], p),
+                            crate::service::DEFAULT_WAIT,
+                        )
+                        .await;
+                    if let Ok(pending) = write {
+                        let _ = pending.wait(crate::store::WRITE_TIMEOUT).await;
                     }
                 }
                 for waiter in state.waiters.drain(..) {
