@@ -271,15 +271,5 @@ pub fn history(
     since: u64,
     limit: usize,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
-    if since == u64::MAX {
-        return Ok(Vec::new());
-    }
-    let from = channel_history_key(name, since + 1);
-    let mut to = owner_prefix(name);
-    *to.last_mut().expect("prefix ends with a separator") = 1;
-    reader
-        .range(Table::ChannelHistory, &from, &to, limit)?
-        .iter()
-        .map(|(_, bytes)| decode(Table::ChannelHistory, bytes))
-        .collect()
+    reader.owned_after(Table::ChannelHistory, name, since, limit)
 }

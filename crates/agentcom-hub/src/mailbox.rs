@@ -8,8 +8,7 @@ use std::time::Duration;
 use agentcom_core::config::{ConfigKey, ConfigValue, DEFAULT_MAILBOX_TTL_MS};
 use agentcom_core::message::Message;
 use agentcom_store::{
-    decode, encode, mailbox_key, meta, owner_prefix, MailboxEntry, StoreError, StoreReader, Table,
-    WriteOp,
+    decode, encode, mailbox_key, meta, MailboxEntry, StoreError, StoreReader, Table, WriteOp,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -185,15 +184,5 @@ pub fn poll(
     agent_id: &str,
     since: u64,
 ) -> Result<Vec<MailboxEntry>, StoreError> {
-    let from = mailbox_key(agent_id, since.saturating_add(1));
-    let mut to = owner_prefix(agent_id);
-    *to.last_mut().expect("prefix ends with a separator") = 1;
-    if since == u64::MAX {
-        return Ok(Vec::new());
-    }
-    reader
-        .range(Table::AgentMailbox, &from, &to, usize::MAX)?
-        .iter()
-        .map(|(_, bytes)| decode(Table::AgentMailbox, bytes))
-        .collect()
+    reader.owned_after(Table::AgentMailbox, agent_id, since, usize::MAX)
 }

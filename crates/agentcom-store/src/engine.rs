@@ -123,6 +123,27 @@ impl StoreReader {
             .transpose()
     }
 
+    /// The first `limit` records of `owner` in an owned-sequence table (keys
+    /// `<owner>\0<seq>`) with `seq > since`, in sequence order, decoded.
+    pub fn owned_after<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        owner: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let Some(first) = since.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let from = crate::owned_seq_key(owner, first);
+        let mut to = crate::owner_prefix(owner);
+        *to.last_mut().expect("prefix ends with a separator") = 1;
+        self.range(table, &from, &to, limit)?
+            .iter()
+            .map(|(_, bytes)| crate::decode(table, bytes))
+            .collect()
+    }
+
     pub fn stats(&self, table: Table) -> TableStats {
         self.engine.stats(table)
     }
