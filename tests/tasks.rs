@@ -1959,6 +1959,45 @@ async fn f11_an_agent_never_holds_two_tasks() {
     assert_eq!(list(&hub, "?status=assigned").await.len(), 2);
 }
 
+/// An agent that leaves while the scheduler is assigning it a task must not keep that
+/// task. Its disconnect can run between the FSM taking the task and the queue recording
+/// it, and then found nothing to reclaim: the task sat `assigned` to a gone agent until
+/// the stuck sweep (seen once in CI, in the kill -9 stress test). A test hook widens that
+/// window to 400 ms so that the test does not depend on luck; the acceptance timeout is
+/// long, so only the disconnect handling can return the task to the queue in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_leaving_mid_assignment_keeps_no_task() {
+    let hub =
+        TestHub::start_with(&["--accept-timeout", "600s", "--test-assign-pause", "400ms"]).await;
+    let id = submit(&hub, ADMIN, json!({"description": "left behind?"})).await;
+    let ws = identify(&hub, "flaky", json!([])).await;
+    // The scheduler's pass has the FSM's yes and is pausing before the queue's record.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(ws);
+    let t = wait_task(&hub, &id, "assigned and returned to the queue", |t| {
+        t["status"] == "queued" && count_events(t, "assigned") == 1
+    })
+    .await;
+    assert_eq!(t["assigned_to"], Value::Null, "{t}");
+    assert_eq!(
+        history(&t).first(),
+        Some(&entry("reclaimed", json!("agent_disconnect"))),
+        "{t}"
+    );
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            hub.get("/api/agents/flaky/state", Some(ADMIN)).await.status == 404
+        })
+        .await,
+        "the agent's FSM is gone"
+    );
+
+    // A later agent gets the task as usual.
+    let mut next = identify(&hub, "steady", json!([])).await;
+    let assign = next.next_of_type("task_assign").await;
+    assert_eq!(assign["task_id"], id.as_str());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f12_task_continue_moves_the_fsm_to_working() {
     let hub = TestHub::start().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentcom_core::fsm::{AgentFsm, AgentState};
 use agentcom_core::scheduler::{capability_names, Candidate};
-use agentcom_core::task::TaskStatus;
+use agentcom_core::task::{Task, TaskStatus};
 use agentcom_core::Millis;
 use ractor::{
     Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
@@ -16,6 +16,7 @@ use ractor::{
 use serde_json::Value;
 
 use crate::presence::PresenceTable;
+use crate::protocol::AgentPush;
 use crate::scheduler::SchedulerMsg;
 use crate::service::{Service, DEFAULT_WAIT};
 use crate::sessions::SessionMsg;
@@ -36,7 +37,6 @@ pub struct AgentView {
 struct Row {
     view: AgentView,
     actor: ActorRef<FsmMsg>,
-    session: ActorRef<SessionMsg>,
 }
 
 #[derive(Default)]
@@ -61,14 +61,6 @@ impl AgentTable {
         {
             rows.remove(agent_id);
         }
-    }
-
-    pub fn session_of(&self, agent_id: &str) -> Option<ActorRef<SessionMsg>> {
-        self.rows
-            .read()
-            .expect("agents lock")
-            .get(agent_id)
-            .map(|r| r.session.clone())
     }
 
     pub fn get(&self, agent_id: &str) -> Option<AgentView> {
@@ -130,6 +122,9 @@ impl AgentTable {
 pub enum FsmMsg {
     /// The scheduler offers a task: answers whether the agent took it (idle → assigned).
     Assign(String, RpcReplyPort<bool>),
+    /// The queue recorded the assignment: answers the connection to push it to, if the
+    /// FSM still holds the task (`None`: the agent left meanwhile; the caller reclaims).
+    Confirm(String, RpcReplyPort<Option<ActorRef<SessionMsg>>>),
     /// The agent accepted its task; answers once the FSM moved (so the ack implies it).
     Accepted(String, RpcReplyPort<()>),
     /// The task left the agent (completed, failed, reclaimed, rejected, refused).
@@ -216,7 +211,6 @@ impl Actor for AgentFsmActor {
                 Row {
                     view,
                     actor: myself.clone(),
-                    session: args.session,
                 },
             );
         if let Some(task_id) = args.adopt {
@@ -266,6 +260,10 @@ async fn handle_fsm(
             }
             let _ = reply.send(took);
         }
+        FsmMsg::Confirm(task_id, reply) => {
+            let holds = state.fsm.current_task.as_deref() == Some(task_id.as_str());
+            let _ = reply.send(holds.then(|| state.session.clone()));
+        }
         FsmMsg::Accepted(task_id, reply) => {
             if state.fsm.accepted(&task_id, now) {
                 state.publish();
@@ -300,7 +298,7 @@ async fn handle_fsm(
             name,
             capabilities,
         } => {
-            state.session = session.clone();
+            state.session = session;
             if let Some(row) = state
                 .services
                 .table
@@ -309,7 +307,6 @@ async fn handle_fsm(
                 .expect("agents lock")
                 .get_mut(&state.agent_id)
             {
-                row.session = session;
                 row.view.name = name;
                 row.view.capabilities = capabilities;
             }
@@ -410,6 +407,33 @@ impl FsmState {
                 let _ = s.send_message(SchedulerMsg::Kick);
             }
         }
+    }
+}
+
+/// Push a task the queue has just recorded as assigned to the agent of `fsm`. The agent
+/// may have left between its FSM taking the task and the queue's record (its disconnect
+/// then found nothing to reclaim), so the FSM confirms first: it handles its disconnect
+/// strictly before or after the confirmation. Without a confirmation the task goes back
+/// to the queue at once instead of waiting for the stuck sweep.
+pub async fn hand_over(fsm: &ActorRef<FsmMsg>, task: Task, task_queue: &Service<TaskMsg>) {
+    let t = task.id.clone();
+    let confirmed = fsm
+        .call(|r| FsmMsg::Confirm(t, r), Some(CALL_TIMEOUT))
+        .await;
+    if let Ok(ractor::rpc::CallResult::Success(Some(session))) = confirmed {
+        let _ = session.send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(task))));
+        return;
+    }
+    let agent_id = task.assigned_to.clone();
+    tracing::info!(task_id = %task.id, ?agent_id, "agent left while being assigned; reclaiming");
+    let reclaim = |reply| TaskMsg::Reclaim {
+        task_id: task.id,
+        from: agent_id,
+        reason: "agent_disconnect".into(),
+        reply: Some(reply),
+    };
+    if let Err(e) = task_queue.call(reclaim, CALL_TIMEOUT).await {
+        tracing::error!(error = %e, "reclaim failed");
     }
 }
 

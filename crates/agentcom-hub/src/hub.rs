@@ -264,6 +264,7 @@ impl Hub {
                         sweep_interval: s.settings.task_sweep_interval,
                         stuck_after: s.settings.stuck_task_after,
                         rejection_ttl: s.settings.accept_timeout,
+                        test_assign_pause: s.settings.test_assign_pause,
                     };
                     (Scheduler, args)
                 }

@@ -11,12 +11,10 @@ use std::time::{Duration, Instant};
 use agentcom_core::scheduler::{plan, QueuedTask};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::agents::{AgentTable, FsmMsg};
+use crate::agents::{hand_over, AgentTable, FsmMsg};
 use crate::events::{HubEvent, TaskEventKind, Topic};
-use crate::protocol::AgentPush;
 use crate::pubsub::{Subscribed, Subscriptions};
 use crate::service::Service;
-use crate::sessions::SessionMsg;
 use crate::task_queue::TaskMsg;
 use crate::{now_ms, CALL_TIMEOUT};
 
@@ -37,6 +35,9 @@ pub struct SchedulerArgs {
     pub stuck_after: Duration,
     /// How long a rejection keeps a task from the rejecting agent.
     pub rejection_ttl: Duration,
+    /// Test hook (zero unless `--test-hooks`): pause between the FSM's yes and the
+    /// queue's record of an assignment.
+    pub test_assign_pause: Duration,
 }
 
 pub struct SchedulerState {
@@ -150,6 +151,9 @@ impl SchedulerState {
             ) {
                 continue;
             }
+            if !self.args.test_assign_pause.is_zero() {
+                tokio::time::sleep(self.args.test_assign_pause).await;
+            }
             let (t, a) = (task_id.clone(), agent_id.clone());
             match self
                 .args
@@ -157,15 +161,7 @@ impl SchedulerState {
                 .call(|r| TaskMsg::Assign(t, a, r), CALL_TIMEOUT)
                 .await
             {
-                Ok(Ok(task)) => match self.args.agents.session_of(&agent_id) {
-                    Some(session) => {
-                        let _ = session
-                            .send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(task))));
-                    }
-                    None => {
-                        tracing::warn!(%agent_id, %task_id, "assigned to an agent without a connection")
-                    }
-                },
+                Ok(Ok(task)) => hand_over(&fsm, task, &self.args.task_queue).await,
                 _ => {
                     let _ = fsm.send_message(FsmMsg::Released(task_id));
                 }

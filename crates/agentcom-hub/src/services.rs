@@ -387,11 +387,7 @@ impl Services {
                 return Err(e);
             }
         };
-        if let Some(session) = self.agent_table.session_of(agent_id) {
-            let _ = session.send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(
-                task.clone(),
-            ))));
-        }
+        crate::agents::hand_over(&fsm, task.clone(), &self.task_queue).await;
         Ok(task)
     }
 

@@ -42,6 +42,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         Arc::new(open_store(&settings.data_dir, Some(&settings.backup_dir))?);
     let hub_settings = HubSettings {
         test_hooks: settings.test_hooks,
+        test_assign_pause: settings.test_assign_pause,
         presence_ttl: settings.presence_ttl,
         reaper_interval: settings.reaper_interval,
         accept_timeout: settings.accept_timeout,

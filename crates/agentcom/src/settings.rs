@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
+    /// Test hook: the scheduler pauses this long between an agent's FSM taking a task and
+    /// the queue recording it, to widen that race window. Ignored without `--test-hooks`.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub test_assign_pause: Option<Duration>,
 }
 
 /// The TOML file: the same keys, snake_case, durations and sizes as strings.
@@ -161,6 +165,7 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub max_ws_message_bytes: u64,
     pub test_hooks: bool,
+    pub test_assign_pause: Duration,
 }
 
 fn secs(s: u64) -> Duration {
@@ -252,6 +257,10 @@ impl Settings {
             queue_sample_interval: dur!(queue_sample_interval, secs(60)),
             completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
             test_hooks: args.test_hooks.unwrap_or(false),
+            test_assign_pause: match args.test_hooks {
+                Some(true) => args.test_assign_pause.unwrap_or_default(),
+                _ => Duration::ZERO,
+            },
             data_dir,
             backup_dir,
             admin_token,
