@@ -2337,7 +2337,10 @@ async fn s3_push_subscriptions_need_a_dashboard_token_and_an_object() {
     let hub = TestHub::start().await;
     let agent = hub.token("worker", "agent").await;
     let viewer = hub.token("screen", "viewer").await;
-    let sub = json!({"endpoint": "https://push.example/abc", "keys": {"p256dh": "x", "auth": "y"}});
+    // A usable subscription (the keys of RFC 8291's example); tests/push.rs covers the rest.
+    let sub = json!({"endpoint": "https://push.example/abc", "keys": {
+        "p256dh": "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+        "auth": "BTBZMqHH6r4Tts7J_aSIgg"}});
     let r = hub
         .send_json("POST", "/api/dashboard/push-subscribe", None, sub.clone())
         .await;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use agentcom_core::fsm::AgentState;
 use agentcom_core::metrics::Histogram;
 use agentcom_core::task::TaskStatus;
+use agentcom_hub::CALL_TIMEOUT;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::Full;
@@ -218,6 +219,18 @@ pub async fn metrics(app: &App, req: Request) -> ApiResult {
         "Records per table.",
         "gauge",
         &records,
+    );
+    let subscriptions = hub
+        .notifier
+        .call(agentcom_hub::notifier::NotifierMsg::Count, CALL_TIMEOUT)
+        .await
+        .map_err(agentcom_hub::HubError::from)?;
+    gauge(
+        &mut out,
+        "agentcom_push_subscriptions",
+        "Web Push subscriptions kept for dashboard alerts.",
+        "gauge",
+        &[(String::new(), subscriptions as f64)],
     );
 
     let mut res = hyper::Response::new(Full::new(Bytes::from(out)));

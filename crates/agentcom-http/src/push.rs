@@ -1,13 +1,14 @@
 //! The dashboard's Web Push routes (reference §2.2 routes 45–47).
 
 use agentcom_hub::notifier::NotifierMsg;
+use agentcom_hub::webpush::Subscription;
 use agentcom_hub::CALL_TIMEOUT;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use crate::api::{caller, forbidden, ok, read_object, ApiResult, Request, Response};
+use crate::api::{caller, forbidden, ok, read_object, ApiError, ApiResult, Request, Response};
 use crate::server::App;
 
 /// The service worker the dashboard registers (reference §2.3).
@@ -62,7 +63,8 @@ pub async fn vapid_key(app: &App) -> ApiResult {
 const MAX_SUBSCRIPTION_BYTES: usize = 4096;
 
 /// Route 47: keep a browser's push subscription. Needs an admin or viewer token (the
-/// original took anything from anyone into an unbounded set, S3) and a JSON object.
+/// original took anything from anyone into an unbounded set, S3) and a usable
+/// subscription: an `https` endpoint and the browser's keys (400 `invalid_subscription`).
 pub async fn subscribe(app: &App, req: Request) -> ApiResult {
     let who = caller(&app.hub, req.headers())?;
     if !who.role.may_view_dashboard() {
@@ -70,11 +72,15 @@ pub async fn subscribe(app: &App, req: Request) -> ApiResult {
             "push subscriptions need an admin or viewer token",
         ));
     }
-    let body = read_object(req, MAX_SUBSCRIPTION_BYTES).await?;
-    let text = Value::Object(body).to_string();
+    let body = Value::Object(read_object(req, MAX_SUBSCRIPTION_BYTES).await?);
+    // Plain-http loopback endpoints only for tests (a stand-in push service).
+    let subscription =
+        Subscription::from_json(&body, app.hub.settings().test_hooks).map_err(|message| {
+            ApiError::bad_request("invalid_subscription").with("message", message)
+        })?;
     app.hub
         .notifier
-        .call(|r| NotifierMsg::Subscribe(text, r), CALL_TIMEOUT)
+        .call(|r| NotifierMsg::Subscribe(subscription, r), CALL_TIMEOUT)
         .await
         .map_err(agentcom_hub::HubError::from)??;
     Ok(ok(json!({"status": "subscribed"})))

@@ -275,6 +275,10 @@ impl Hub {
                     let args = NotifierArgs {
                         reader: s.reader.clone(),
                         store: s.store.clone(),
+                        subscriptions: s.subscriptions.clone(),
+                        dashboard: s.dashboard.clone(),
+                        health_interval: s.settings.push_health_interval,
+                        subject: s.settings.push_subject.clone(),
                     };
                     (Notifier, args)
                 }

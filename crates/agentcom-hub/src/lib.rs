@@ -22,6 +22,7 @@ pub mod notifier;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;
+pub mod push_client;
 pub mod reaper;
 pub mod scheduler;
 pub mod service;
@@ -32,6 +33,7 @@ pub mod supervisor;
 pub mod task_queue;
 pub mod threads;
 pub mod tokens;
+pub mod webpush;
 
 pub use hub::Hub;
 pub use services::Services;
@@ -109,6 +111,10 @@ pub struct HubSettings {
     pub fragmentation_floor: u64,
     pub queue_sample_interval: Duration,
     pub dashboard_flush_interval: Duration,
+    /// How often the notifier checks the dashboard's health for a push alert.
+    pub push_health_interval: Duration,
+    /// The VAPID `sub` claim (`mailto:` or `https:`).
+    pub push_subject: String,
 }
 
 impl Default for HubSettings {
@@ -131,6 +137,8 @@ impl Default for HubSettings {
             fragmentation_floor: 64 << 20,
             queue_sample_interval: Duration::from_secs(60),
             dashboard_flush_interval: Duration::from_millis(100),
+            push_health_interval: Duration::from_secs(60),
+            push_subject: "mailto:agentcom@localhost".into(),
         }
     }
 }

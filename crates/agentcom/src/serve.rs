@@ -56,6 +56,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         fragmentation_floor: settings.fragmentation_floor,
         queue_sample_interval: settings.queue_sample_interval,
         dashboard_flush_interval: settings.dashboard_flush_interval,
+        push_health_interval: settings.push_health_interval,
+        push_subject: settings.push_subject.clone(),
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)

@@ -96,6 +96,13 @@ pub struct ServeArgs {
     pub queue_sample_interval: Option<Duration>,
     #[arg(long, env = "AGENTCOM_COMPLETED_TASK_TTL", value_parser = parse_duration)]
     pub completed_task_ttl: Option<Duration>,
+    /// How often the dashboard's health is checked for a Web Push alert.
+    #[arg(long, env = "AGENTCOM_PUSH_HEALTH_INTERVAL", value_parser = parse_duration)]
+    pub push_health_interval: Option<Duration>,
+    /// VAPID `sub` claim of Web Push requests (`mailto:` or `https:` URL)
+    /// [default: public_url if it is https, else mailto:agentcom@localhost].
+    #[arg(long, env = "AGENTCOM_PUSH_SUBJECT")]
+    pub push_subject: Option<String>,
     #[arg(long, env = "AGENTCOM_MAX_BODY_BYTES", value_parser = parse_size)]
     pub max_body_bytes: Option<u64>,
     #[arg(long, env = "AGENTCOM_MAX_WS_MESSAGE_BYTES", value_parser = parse_size)]
@@ -133,6 +140,8 @@ struct FileSettings {
     dashboard_flush_interval: Option<String>,
     queue_sample_interval: Option<String>,
     completed_task_ttl: Option<String>,
+    push_health_interval: Option<String>,
+    push_subject: Option<String>,
     max_body_bytes: Option<String>,
     max_ws_message_bytes: Option<String>,
 }
@@ -162,6 +171,8 @@ pub struct Settings {
     pub dashboard_flush_interval: Duration,
     pub queue_sample_interval: Duration,
     pub completed_task_ttl: Duration,
+    pub push_health_interval: Duration,
+    pub push_subject: String,
     pub max_body_bytes: u64,
     pub max_ws_message_bytes: u64,
     pub test_hooks: bool,
@@ -219,6 +230,7 @@ impl Settings {
         if max_body_bytes == 0 || max_ws_message_bytes == 0 {
             return Err("max_body_bytes and max_ws_message_bytes must be positive".into());
         }
+        let public_url = args.public_url.or(file.public_url);
         macro_rules! dur {
             ($name:ident, $default:expr) => {
                 args.$name
@@ -242,7 +254,7 @@ impl Settings {
                 .open_registration
                 .or(file.open_registration)
                 .unwrap_or(false),
-            public_url: args.public_url.or(file.public_url),
+            public_url: public_url.clone(),
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -256,6 +268,19 @@ impl Settings {
             dashboard_flush_interval: dur!(dashboard_flush_interval, Duration::from_millis(100)),
             queue_sample_interval: dur!(queue_sample_interval, secs(60)),
             completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
+            push_health_interval: dur!(push_health_interval, secs(60)),
+            push_subject: match args.push_subject.or(file.push_subject) {
+                Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
+                Some(s) => {
+                    return Err(format!(
+                        "push_subject must be a mailto: or https: URL, not `{s}`"
+                    ))
+                }
+                None => public_url
+                    .clone()
+                    .filter(|u| u.starts_with("https://"))
+                    .unwrap_or_else(|| "mailto:agentcom@localhost".into()),
+            },
             test_hooks: args.test_hooks.unwrap_or(false),
             test_assign_pause: match args.test_hooks {
                 Some(true) => args.test_assign_pause.unwrap_or_default(),
@@ -329,6 +354,37 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn the_push_subject_is_a_contact_url() {
+        let subject = |push_subject: Option<&str>, public_url: Option<&str>| {
+            Settings::resolve(ServeArgs {
+                push_subject: push_subject.map(Into::into),
+                public_url: public_url.map(Into::into),
+                ..ServeArgs::default()
+            })
+            .map(|s| s.push_subject)
+        };
+        assert_eq!(subject(None, None).unwrap(), "mailto:agentcom@localhost");
+        assert_eq!(
+            subject(None, Some("https://hub.example.org")).unwrap(),
+            "https://hub.example.org"
+        );
+        assert_eq!(
+            subject(None, Some("http://10.0.0.5:4000")).unwrap(),
+            "mailto:agentcom@localhost"
+        );
+        assert_eq!(
+            subject(
+                Some("mailto:ops@example.org"),
+                Some("https://hub.example.org")
+            )
+            .unwrap(),
+            "mailto:ops@example.org"
+        );
+        let err = subject(Some("ops@example.org"), None).unwrap_err();
+        assert!(err.contains("push_subject"), "{err}");
     }
 
     #[test]
