@@ -245,6 +245,35 @@ pub async fn try_request(
     token: Option<&str>,
     body: Option<(&str, Vec<u8>)>,
 ) -> Result<Reply, String> {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("authorization", b))
+        .into_iter()
+        .collect();
+    try_request_with(addr, method, path, &headers, body).await
+}
+
+/// A request with the given extra headers (e.g. a cookie).
+pub async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Reply {
+    try_request_with(addr, method, path, headers, body)
+        .await
+        .expect("request completes")
+}
+
+async fn try_request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, Vec<u8>)>,
+) -> Result<Reply, String> {
     let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -254,8 +283,8 @@ pub async fn try_request(
         .method(method)
         .uri(path)
         .header("host", addr);
-    if let Some(t) = token {
-        builder = builder.header("authorization", format!("Bearer {t}"));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
     }
     let bytes = match body {
         Some((content_type, bytes)) => {

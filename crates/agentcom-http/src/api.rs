@@ -166,25 +166,36 @@ pub async fn read_object(req: Request, limit: usize) -> Result<Map<String, Value
     }
 }
 
-/// The name of the dashboard's session cookie (set by `POST /api/dashboard/login`).
-pub const SESSION_COOKIE: &str = "agentcom_token";
+/// The name of the dashboard's session cookie (set by `POST /api/dashboard/login`). It
+/// holds a session secret, never the token.
+pub const SESSION_COOKIE: &str = "agentcom_session";
 
-/// The caller's token: an `Authorization: Bearer <token>` header (exactly one, exact
-/// scheme), else the dashboard's session cookie (HttpOnly, SameSite=Strict: the page
-/// never puts its token in a URL).
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// How a caller proves who it is.
+#[derive(Debug, PartialEq)]
+pub enum Credential<'a> {
+    /// `Authorization: Bearer <token>` (exactly one such header, exact scheme).
+    Bearer(&'a str),
+    /// The dashboard's session cookie (HttpOnly, SameSite=Strict: the page never puts
+    /// its token in a URL or in script-readable storage).
+    Session(&'a str),
+}
+
+/// The caller's credential: the Bearer header, else the session cookie. Two
+/// `Authorization` headers count as none.
+pub fn credential(headers: &HeaderMap) -> Option<Credential<'_>> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => {
             let token = value.to_str().ok()?.strip_prefix("Bearer ")?.trim();
-            (!token.is_empty()).then_some(token)
+            (!token.is_empty()).then_some(Credential::Bearer(token))
         }
         (Some(_), Some(_)) => None,
-        (None, _) => session_cookie(headers),
+        (None, _) => session_cookie(headers).map(Credential::Session),
     }
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session secret in the request's cookie, if any.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -228,9 +239,15 @@ pub fn percent_decode(s: &str) -> String {
 
 /// Resolve the caller from the Bearer header (A1).
 pub fn caller(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let token = bearer(headers).ok_or_else(ApiError::unauthorized_bearer)?;
-    hub.authenticate(token)?
-        .ok_or_else(ApiError::unauthorized_bearer)
+    authenticate(hub, credential(headers))?.ok_or_else(ApiError::unauthorized_bearer)
+}
+
+fn authenticate(hub: &Hub, credential: Option<Credential>) -> Result<Option<Principal>, ApiError> {
+    Ok(match credential {
+        Some(Credential::Bearer(token)) => hub.authenticate(token)?,
+        Some(Credential::Session(secret)) => hub.authenticate_session(secret)?,
+        None => None,
+    })
 }
 
 /// Resolve the caller from the Bearer header or a `token` query parameter (A2).
@@ -239,11 +256,14 @@ pub fn caller_or_token_param(
     headers: &HeaderMap,
     uri: &http::Uri,
 ) -> Result<Principal, ApiError> {
-    let token = match bearer(headers) {
-        Some(t) => t.to_string(),
-        None => query_param(uri, "token").ok_or_else(ApiError::unauthorized)?,
-    };
-    hub.authenticate(&token)?.ok_or_else(ApiError::unauthorized)
+    match credential(headers) {
+        Some(c) => authenticate(hub, Some(c))?,
+        None => {
+            let token = query_param(uri, "token").ok_or_else(ApiError::unauthorized)?;
+            hub.authenticate(&token)?
+        }
+    }
+    .ok_or_else(ApiError::unauthorized)
 }
 
 /// A caller that may message and use mailboxes and channels: an `agent` or `admin`
@@ -305,20 +325,22 @@ mod tests {
     }
 
     #[test]
-    fn bearer_needs_exact_scheme() {
+    fn bearer_needs_exact_scheme_and_the_cookie_holds_a_session() {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Bearer abc ".parse().unwrap());
-        assert_eq!(bearer(&h), Some("abc"));
+        assert_eq!(credential(&h), Some(Credential::Bearer("abc")));
         h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap());
-        assert_eq!(bearer(&h), None);
+        assert_eq!(credential(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         h.append(header::AUTHORIZATION, "Bearer def".parse().unwrap());
-        assert_eq!(bearer(&h), None);
+        assert_eq!(credential(&h), None);
         let mut c = HeaderMap::new();
         c.insert(
             header::COOKIE,
-            "theme=dark; agentcom_token=tok".parse().unwrap(),
+            "theme=dark; agentcom_session=s3cr3t".parse().unwrap(),
         );
-        assert_eq!(bearer(&c), Some("tok"));
+        assert_eq!(credential(&c), Some(Credential::Session("s3cr3t")));
+        c.insert(header::COOKIE, "agentcom_token=tok".parse().unwrap());
+        assert_eq!(credential(&c), None, "the old token cookie is not read");
     }
 }

@@ -11,8 +11,8 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::{
-    self, bearer, caller, caller_or_token_param, forbidden, messaging_caller, ok, query_int,
-    query_param, read_object, ApiError, ApiResult, Request,
+    self, caller, caller_or_token_param, forbidden, messaging_caller, ok, query_int, query_param,
+    read_object, ApiError, ApiResult, Request,
 };
 use crate::server::App;
 use crate::wire;
@@ -368,11 +368,7 @@ fn hub_urls(app: &App, req: &Request) -> (String, String) {
 /// re-mints for an existing id (S1).
 pub async fn register(app: &App, req: Request) -> ApiResult {
     if !app.settings.open_registration {
-        let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized_bearer)?;
-        let who = app
-            .hub
-            .authenticate(token)?
-            .ok_or_else(ApiError::unauthorized_bearer)?;
+        let who = caller(&app.hub, req.headers())?;
         if !who.role.is_admin() {
             return Err(ApiError::admin_only());
         }

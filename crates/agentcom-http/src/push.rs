@@ -113,16 +113,26 @@ pub fn dashboard_page() -> Response {
     res
 }
 
-fn session_cookie(value: &str, max_age: u64) -> HeaderValue {
+/// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site
+/// sends it), and `Secure` when the hub is published over https.
+fn session_cookie(app: &App, value: &str, max_age: u64) -> HeaderValue {
+    let secure = app
+        .settings
+        .public_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https://"));
     let cookie = format!(
-        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
-        crate::api::SESSION_COOKIE
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        crate::api::SESSION_COOKIE,
+        if secure { "; Secure" } else { "" }
     );
-    HeaderValue::from_str(&cookie).expect("a token is a valid cookie value")
+    HeaderValue::from_str(&cookie).expect("a hex secret is a valid cookie value")
 }
 
-/// Sign the dashboard in: the token (admin or viewer) goes into an HttpOnly session
-/// cookie, so it never appears in a URL or in the page's script.
+/// Sign the dashboard in with a token (admin or viewer): the hub opens a session and
+/// the browser gets its random secret in an HttpOnly cookie. The token itself is in no
+/// URL, no script-readable place and no cookie; the session ends at sign-out, after 7
+/// days, or when the token is revoked.
 pub async fn login(app: &App, req: Request) -> ApiResult {
     let body = read_object(req, 4096).await?;
     let token = body
@@ -138,10 +148,12 @@ pub async fn login(app: &App, req: Request) -> ApiResult {
     if !who.role.may_view_dashboard() {
         return Err(forbidden("the dashboard needs an admin or viewer token"));
     }
+    let secret = app.hub.dashboard_sign_in(&token).await?;
     let mut res =
         ok(json!({"status": "signed_in", "agent_id": who.agent_id, "role": who.role.as_str()}));
+    let max_age = agentcom_hub::tokens::SESSION_TTL_MS / 1000;
     res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&token, 7 * 24 * 3600));
+        .insert(header::SET_COOKIE, session_cookie(app, &secret, max_age));
     Ok(res)
 }
 
@@ -153,10 +165,14 @@ pub async fn whoami(app: &App, req: Request) -> ApiResult {
     ))
 }
 
-/// Sign the dashboard out: the cookie is cleared.
-pub fn logout() -> Response {
+/// Sign the dashboard out: the session ends in the hub (a copy of the cookie is worth
+/// nothing afterwards) and the cookie is cleared.
+pub async fn logout(app: &App, req: Request) -> ApiResult {
+    if let Some(secret) = crate::api::session_cookie(req.headers()) {
+        app.hub.dashboard_sign_out(secret).await?;
+    }
     let mut res = ok(json!({"status": "signed_out"}));
     res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie("", 0));
-    res
+        .insert(header::SET_COOKIE, session_cookie(app, "", 0));
+    Ok(res)
 }

@@ -246,7 +246,7 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         (E::DashboardState, Method::GET) => push::dashboard_state(app, req).await,
         (E::DashboardPage, Method::GET) => Ok(push::dashboard_page()),
         (E::Login, Method::POST) => push::login(app, req).await,
-        (E::Logout, Method::POST) => Ok(push::logout()),
+        (E::Logout, Method::POST) => push::logout(app, req).await,
         (E::WhoAmI, Method::GET) => push::whoami(app, req).await,
         (E::Metrics, Method::GET) => metrics::metrics(app, req).await,
         (E::AgentSocket, Method::GET) => ws::upgrade_agent(app, req).await,

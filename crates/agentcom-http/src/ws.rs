@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::api::{bearer, ApiError, ApiResult, Request};
+use crate::api::{caller, ApiError, ApiResult, Request};
 use crate::server::App;
 
 /// `GET /ws`: agents authenticate later, with `identify`.
@@ -32,11 +32,7 @@ pub async fn upgrade_agent(app: &App, req: Request) -> ApiResult {
 
 /// `GET /ws/dashboard`: needs an admin or viewer token on the upgrade request.
 pub async fn upgrade_dashboard(app: &App, req: Request) -> ApiResult {
-    let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized_bearer)?;
-    let who = app
-        .hub
-        .authenticate(token)?
-        .ok_or_else(ApiError::unauthorized_bearer)?;
+    let who = caller(&app.hub, req.headers())?;
     if !who.role.may_view_dashboard() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden")
             .with("message", "the dashboard needs an admin or viewer token"));

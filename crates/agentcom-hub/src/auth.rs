@@ -25,6 +25,11 @@ pub enum AuthMsg {
     Revoke(String, RpcReplyPort<Result<usize, HubError>>),
     /// Make this token the bootstrap admin token.
     Bootstrap(String, RpcReplyPort<Result<(), HubError>>),
+    /// Open a dashboard session for a (checked) token; answers with its secret once
+    /// durable.
+    OpenSession(String, RpcReplyPort<Result<String, HubError>>),
+    /// End a dashboard session; answers once durable.
+    CloseSession(String, RpcReplyPort<Result<(), HubError>>),
 }
 
 pub struct AuthArgs {
@@ -101,6 +106,20 @@ impl Actor for AuthActor {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            AuthMsg::OpenSession(token, reply) => {
+                match tokens::open_session(&state.reader, &token, now_ms()) {
+                    Ok((secret, ops)) => {
+                        write_then(&state.store, &state.order, ops, reply, move || secret).await
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            AuthMsg::CloseSession(secret, reply) => {
+                let ops = vec![tokens::close_session(&secret)];
+                write_then(&state.store, &state.order, ops, reply, || ()).await;
+            }
             AuthMsg::Bootstrap(token, reply) => {
                 match tokens::bootstrap(&state.reader, &token, now_ms()) {
                     Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,

@@ -83,6 +83,32 @@ impl Services {
         }))
     }
 
+    /// The owner of the token a dashboard session stands for, if the session is live.
+    pub fn authenticate_session(&self, secret: &str) -> Result<Option<Principal>, HubError> {
+        Ok(
+            tokens::session_lookup(&self.reader, secret, now_ms())?.map(|r| Principal {
+                agent_id: r.agent_id,
+                role: r.role,
+            }),
+        )
+    }
+
+    /// Open a dashboard session for `token` (already checked); its secret, once durable.
+    pub async fn dashboard_sign_in(&self, token: &str) -> Result<String, HubError> {
+        let token = token.to_string();
+        self.auth
+            .call(|r| AuthMsg::OpenSession(token, r), CALL_TIMEOUT)
+            .await?
+    }
+
+    /// End a dashboard session (durably).
+    pub async fn dashboard_sign_out(&self, secret: &str) -> Result<(), HubError> {
+        let secret = secret.to_string();
+        self.auth
+            .call(|r| AuthMsg::CloseSession(secret, r), CALL_TIMEOUT)
+            .await?
+    }
+
     pub fn new_message(
         &self,
         from: &str,

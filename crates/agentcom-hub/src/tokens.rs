@@ -6,6 +6,7 @@
 use agentcom_core::auth::Role;
 use agentcom_core::Millis;
 use agentcom_store::{decode, encode, StoreError, StoreReader, Table, TokenRecord, WriteOp};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The agent id given to the token created from `AGENTCOM_ADMIN_TOKEN`.
@@ -98,6 +99,91 @@ pub fn bootstrap(
     Ok(ops)
 }
 
+/// How long a dashboard sign-in lasts.
+pub const SESSION_TTL_MS: Millis = 7 * 24 * 3600 * 1000;
+/// Dashboard sessions live in `hub_meta` under this prefix, keyed by their secret's hash.
+const SESSION_PREFIX: &[u8] = b"dashboard_session:";
+
+/// A dashboard sign-in: the browser holds a random secret in its cookie, never the token
+/// itself; the store holds the secret's hash and which token it stands for. Revoking the
+/// token, signing out or expiry ends it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardSession {
+    /// The `auth_tokens` key (hash) of the token used to sign in.
+    pub token_key: String,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+}
+
+fn session_key(secret: &str) -> Vec<u8> {
+    let mut key = SESSION_PREFIX.to_vec();
+    key.extend_from_slice(hex::encode(Sha256::digest(secret.as_bytes())).as_bytes());
+    key
+}
+
+/// The writes that open a session for `token` (a fresh secret, returned) and drop the
+/// sessions that have expired or whose token is gone.
+pub fn open_session(
+    reader: &StoreReader,
+    token: &str,
+    now: Millis,
+) -> Result<(String, Vec<WriteOp>), StoreError> {
+    let mut ops = Vec::new();
+    for (key, bytes) in reader.scan_prefix(Table::HubMeta, SESSION_PREFIX)? {
+        let session: DashboardSession = decode(Table::HubMeta, &bytes)?;
+        let token_gone = reader
+            .get(Table::AuthTokens, session.token_key.as_bytes())?
+            .is_none();
+        if session.expires_at <= now || token_gone {
+            ops.push(WriteOp::Delete {
+                table: Table::HubMeta,
+                key,
+            });
+        }
+    }
+    let secret = mint();
+    let session = DashboardSession {
+        token_key: String::from_utf8(token_key(token)).expect("hex is UTF-8"),
+        created_at: now,
+        expires_at: now + SESSION_TTL_MS,
+    };
+    ops.push(WriteOp::Put {
+        table: Table::HubMeta,
+        key: session_key(&secret),
+        value: encode(&session),
+    });
+    Ok((secret, ops))
+}
+
+/// The token record a session secret stands for, if the session is open and unexpired
+/// and its token still exists.
+pub fn session_lookup(
+    reader: &StoreReader,
+    secret: &str,
+    now: Millis,
+) -> Result<Option<TokenRecord>, StoreError> {
+    let Some(session) =
+        reader.get_record::<DashboardSession>(Table::HubMeta, &session_key(secret))?
+    else {
+        return Ok(None);
+    };
+    if session.expires_at <= now {
+        return Ok(None);
+    }
+    match reader.get(Table::AuthTokens, session.token_key.as_bytes())? {
+        Some(bytes) => Ok(Some(decode(Table::AuthTokens, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// The write that ends a session.
+pub fn close_session(secret: &str) -> WriteOp {
+    WriteOp::Delete {
+        table: Table::HubMeta,
+        key: session_key(secret),
+    }
+}
+
 /// Does any admin token exist?
 pub fn has_admin(reader: &StoreReader) -> Result<bool, StoreError> {
     Ok(list(reader)?.iter().any(|(_, r)| r.role == Role::Admin))
@@ -146,6 +232,56 @@ mod tests {
         assert!(lookup(&reader, &t1).unwrap().is_none());
         assert!(lookup(&reader, &t2).unwrap().is_none());
         assert!(lookup(&reader, &t3).unwrap().is_some());
+    }
+
+    #[test]
+    fn sessions_stand_for_their_token_until_closed_expired_or_revoked() {
+        let (_dir, engine, reader) = store();
+        let token = mint();
+        engine
+            .apply(&[create("screen", Role::Viewer, &token, false, 1).1])
+            .unwrap();
+        let (secret, ops) = open_session(&reader, &token, 1_000).unwrap();
+        assert_eq!(ops.len(), 1);
+        engine.apply(&ops).unwrap();
+        assert_ne!(secret, token);
+        let found = session_lookup(&reader, &secret, 2_000).unwrap().unwrap();
+        assert_eq!(
+            (found.agent_id.as_str(), found.role),
+            ("screen", Role::Viewer)
+        );
+        assert!(
+            session_lookup(&reader, &token, 2_000).unwrap().is_none(),
+            "a token is not a session"
+        );
+        assert!(session_lookup(&reader, &mint(), 2_000).unwrap().is_none());
+        // Expiry.
+        let end = 1_000 + SESSION_TTL_MS;
+        assert!(session_lookup(&reader, &secret, end - 1).unwrap().is_some());
+        assert!(session_lookup(&reader, &secret, end).unwrap().is_none());
+        // The secret is stored hashed only.
+        let stored = reader.scan_prefix(Table::HubMeta, SESSION_PREFIX).unwrap();
+        assert_eq!(stored.len(), 1);
+        let raw = format!("{:?}", stored);
+        assert!(!raw.contains(&secret) && !raw.contains(&token));
+        // Closing.
+        engine.apply(&[close_session(&secret)]).unwrap();
+        assert!(session_lookup(&reader, &secret, 2_000).unwrap().is_none());
+        // Revoking the token ends its sessions; opening another prunes the dead ones.
+        let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
+        engine.apply(&ops).unwrap();
+        engine.apply(&revoke(&reader, "screen").unwrap()).unwrap();
+        assert!(session_lookup(&reader, &second, 3_001).unwrap().is_none());
+        let other = mint();
+        engine
+            .apply(&[create("ops", Role::Admin, &other, false, 4).1])
+            .unwrap();
+        let (_, ops) = open_session(&reader, &other, end + 10).unwrap();
+        assert_eq!(
+            ops.len(),
+            2,
+            "the revoked token's session is dropped: {ops:?}"
+        );
     }
 
     #[test]
