@@ -17,3 +17,4 @@ lint:
 bench:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
+    cargo bench -p agentcom --bench task_throughput

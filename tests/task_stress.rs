@@ -170,6 +170,9 @@ struct Agent {
     stop: Arc<AtomicBool>,
     /// `task_assign` pushes received while waiting for something else.
     pending: VecDeque<Value>,
+    /// (task, generation) pairs this agent learnt from `task_continue` rather than from a
+    /// `task_assign`: the push of the same assignment may still follow.
+    continued: HashSet<(String, u64)>,
     t0: Instant,
 }
 
@@ -259,7 +262,12 @@ impl Agent {
                 In::Json(v) => {
                     let ty = v["type"].as_str().unwrap_or("");
                     if ty == "task_assign" {
-                        if holding {
+                        // The push of an assignment learnt from task_continue is not new work.
+                        let continued = v["task_id"] == task_id
+                            && v["generation"].as_u64().is_some_and(|g| {
+                                self.continued.contains(&(task_id.to_string(), g))
+                            });
+                        if holding && !continued {
                             self.shared.overlaps.fetch_add(1, Ordering::Relaxed);
                             self.shared.problem(format!(
                                 "{} got task_assign {} (gen {}) while holding {task_id}",
@@ -336,6 +344,16 @@ impl Agent {
         ws
     }
 
+    fn record_generation(&self, task_id: &str, generation: u64) {
+        self.shared
+            .gens
+            .lock()
+            .unwrap()
+            .entry(task_id.to_string())
+            .or_default()
+            .push(generation);
+    }
+
     /// After a reconnect: ask whether the task is still ours; go on with it if so.
     async fn recover(&mut self, mut ws: WsStream, task_id: &str, generation: u64) -> WsStream {
         if !send(
@@ -356,11 +374,17 @@ impl Agent {
                 self.shared.continues.fetch_add(1, Ordering::Relaxed);
                 let g = v["generation"].as_u64().unwrap_or(0);
                 self.note(format!("task_continue {task_id} gen {g}"));
-                if g != generation {
+                if g < generation {
                     self.shared.problem(format!(
                         "{}: task_continue for {task_id} with gen {g}, assigned with gen {generation}",
                         self.id
                     ));
+                } else if g > generation {
+                    // Our disconnect returned the task to the queue and the scheduler gave
+                    // it back to this agent's new connection: the same task, a newer
+                    // assignment (its task_assign push comes too, and is not new work).
+                    self.record_generation(task_id, g);
+                    self.continued.insert((task_id.to_string(), g));
                 }
                 self.finish(ws, task_id, g).await
             }
@@ -386,14 +410,14 @@ impl Agent {
             ));
             return ws;
         };
+        if self.continued.remove(&(task_id.clone(), generation)) {
+            self.note(format!(
+                "task_assign {task_id} gen {generation}: already continued"
+            ));
+            return ws;
+        }
         self.shared.assigns.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .gens
-            .lock()
-            .unwrap()
-            .entry(task_id.clone())
-            .or_default()
-            .push(generation);
+        self.record_generation(&task_id, generation);
         let roll = self.rng.below(1000);
         self.note(format!(
             "task_assign {task_id} gen {generation} (roll {roll})"
@@ -484,6 +508,7 @@ async fn stress_50_agents_5000_tasks_with_failures_and_disconnects() {
             shared: shared.clone(),
             stop: stop.clone(),
             pending: VecDeque::new(),
+            continued: HashSet::new(),
             t0: test_start,
         };
         agents.push(tokio::spawn(agent.run()));

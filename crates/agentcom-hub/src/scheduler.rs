@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentcom_core::scheduler::{plan, QueuedTask};
+use agentcom_core::scheduler::plan;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::agents::{hand_over, AgentTable, FsmMsg};
@@ -111,62 +111,64 @@ impl Actor for Scheduler {
     }
 }
 
+/// One assignment: the FSM leaves idle first (F11), then the queue records it durably,
+/// then the FSM confirms and the agent is told (`hand_over`).
+async fn assign(args: &SchedulerArgs, task_id: String, agent_id: String) {
+    let Some(fsm) = args.agents.fsm_of(&agent_id) else {
+        return;
+    };
+    let t = task_id.clone();
+    if !matches!(
+        fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await,
+        Ok(ractor::rpc::CallResult::Success(true))
+    ) {
+        return;
+    }
+    if !args.test_assign_pause.is_zero() {
+        tokio::time::sleep(args.test_assign_pause).await;
+    }
+    let t = task_id.clone();
+    match args
+        .task_queue
+        .call(|r| TaskMsg::Assign(t, agent_id, r), CALL_TIMEOUT)
+        .await
+    {
+        Ok(Ok(task)) => hand_over(&fsm, task, &args.task_queue).await,
+        _ => {
+            let _ = fsm.send_message(FsmMsg::Released(task_id));
+        }
+    }
+}
+
 impl SchedulerState {
     async fn pass(&mut self) {
         let agents = self.args.agents.available();
         if agents.is_empty() {
             return;
         }
-        let Ok((queued, _)) = self
+        let Ok(tasks) = self
             .args
             .task_queue
-            .call(TaskMsg::Snapshot, CALL_TIMEOUT)
+            .call(TaskMsg::Queued, CALL_TIMEOUT)
             .await
         else {
             return;
         };
         let now = Instant::now();
         self.rejections.retain(|_, until| *until > now);
-        let tasks: Vec<QueuedTask> = queued
-            .iter()
-            .map(|t| QueuedTask {
-                id: t.id.clone(),
-                priority: t.priority,
-                created_at: t.created_at,
-                needed: t.needed_capabilities.clone(),
-            })
-            .collect();
         let rejections = &self.rejections;
         let pairs = plan(&agents, &tasks, |task, agent| {
             rejections.contains_key(&(task.to_string(), agent.to_string()))
         });
-        for (task_id, agent_id) in pairs {
-            let Some(fsm) = self.args.agents.fsm_of(&agent_id) else {
-                continue;
-            };
-            let t = task_id.clone();
-            if !matches!(
-                fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await,
-                Ok(ractor::rpc::CallResult::Success(true))
-            ) {
-                continue;
-            }
-            if !self.args.test_assign_pause.is_zero() {
-                tokio::time::sleep(self.args.test_assign_pause).await;
-            }
-            let (t, a) = (task_id.clone(), agent_id.clone());
-            match self
-                .args
-                .task_queue
-                .call(|r| TaskMsg::Assign(t, a, r), CALL_TIMEOUT)
-                .await
-            {
-                Ok(Ok(task)) => hand_over(&fsm, task, &self.args.task_queue).await,
-                _ => {
-                    let _ = fsm.send_message(FsmMsg::Released(task_id));
-                }
-            }
-        }
+        // The pairs share no task and no agent, so they are made concurrently: their
+        // durable writes share flushes (group commit) instead of waiting one by one.
+        let args = &self.args;
+        futures_util::future::join_all(
+            pairs
+                .into_iter()
+                .map(|(task_id, agent_id)| assign(args, task_id, agent_id)),
+        )
+        .await;
     }
 
     async fn stuck_sweep(&mut self) {

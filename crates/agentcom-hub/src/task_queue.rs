@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentcom_core::scheduler::QueuedTask;
 use agentcom_core::task::{FailOutcome, NewTask, Task, TaskError, TaskStatus};
 use agentcom_store::{decode, encode, StoreReader, Table, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -79,6 +80,8 @@ pub enum TaskMsg {
     List(TaskFilter, RpcReplyPort<Vec<Task>>),
     DeadLetters(RpcReplyPort<Vec<Task>>),
     Stats(RpcReplyPort<TaskStats>),
+    /// Queued tasks as the scheduler matches them (no full copies).
+    Queued(RpcReplyPort<Vec<QueuedTask>>),
     /// Queued tasks, and assigned tasks (for the scheduler).
     Snapshot(RpcReplyPort<(Vec<Task>, Vec<Task>)>),
     /// Overdue reclaim and completed-task pruning.
@@ -392,6 +395,20 @@ impl Actor for TaskQueue {
                     .filter(|t| t.status == TaskStatus::Queued)
                     .count();
                 let _ = reply.send(stats);
+            }
+            TaskMsg::Queued(reply) => {
+                let queued = state
+                    .active
+                    .values()
+                    .filter(|t| t.status == TaskStatus::Queued)
+                    .map(|t| QueuedTask {
+                        id: t.id.clone(),
+                        priority: t.priority,
+                        created_at: t.created_at,
+                        needed: t.needed_capabilities.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(queued);
             }
             TaskMsg::Snapshot(reply) => {
                 let queued = state
