@@ -1,0 +1,339 @@
+//! The store actor over sled: acknowledgements follow a flush, concurrent writers share
+//! flushes (group commit), and `Barrier` waits for earlier writes to be applied only.
+//!
+//! The engine is wrapped so that a test can count flushes, hold a flush open (a closed
+//! gate) and make the next flush fail: the interleavings are then decided by the test.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use agentcom_hub::service::{Reply, Service, ServiceError, Slot};
+use agentcom_hub::store::{Durability, StoreActor, StoreArgs, StoreMsg, WriteResult};
+use agentcom_store::{
+    Engine, Record, SledEngine, StoreError, StoreReader, Table, TableStats, WriteOp,
+};
+use common::{eventually, within, WAIT};
+use ractor::Actor;
+
+/// The engine's record visitor (`agentcom_store`'s `Visitor`, which it does not export).
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
+
+/// Sled, with flushes that the test can count, hold and fail.
+struct GatedEngine {
+    sled: SledEngine,
+    flushes_started: AtomicUsize,
+    flushes_done: AtomicUsize,
+    fail_next_flush: AtomicBool,
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl GatedEngine {
+    fn open(dir: &std::path::Path) -> Arc<GatedEngine> {
+        Arc::new(GatedEngine {
+            sled: SledEngine::open(dir).expect("sled opens"),
+            flushes_started: AtomicUsize::new(0),
+            flushes_done: AtomicUsize::new(0),
+            fail_next_flush: AtomicBool::new(false),
+            open: Mutex::new(true),
+            opened: Condvar::new(),
+        })
+    }
+
+    /// Flushes that start from now on block until [`GatedEngine::release`].
+    fn hold(&self) {
+        *self.open.lock().unwrap() = false;
+    }
+
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn started(&self) -> usize {
+        self.flushes_started.load(Ordering::SeqCst)
+    }
+}
+
+impl Engine for GatedEngine {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.sled.get(table, key)
+    }
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
+        self.sled.scan_prefix(table, prefix)
+    }
+    fn range(&self, t: Table, from: &[u8], to: &[u8], n: usize) -> Result<Vec<Record>, StoreError> {
+        self.sled.range(t, from, to, n)
+    }
+    fn last_with_prefix(&self, t: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError> {
+        self.sled.last_with_prefix(t, prefix)
+    }
+    fn for_each(&self, table: Table, f: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.sled.for_each(table, f)
+    }
+    fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        self.sled.apply(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.flushes_started.fetch_add(1, Ordering::SeqCst);
+        let open = self.open.lock().unwrap();
+        // Bounded, so that a broken test cannot hang forever.
+        let (_open, waited) = self
+            .opened
+            .wait_timeout_while(open, WAIT * 2, |open| !*open)
+            .unwrap();
+        assert!(!waited.timed_out(), "a held flush was never released");
+        let result = if self.fail_next_flush.swap(false, Ordering::SeqCst) {
+            Err(StoreError::Engine("injected flush failure (test)".into()))
+        } else {
+            self.sled.flush()
+        };
+        self.flushes_done.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+    fn stats(&self, table: Table) -> TableStats {
+        self.sled.stats(table)
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.sled.size_on_disk()
+    }
+    fn was_recovered(&self) -> bool {
+        self.sled.was_recovered()
+    }
+    fn name(&self) -> &'static str {
+        "gated-sled"
+    }
+}
+
+struct Store {
+    engine: Arc<GatedEngine>,
+    reader: StoreReader,
+    service: Service<StoreMsg>,
+    actor: ractor::ActorRef<StoreMsg>,
+    _dir: tempfile::TempDir,
+}
+
+async fn store(durability: Durability) -> Store {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let engine = GatedEngine::open(dir.path());
+    let args = StoreArgs {
+        engine: engine.clone(),
+        durability,
+    };
+    let (actor, _) = Actor::spawn(None, StoreActor, args)
+        .await
+        .expect("store starts");
+    let slot = Slot::new();
+    slot.fill(actor.clone());
+    Store {
+        reader: StoreReader::new(engine.clone()),
+        service: slot.service("store"),
+        engine,
+        actor,
+        _dir: dir,
+    }
+}
+
+impl Drop for Store {
+    /// A failing test must not leave a flush held (it would hold up the runtime's end).
+    fn drop(&mut self) {
+        self.engine.release();
+    }
+}
+
+fn assert_acked(answer: Result<WriteResult, ServiceError>) {
+    assert!(matches!(answer, Ok(Ok(()))), "not acknowledged: {answer:?}");
+}
+
+fn key(n: usize) -> Vec<u8> {
+    format!("key-{n:04}").into_bytes()
+}
+
+fn put(n: usize) -> Vec<WriteOp> {
+    vec![WriteOp::Put {
+        table: Table::HubMeta,
+        key: key(n),
+        value: format!("value-{n}").into_bytes(),
+    }]
+}
+
+impl Store {
+    /// Send a write; the answer comes once it is durable.
+    async fn write(&self, n: usize) -> Reply<WriteResult> {
+        self.service
+            .request(|r| StoreMsg::Write(put(n), r), WAIT)
+            .await
+            .expect("the store takes the write")
+    }
+
+    async fn barrier(&self) {
+        self.service
+            .call(StoreMsg::Barrier, WAIT)
+            .await
+            .expect("the store answers Barrier");
+    }
+
+    fn visible(&self, n: usize) -> bool {
+        let value = self.reader.get(Table::HubMeta, &key(n)).expect("read");
+        value == Some(format!("value-{n}").into_bytes())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_write_is_flushed_and_readable() {
+    let s = store(Durability::GroupCommit).await;
+    for n in 0..10 {
+        let before = s.engine.flushes_done.load(Ordering::SeqCst);
+        let ack = s.write(n).await.wait(WAIT).await.expect("answered");
+        assert!(ack.is_ok(), "{ack:?}");
+        assert!(s.visible(n), "write {n} acknowledged but not readable");
+        assert!(
+            s.engine.flushes_done.load(Ordering::SeqCst) > before,
+            "write {n} acknowledged without a flush after it"
+        );
+    }
+    assert_eq!(s.reader.stats(Table::HubMeta).record_count, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_one_flush_and_none_is_acknowledged_before_it() {
+    let s = Arc::new(store(Durability::GroupCommit).await);
+    s.engine.hold();
+    // The first write's flush starts and is held open.
+    let first = s.write(0).await;
+    eventually("the first flush starts", || s.engine.started() == 1).await;
+
+    let writers = 50;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in 1..=writers {
+        let (s, acked) = (s.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let result = s.write(n).await.wait(WAIT).await;
+            acked.fetch_add(1, Ordering::SeqCst);
+            result
+        }));
+    }
+    // Every write is applied (visible) while the flush is held ...
+    eventually("every write is visible", || {
+        (1..=writers).all(|n| s.visible(n))
+    })
+    .await;
+    // ... and, past this barrier, every one is waiting for the committer.
+    s.barrier().await;
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        0,
+        "acknowledged before a flush"
+    );
+    assert_eq!(
+        s.engine.started(),
+        1,
+        "a second flush started while one was held"
+    );
+
+    s.engine.release();
+    assert_acked(first.wait(WAIT).await);
+    for task in tasks {
+        assert_acked(within("a writer finishes", task).await.unwrap());
+    }
+    // One flush for the first write, one shared by the fifty that waited behind it.
+    assert_eq!(s.engine.started(), 2);
+    assert_eq!(
+        s.reader.stats(Table::HubMeta).record_count,
+        writers as u64 + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrier_waits_for_earlier_writes_to_be_applied_not_flushed() {
+    let s = store(Durability::GroupCommit).await;
+    s.engine.hold();
+    let first = s.write(0).await;
+    eventually("the first flush starts", || s.engine.started() == 1).await;
+    let mut pending = Vec::new();
+    for n in 1..=20 {
+        pending.push(s.write(n).await);
+    }
+    // No polling: the barrier alone guarantees that everything sent before it is visible.
+    within("the barrier answers while the flush is held", s.barrier()).await;
+    for n in 0..=20 {
+        assert!(
+            s.visible(n),
+            "write {n} sent before the barrier is not visible"
+        );
+    }
+    s.engine.release();
+    assert_acked(first.wait(WAIT).await);
+    for reply in pending {
+        assert_acked(reply.wait(WAIT).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_flush_fails_every_write_that_shared_it_but_they_stay_applied() {
+    let s = store(Durability::GroupCommit).await;
+    s.engine.hold();
+    s.engine.fail_next_flush.store(true, Ordering::SeqCst);
+    let mut pending = vec![s.write(0).await];
+    eventually("the failing flush starts", || s.engine.started() == 1).await;
+    // These wait for the next flush, which succeeds.
+    for n in 1..=5 {
+        pending.push(s.write(n).await);
+    }
+    s.barrier().await;
+    s.engine.release();
+    let results: Vec<_> = futures_results(pending).await;
+    assert!(
+        matches!(results[0], Err(StoreError::Engine(_))),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[1..].iter().all(Result::is_ok), "{results:?}");
+    // "An error does not always mean not written": the failed write is applied.
+    assert!((0..=5).all(|n| s.visible(n)));
+}
+
+async fn futures_results(pending: Vec<Reply<WriteResult>>) -> Vec<WriteResult> {
+    let mut out = Vec::new();
+    for reply in pending {
+        out.push(reply.wait(WAIT).await.expect("answered"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_each_write_gives_every_write_its_own_flush() {
+    let s = store(Durability::FlushEachWrite).await;
+    let mut pending = Vec::new();
+    for n in 0..10 {
+        pending.push(s.write(n).await);
+    }
+    assert!(futures_results(pending).await.iter().all(Result::is_ok));
+    assert_eq!(s.engine.flushes_done.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_store_still_answers_every_write_it_took() {
+    let s = store(Durability::GroupCommit).await;
+    s.engine.hold();
+    let mut pending = Vec::new();
+    for n in 0..10 {
+        pending.push(s.write(n).await);
+    }
+    eventually("a flush starts", || s.engine.started() >= 1).await;
+    // Stop the instance (as a restart by name does) while its acknowledgements are held.
+    let actor = s.actor.clone();
+    let stopping =
+        tokio::spawn(async move { actor.drain_and_wait(Some(Duration::from_secs(10))).await });
+    s.engine.release();
+    within("the store stops", stopping)
+        .await
+        .unwrap()
+        .expect("drained");
+    assert!(futures_results(pending).await.iter().all(Result::is_ok));
+    assert!((0..10).all(|n| s.visible(n)));
+}
