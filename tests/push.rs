@@ -483,3 +483,34 @@ async fn a_silent_push_service_does_not_hold_up_others() {
     let r = hub.get("/health", None).await;
     assert_eq!(r.status, 200);
 }
+
+/// A hub shutting down closes every agent's connection itself: that is not an alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_shutting_down_sends_no_agent_offline_alerts() {
+    let mut service = PushService::start().await;
+    let mut hub = TestHub::start_with(&NO_HEALTH_PUSH).await;
+    let browser = Browser::new();
+    subscribe(
+        &hub,
+        ADMIN,
+        browser.subscription(&format!("{}/push/ops", service.base)),
+    )
+    .await;
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let id = format!("s{i}");
+        let token = hub.token(&id, "agent").await;
+        agents.push(hub.identify(&id, &token, json!({})).await);
+    }
+    // One agent leaving while the hub runs is an alert (so pushes do work here).
+    drop(agents.pop());
+    assert_eq!(
+        browser.decrypt(&service.next().await.body)["body"],
+        "Agent offline: s2"
+    );
+    assert!(hub.terminate().await.success());
+    assert!(
+        service.quiet(Duration::from_millis(1000)).await.is_none(),
+        "no alerts for the agents a shutdown disconnects"
+    );
+}

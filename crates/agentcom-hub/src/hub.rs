@@ -112,6 +112,7 @@ impl Hub {
             task_latency: Arc::default(),
             supervisor: Arc::new(std::sync::OnceLock::new()),
             engine: engine.clone(),
+            shutting_down: Arc::default(),
         };
 
         let s = services.clone();
@@ -279,6 +280,7 @@ impl Hub {
                         dashboard: s.dashboard.clone(),
                         health_interval: s.settings.push_health_interval,
                         subject: s.settings.push_subject.clone(),
+                        shutting_down: s.shutting_down.clone(),
                     };
                     (Notifier, args)
                 }
@@ -426,6 +428,8 @@ impl Hub {
     /// Close every websocket (1001), stop every actor after it finishes its queued
     /// messages, and flush the store.
     pub async fn shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let reason = CloseReason::new(sessions::close_code::GOING_AWAY, "hub shutting down");
         let _ = self
             .sessions

@@ -10,6 +10,7 @@
 //! with the VAPID key (RFC 8292) and sent from its own task, so a slow push service never
 //! holds the notifier up; a subscription its push service calls gone (404, 410) is dropped.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +87,8 @@ pub struct NotifierArgs {
     pub health_interval: Duration,
     /// The VAPID `sub` claim.
     pub subject: String,
+    /// Set while the hub shuts down: the agents it disconnects are not alerted about.
+    pub shutting_down: Arc<AtomicBool>,
 }
 
 pub struct NotifierState {
@@ -99,6 +102,7 @@ pub struct NotifierState {
     /// The health status last seen (the original started from ok, too).
     last_status: Status,
     client: PushClient,
+    shutting_down: Arc<AtomicBool>,
     /// Kept for its subscription, which ends when the state is dropped.
     _subscribed: Subscribed<NotifierMsg>,
 }
@@ -171,6 +175,7 @@ impl Actor for Notifier {
             dashboard: args.dashboard,
             last_status: Status::Ok,
             client: PushClient::default(),
+            shutting_down: args.shutting_down,
             _subscribed: subscribed,
         })
     }
@@ -198,7 +203,10 @@ impl Actor for Notifier {
                 let _ = reply.send(state.subscriptions.len());
             }
             NotifierMsg::AgentLeft(agent_id) => {
-                state.push_all(&myself, &format!("Agent offline: {agent_id}"));
+                // A hub shutting down closes every connection itself: not an alert.
+                if !state.shutting_down.load(Ordering::SeqCst) {
+                    state.push_all(&myself, &format!("Agent offline: {agent_id}"));
+                }
             }
             NotifierMsg::HealthCheck => {
                 let Ok(snapshot) = state

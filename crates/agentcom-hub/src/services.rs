@@ -62,6 +62,8 @@ pub struct Services {
     /// The root supervisor, set once it runs.
     pub supervisor: Arc<std::sync::OnceLock<ractor::ActorRef<crate::supervisor::SupervisorMsg>>>,
     pub engine: Arc<dyn agentcom_store::Engine>,
+    /// Set when the hub begins to shut down (agents leaving then are not news).
+    pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long an HTTP (un)subscription waits for the agent's live connection to follow.
