@@ -240,6 +240,25 @@ impl Actor for Notifier {
     }
 }
 
+/// The alert as the service worker reads it, shortened (at a character boundary, with
+/// "…") so that the JSON fits in one push.
+fn alert_payload(body: &str) -> String {
+    let payload = |body: &str| {
+        json!({"title": "AgentCom Alert", "body": body, "icon": "/favicon.ico"}).to_string()
+    };
+    let mut text = payload(body);
+    let mut keep = body.len();
+    while text.len() > webpush::MAX_PAYLOAD && keep > 0 {
+        // Drop at least the excess (escapes may make it more), then back to a boundary.
+        keep = keep.saturating_sub((text.len() - webpush::MAX_PAYLOAD).max(1));
+        while !body.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        text = payload(&format!("{}…", &body[..keep]));
+    }
+    text
+}
+
 fn severity(status: Status) -> u8 {
     match status {
         Status::Ok => 0,
@@ -265,10 +284,7 @@ impl NotifierState {
 
     /// Send the alert to every subscriber, each from its own task.
     fn push_all(&self, myself: &ActorRef<NotifierMsg>, body: &str) {
-        let payload = json!({"title": "AgentCom Alert", "body": body, "icon": "/favicon.ico"});
-        let mut payload = payload.to_string().into_bytes();
-        payload.truncate(webpush::MAX_PAYLOAD);
-        let payload: Arc<[u8]> = payload.into();
+        let payload: Arc<[u8]> = alert_payload(body).into_bytes().into();
         for subscription in &self.subscriptions {
             let (subscription, payload) = (subscription.clone(), payload.clone());
             let (signer, subject) = (self.signer.clone(), self.subject.clone());
@@ -304,6 +320,26 @@ impl NotifierState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_alerts_are_shortened_to_valid_json_that_fits_one_push() {
+        let short = alert_payload("Agent offline: a1");
+        assert_eq!(
+            serde_json::from_str::<Value>(&short).unwrap(),
+            json!({"title": "AgentCom Alert", "body": "Agent offline: a1", "icon": "/favicon.ico"})
+        );
+        let names: Vec<String> = (0..2000).map(|i| format!("agent-ü-{i}")).collect();
+        let long = format!("Health warning: Agent offline: {}", names.join(", "));
+        let text = alert_payload(&long);
+        assert!(text.len() <= webpush::MAX_PAYLOAD, "{}", text.len());
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let body = v["body"].as_str().unwrap();
+        assert!(body.ends_with('…') && long.starts_with(body.trim_end_matches('…')));
+        assert!(
+            body.len() > webpush::MAX_PAYLOAD / 2,
+            "not cut more than needed"
+        );
+    }
 
     #[test]
     fn keys_are_an_uncompressed_p256_point_and_a_scalar() {
