@@ -655,9 +655,15 @@ async fn backup_and_health_routes_are_admin_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_backup_requests_share_one_run() {
     let bdir = tempfile::tempdir().unwrap();
-    let hub = hub_with_backups(bdir.path(), &["--backup-keep", "10"]).await;
+    // Every run waits a second before it writes, so that all the concurrent requests below
+    // arrive during one run however loaded the machine is (seen once in a loaded run: a
+    // request that came after a quick run had ended started a second one).
+    let hub = hub_with_backups(
+        bdir.path(),
+        &["--backup-keep", "10", "--test-backup-pause", "1s"],
+    )
+    .await;
     let alpha = hub.token("alpha", "agent").await;
-    // About 12 MB, so a run lasts long enough for every request to arrive during it.
     bulk(&hub.addr, &alpha, 120, 100).await;
     let first = backup_now(&hub.addr).await;
     let before = backup_ids(bdir.path());

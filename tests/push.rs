@@ -320,6 +320,10 @@ async fn subscriptions_survive_restarts_and_gone_ones_are_dropped() {
         .await,
         "a 410 drops the subscription"
     );
+    // The drop is written at once but the restart below is a kill -9: wait until it is
+    // durable. The notifier writes in order, so an acknowledged (durable) subscribe made
+    // after the drop covers it.
+    subscribe(&hub, ADMIN, browser.subscription(&kept)).await;
     hub.restart().await;
     let token = hub.token("w2", "agent").await;
     drop(hub.identify("w2", &token, json!({})).await);

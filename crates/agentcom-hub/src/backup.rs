@@ -69,6 +69,8 @@ pub struct BackupArgs {
     pub backup_dir: PathBuf,
     pub keep: usize,
     pub interval: Duration,
+    /// Test hook (zero unless `--test-hooks`): a pause before each run writes anything.
+    pub test_pause: Duration,
 }
 
 pub struct BackupState {
@@ -140,8 +142,9 @@ impl Actor for BackupActor {
                         state.args.store.clone(),
                         state.args.backup_dir.clone(),
                     );
-                    let me = myself.clone();
+                    let (me, pause) = (myself.clone(), state.args.test_pause);
                     tokio::spawn(async move {
+                        tokio::time::sleep(pause).await;
                         let result = run(engine, store, dir).await;
                         let _ = me.send_message(BackupMsg::Finished(result));
                     });

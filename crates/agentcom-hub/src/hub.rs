@@ -295,6 +295,7 @@ impl Hub {
                         backup_dir: s.settings.backup_dir.clone(),
                         keep: s.settings.backup_keep,
                         interval: s.settings.backup_interval,
+                        test_pause: s.settings.test_backup_pause,
                     };
                     (BackupActor, args)
                 }

@@ -96,6 +96,8 @@ pub struct HubSettings {
     pub test_hooks: bool,
     /// Test hook: pause between an FSM taking a task and the queue recording it.
     pub test_assign_pause: Duration,
+    /// Test hook: a pause at the start of every backup run.
+    pub test_backup_pause: Duration,
     /// A connection silent for longer than this is closed by the reaper.
     pub presence_ttl: Duration,
     pub reaper_interval: Duration,
@@ -124,6 +126,7 @@ impl Default for HubSettings {
             restart_policy: RestartPolicy::default(),
             test_hooks: false,
             test_assign_pause: Duration::ZERO,
+            test_backup_pause: Duration::ZERO,
             presence_ttl: Duration::from_secs(60),
             reaper_interval: Duration::from_secs(30),
             accept_timeout: Duration::from_secs(60),

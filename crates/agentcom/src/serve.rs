@@ -43,6 +43,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     let hub_settings = HubSettings {
         test_hooks: settings.test_hooks,
         test_assign_pause: settings.test_assign_pause,
+        test_backup_pause: settings.test_backup_pause,
         presence_ttl: settings.presence_ttl,
         reaper_interval: settings.reaper_interval,
         accept_timeout: settings.accept_timeout,

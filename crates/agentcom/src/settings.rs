@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// the queue recording it, to widen that race window. Ignored without `--test-hooks`.
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub test_assign_pause: Option<Duration>,
+    /// Test hook: every backup run waits this long before it starts writing, so that
+    /// tests can make requests arrive during a run. Ignored without `--test-hooks`.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub test_backup_pause: Option<Duration>,
 }
 
 /// The TOML file: the same keys, snake_case, durations and sizes as strings.
@@ -177,6 +181,7 @@ pub struct Settings {
     pub max_ws_message_bytes: u64,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
+    pub test_backup_pause: Duration,
 }
 
 fn secs(s: u64) -> Duration {
@@ -284,6 +289,10 @@ impl Settings {
             test_hooks: args.test_hooks.unwrap_or(false),
             test_assign_pause: match args.test_hooks {
                 Some(true) => args.test_assign_pause.unwrap_or_default(),
+                _ => Duration::ZERO,
+            },
+            test_backup_pause: match args.test_hooks {
+                Some(true) => args.test_backup_pause.unwrap_or_default(),
                 _ => Duration::ZERO,
             },
             data_dir,
