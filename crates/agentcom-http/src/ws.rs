@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use agentcom_hub::protocol::Outbound;
 use agentcom_hub::sessions::{
-    CloseReason, Inbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
+    CloseReason, Inbound, QueuedFrame, SessionArgs, SessionIo, SessionKind, SessionMsg,
+    OUTBOUND_QUEUE,
 };
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
@@ -205,7 +205,7 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
 /// Encode and send what the session queues; send the close frame it asks for.
 async fn write_loop<S>(
     mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

@@ -20,6 +20,11 @@ use crate::Principal;
 /// Outbound queue capacity of one connection.
 pub const OUTBOUND_QUEUE: usize = 128;
 
+/// One queued frame. Boxed: the queue allocates its slots in blocks of 32 and keeps up to
+/// four blocks after a burst (such as a join storm) for the life of the connection, so
+/// each slot is one pointer, not a whole [`Outbound`] (docs/BENCHMARKS.md).
+pub type QueuedFrame = Box<Outbound>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
     Agent,
@@ -64,7 +69,7 @@ pub mod close_code {
 
 /// The connection side of a session, owned by the HTTP layer's socket tasks.
 pub struct SessionIo {
-    pub outbound: mpsc::Sender<Outbound>,
+    pub outbound: mpsc::Sender<QueuedFrame>,
     pub close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -245,7 +250,8 @@ impl SessionState {
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
     pub(crate) fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(Box::new(frame))
+        {
             tracing::warn!(
                 session = self.kind.as_str(),
                 "outbound queue full; disconnecting"
