@@ -107,7 +107,7 @@ pub struct SessionArgs {
 pub struct SessionState {
     pub(crate) kind: SessionKind,
     io: SessionIo,
-    pub(crate) services: Services,
+    pub(crate) services: Arc<Services>,
     subscribed: Subscribed<SessionMsg>,
     pub(crate) agent: AgentSession,
     principal: Option<Principal>,
@@ -121,7 +121,7 @@ pub struct Session;
 impl Actor for Session {
     type Msg = SessionMsg;
     type State = SessionState;
-    type Arguments = (SessionArgs, Services);
+    type Arguments = (SessionArgs, Arc<Services>);
 
     async fn pre_start(
         &self,
@@ -319,19 +319,20 @@ pub enum SessionsMsg {
 pub struct Sessions;
 
 pub struct SessionsState {
-    services: Services,
+    /// Shared with every session (a clone is a pointer, not the whole set of handles).
+    services: Arc<Services>,
     open: HashMap<ActorId, (SessionKind, ActorRef<SessionMsg>)>,
 }
 
 impl Actor for Sessions {
     type Msg = SessionsMsg;
     type State = SessionsState;
-    type Arguments = Services;
+    type Arguments = Arc<Services>;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        services: Services,
+        services: Arc<Services>,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SessionsState {
             services,
