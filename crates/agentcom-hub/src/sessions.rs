@@ -129,13 +129,15 @@ impl Actor for Session {
         (args, services): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let subscriptions = services.subscriptions.clone();
+        let wrap = match args.kind {
+            SessionKind::Agent => deliver_to_agent,
+            SessionKind::Dashboard => deliver,
+        };
         let mut state = SessionState {
             kind: args.kind,
             io: args.io,
             services,
-            subscribed: Subscribed::new(subscriptions, myself.clone(), |e| {
-                Some(SessionMsg::Deliver(e.clone()))
-            }),
+            subscribed: Subscribed::new(subscriptions, myself.clone(), wrap),
             agent: AgentSession::default(),
             principal: args.principal,
             pending: Vec::new(),
@@ -227,6 +229,20 @@ impl Actor for Session {
         Box::pin(crate::agent_session::leave(&myself, state)).await;
         state.unsubscribe_all();
         Ok(())
+    }
+}
+
+fn deliver(event: &Arc<HubEvent>) -> Option<SessionMsg> {
+    Some(SessionMsg::Deliver(event.clone()))
+}
+
+/// FSM states on the `presence` topic are for dashboards and never become an agent's
+/// push, so they do not enter an agent session's mailbox: in a join storm that is one
+/// message fewer per identify for every connected agent (memory per agent, SPEC §2).
+fn deliver_to_agent(event: &Arc<HubEvent>) -> Option<SessionMsg> {
+    match event.as_ref() {
+        HubEvent::AgentState { .. } => None,
+        _ => deliver(event),
     }
 }
 
