@@ -3,19 +3,22 @@
 
 use std::time::Duration;
 
-use agentcom_hub::protocol::Outbound;
 use agentcom_hub::sessions::{
-    CloseReason, Inbound, SessionArgs, SessionIo, SessionKind, SessionMsg, OUTBOUND_QUEUE,
+    CloseReason, Inbound, QueuedFrame, SessionArgs, SessionIo, SessionKind, SessionMsg,
+    OUTBOUND_QUEUE,
 };
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::Full;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -79,24 +82,11 @@ fn upgrade(
     let limit = app.settings.max_ws_message_bytes;
     let idle = app.settings.ws_idle_timeout;
     tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = WebSocketConfig::default()
-                    // Small: an idle connection keeps its read buffer (docs/BENCHMARKS.md);
-                    // larger messages still arrive, in more reads.
-                    .read_buffer_size(1024)
-                    .write_buffer_size(0)
-                    .max_message_size(Some(limit))
-                    .max_frame_size(Some(limit));
-                let stream = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                Box::pin(run_socket(hub, kind, principal, stream, idle)).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        // The set-up runs in its own short-lived (boxed) future, so that the task, which
+        // lives as long as the connection, holds only what the read side needs.
+        let opened = Box::pin(open_socket(on_upgrade, hub, kind, principal, limit)).await;
+        if let Some(socket) = opened {
+            run_socket(socket, idle).await;
         }
     });
     let mut res = hyper::Response::new(Full::new(Bytes::new()));
@@ -111,15 +101,38 @@ fn upgrade(
     Ok(res)
 }
 
-async fn run_socket<S>(
+/// A connection whose session is open and whose writer task runs: what its reader needs.
+struct OpenSocket<S> {
+    source: SplitStream<WebSocketStream<S>>,
+    session: ActorRef<SessionMsg>,
+    writer: JoinHandle<()>,
+    kind: SessionKind,
+}
+
+/// Complete the upgrade, open the session and start the writer.
+async fn open_socket(
+    on_upgrade: OnUpgrade,
     hub: Hub,
     kind: SessionKind,
     principal: Option<Principal>,
-    stream: WebSocketStream<S>,
-    idle: Duration,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    limit: usize,
+) -> Option<OpenSocket<TokioIo<Upgraded>>> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            return None;
+        }
+    };
+    let config = WebSocketConfig::default()
+        // Small: an idle connection keeps its read buffer (docs/BENCHMARKS.md); larger
+        // messages still arrive, in more reads.
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let stream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (close_tx, close_rx) = watch::channel(None);
     let args = SessionArgs {
@@ -130,17 +143,31 @@ async fn run_socket<S>(
             close: close_tx,
         },
     };
-    let (mut sink, mut source) = stream.split();
-    let session = match Box::pin(hub.open_session(args)).await {
+    let (mut sink, source) = stream.split();
+    let session = match hub.open_session(args).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not open a session");
             let _ = sink.send(close(1011, "hub unavailable")).await;
-            return;
+            return None;
         }
     };
     let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
-    match read_loop(&mut source, &session, idle, kind).await {
+    Some(OpenSocket {
+        source,
+        session,
+        writer,
+        kind,
+    })
+}
+
+/// Read until the connection ends, then end the session and wait for the writer.
+async fn run_socket<S>(mut socket: OpenSocket<S>, idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let session = &socket.session;
+    match read_loop(&mut socket.source, session, idle, socket.kind).await {
         // The session closes the socket itself, after the frames it already queued.
         Some(reason) => {
             if session.send_message(SessionMsg::Close(reason)).is_err() {
@@ -149,7 +176,7 @@ async fn run_socket<S>(
         }
         None => session.stop(Some("connection closed".into())),
     }
-    let _ = writer.await;
+    let _ = socket.writer.await;
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -162,7 +189,7 @@ fn close(code: u16, reason: &str) -> Message {
 /// Read frames until the client goes away (`None`), the connection idles out or a frame
 /// breaks a limit (the close to send); each understood frame goes to the session actor.
 async fn read_loop<S>(
-    source: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
+    source: &mut SplitStream<WebSocketStream<S>>,
     session: &ActorRef<SessionMsg>,
     idle: Duration,
     kind: SessionKind,
@@ -200,8 +227,8 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
 
 /// Encode and send what the session queues; send the close frame it asks for.
 async fn write_loop<S>(
-    mut sink: futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,

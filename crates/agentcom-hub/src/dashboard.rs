@@ -72,12 +72,12 @@ pub enum DashboardMsg {
 }
 
 pub struct DashboardArgs {
-    pub services: Services,
+    pub services: Arc<Services>,
     pub sample_interval: Duration,
 }
 
 pub struct DashboardState {
-    services: Services,
+    services: Arc<Services>,
     started_at: Millis,
     completed: u64,
     failed: u64,

@@ -40,7 +40,8 @@ use crate::{now_ms, HubError, HubSettings, CALL_TIMEOUT};
 pub struct Hub {
     supervisor: ActorRef<SupervisorMsg>,
     engine: Arc<dyn Engine>,
-    services: Services,
+    /// Shared: every session and the HTTP server hold a handle, and the struct is large.
+    services: Arc<Services>,
     started_at: Millis,
 }
 
@@ -85,7 +86,7 @@ impl Hub {
             slot::<AgentsMsg>(),
             slot::<SchedulerMsg>(),
         );
-        let services = Services {
+        let services = Arc::new(Services {
             settings: settings.clone(),
             reader: reader.clone(),
             publisher: Publisher::new(pubsub_s.service("pubsub")),
@@ -113,7 +114,7 @@ impl Hub {
             supervisor: Arc::new(std::sync::OnceLock::new()),
             engine: engine.clone(),
             shutting_down: Arc::default(),
-        };
+        });
 
         let s = services.clone();
         let (e, durability) = (engine.clone(), settings.durability);

@@ -20,6 +20,11 @@ use crate::Principal;
 /// Outbound queue capacity of one connection.
 pub const OUTBOUND_QUEUE: usize = 128;
 
+/// One queued frame. Boxed: the queue allocates its slots in blocks of 32 and keeps up to
+/// four blocks after a burst (such as a join storm) for the life of the connection, so
+/// each slot is one pointer, not a whole [`Outbound`] (docs/BENCHMARKS.md).
+pub type QueuedFrame = Box<Outbound>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionKind {
     Agent,
@@ -64,7 +69,7 @@ pub mod close_code {
 
 /// The connection side of a session, owned by the HTTP layer's socket tasks.
 pub struct SessionIo {
-    pub outbound: mpsc::Sender<Outbound>,
+    pub outbound: mpsc::Sender<QueuedFrame>,
     pub close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -102,7 +107,7 @@ pub struct SessionArgs {
 pub struct SessionState {
     pub(crate) kind: SessionKind,
     io: SessionIo,
-    pub(crate) services: Services,
+    pub(crate) services: Arc<Services>,
     subscribed: Subscribed<SessionMsg>,
     pub(crate) agent: AgentSession,
     principal: Option<Principal>,
@@ -116,7 +121,7 @@ pub struct Session;
 impl Actor for Session {
     type Msg = SessionMsg;
     type State = SessionState;
-    type Arguments = (SessionArgs, Services);
+    type Arguments = (SessionArgs, Arc<Services>);
 
     async fn pre_start(
         &self,
@@ -124,13 +129,15 @@ impl Actor for Session {
         (args, services): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let subscriptions = services.subscriptions.clone();
+        let wrap = match args.kind {
+            SessionKind::Agent => deliver_to_agent,
+            SessionKind::Dashboard => deliver,
+        };
         let mut state = SessionState {
             kind: args.kind,
             io: args.io,
             services,
-            subscribed: Subscribed::new(subscriptions, myself.clone(), |e| {
-                Some(SessionMsg::Deliver(e.clone()))
-            }),
+            subscribed: Subscribed::new(subscriptions, myself.clone(), wrap),
             agent: AgentSession::default(),
             principal: args.principal,
             pending: Vec::new(),
@@ -225,6 +232,20 @@ impl Actor for Session {
     }
 }
 
+fn deliver(event: &Arc<HubEvent>) -> Option<SessionMsg> {
+    Some(SessionMsg::Deliver(event.clone()))
+}
+
+/// FSM states on the `presence` topic are for dashboards and never become an agent's
+/// push, so they do not enter an agent session's mailbox: in a join storm that is one
+/// message fewer per identify for every connected agent (memory per agent, SPEC §2).
+fn deliver_to_agent(event: &Arc<HubEvent>) -> Option<SessionMsg> {
+    match event.as_ref() {
+        HubEvent::AgentState { .. } => None,
+        _ => deliver(event),
+    }
+}
+
 impl SessionState {
     /// Subscribe this session to a topic (once: repeated calls change nothing).
     pub(crate) fn subscribe(&mut self, topic: Topic) {
@@ -245,7 +266,8 @@ impl SessionState {
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
     pub(crate) fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(Box::new(frame))
+        {
             tracing::warn!(
                 session = self.kind.as_str(),
                 "outbound queue full; disconnecting"
@@ -313,19 +335,20 @@ pub enum SessionsMsg {
 pub struct Sessions;
 
 pub struct SessionsState {
-    services: Services,
+    /// Shared with every session (a clone is a pointer, not the whole set of handles).
+    services: Arc<Services>,
     open: HashMap<ActorId, (SessionKind, ActorRef<SessionMsg>)>,
 }
 
 impl Actor for Sessions {
     type Msg = SessionsMsg;
     type State = SessionsState;
-    type Arguments = Services;
+    type Arguments = Arc<Services>;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        services: Services,
+        services: Arc<Services>,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SessionsState {
             services,

@@ -4,16 +4,26 @@
 //! `cargo bench -p agentcom --bench idle_connections` (IDLE_BENCH_AGENTS sets N, default
 //! 10,000; the process limit on open files must allow N + a few hundred, on both sides).
 //! Without `--bench` it runs a 200-agent smoke.
+//!
+//! Every identify is pushed to every identified agent, N²/2 pushes in all (50 million at
+//! N = 10,000). So that the clients on the same machine keep up, they speak just enough
+//! websocket to upgrade and identify, then read and discard raw bytes; and agents identify
+//! in batches of [`BATCH`], each once the hub has sent everything the previous one caused,
+//! so a session never has more than a batch of pushes waiting (its outbound queue holds
+//! 128 frames; a client that falls further behind is cut off, and the run fails).
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN: &str = "abababababababababababababababababababababababababababababababab";
+
+/// Agents that identify together; below the outbound queue's 128 frames.
+const BATCH: usize = 100;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
@@ -38,6 +48,85 @@ async fn post(addr: &str, path: &str, body: String) -> String {
         .await
         .expect("read");
     out
+}
+
+/// A client text frame; masked (as clients must) with the all-zero key.
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut frame = vec![0x81];
+    match text.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// Read until `needle` has arrived (it may span reads).
+async fn read_until(stream: &mut TcpStream, needle: &[u8], what: &str) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(needle.len()).any(|w| w == needle) {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "connection closed during {what}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    seen
+}
+
+/// Open `/ws` and, given an identify frame, identify; then read and discard whatever the
+/// hub sends (counted in `received`) until it closes the connection (counted in `closed`).
+async fn agent(
+    addr: String,
+    identify: Option<String>,
+    received: Arc<AtomicU64>,
+    closed: Arc<AtomicUsize>,
+) {
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    let upgrade = format!("GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    stream
+        .write_all(upgrade.as_bytes())
+        .await
+        .expect("upgrade request");
+    let head = read_until(&mut stream, b"\r\n\r\n", "the upgrade").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "upgrade refused: {}",
+        String::from_utf8_lossy(&head)
+    );
+    if let Some(identify) = identify {
+        stream
+            .write_all(&text_frame(&identify))
+            .await
+            .expect("identify");
+        read_until(&mut stream, b"\"type\":\"identified\"", "identify").await;
+    }
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.fetch_add(n as u64, Ordering::Relaxed),
+            };
+        }
+        closed.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// Wait until nothing has arrived for `quiet`.
+async fn until_quiet(received: &AtomicU64, quiet: Duration) {
+    let mut last = received.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(quiet).await;
+        let now = received.load(Ordering::Relaxed);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 fn main() {
@@ -97,39 +186,21 @@ fn main() {
         let before = rss_kib(pid);
 
         let t = Instant::now();
-        let mut sinks = Vec::with_capacity(n);
-        for chunk in tokens.chunks(100) {
+        let (received, closed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+        for chunk in tokens.chunks(BATCH) {
             let batch: Vec<_> = chunk
                 .iter()
-                .cloned()
                 .map(|(i, token)| {
-                    let addr = addr.clone();
-                    tokio::spawn(async move {
-                        let stream = TcpStream::connect(&addr).await.expect("connect");
-                        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await.expect("upgrade");
-                        if !identify_agents {
-                            let (sink, mut stream) = ws.split();
-                            tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-                            return sink;
-                        }
-                        let identify = format!("{{\"type\":\"identify\",\"agent_id\":\"idle-{i}\",\"token\":\"{token}\"}}");
-                        ws.send(Message::Text(identify.into())).await.expect("send");
-                        loop {
-                            match ws.next().await {
-                                Some(Ok(Message::Text(t))) if t.as_str().contains("\"identified\"") => break,
-                                Some(Ok(_)) => continue,
-                                other => panic!("identify failed: {other:?}"),
-                            }
-                        }
-                        // An idle agent still reads what the hub pushes (as a real client does).
-                        let (sink, mut stream) = ws.split();
-                        tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-                        sink
-                    })
+                    let identify = identify_agents
+                        .then(|| format!("{{\"type\":\"identify\",\"agent_id\":\"idle-{i}\",\"token\":\"{token}\"}}"));
+                    tokio::spawn(agent(addr.clone(), identify, received.clone(), closed.clone()))
                 })
                 .collect();
             for b in batch {
-                sinks.push(b.await.unwrap());
+                b.await.unwrap();
+            }
+            if identify_agents {
+                until_quiet(&received, Duration::from_millis(100)).await;
             }
         }
         let connect_s = t.elapsed().as_secs_f64();
@@ -147,16 +218,18 @@ fn main() {
         // The hub hands freed memory back to the system every 10 s: measure after that.
         tokio::time::sleep(Duration::from_secs(12)).await;
         let after = rss_kib(pid);
+        let cut_off = closed.load(Ordering::Relaxed);
+        assert_eq!(cut_off, 0, "the hub closed {cut_off} connections (slow consumers?)");
         let per = (after.saturating_sub(before)) as f64 * 1024.0 / n as f64;
         println!();
         println!("| measure | value |");
         println!("|---|---:|");
         println!("| {} | {n} |", if identify_agents { "identified idle agents" } else { "idle connections (not identified)" });
         println!("| connect + identify all | {connect_s:.1} s |");
+        println!("| pushes received, all agents | {:.0} MiB |", received.load(Ordering::Relaxed) as f64 / (1 << 20) as f64);
         println!("| hub RSS before the connections | {:.1} MiB |", before as f64 / 1024.0);
         println!("| hub RSS with every agent idle | {:.1} MiB |", after as f64 / 1024.0);
         println!("| **memory per idle connection** | **{:.1} KiB** (target ≤ 20 KB = 19.5 KiB; {:.2}x of it) |", per / 1024.0, per / 20_000.0);
-        drop(sinks);
         let _ = hub.start_kill();
     });
 }
