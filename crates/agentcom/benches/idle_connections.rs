@@ -12,15 +12,16 @@
 //! so a session never has more than a batch of pushes waiting (its outbound queue holds
 //! 128 frames; a client that falls further behind is cut off, and the run fails).
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const ADMIN: &str = "abababababababababababababababababababababababababababababababab";
+mod support;
+
+use support::{start_hub, ADMIN};
 
 /// Agents that identify together; below the outbound queue's 128 frames.
 const BATCH: usize = 100;
@@ -143,25 +144,8 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let data = tempfile::tempdir().expect("temp dir");
-        let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentcom"))
-            .args(["serve", "--bind", "127.0.0.1:0", "--admin-token", ADMIN, "--ws-idle-timeout", "1h", "--presence-ttl", "1h", "--backup-interval", "24h"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("AGENTCOM_LOG", "error")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the hub");
+        let (mut hub, addr) = start_hub(data.path()).await;
         let pid = hub.id().expect("pid");
-        let mut lines = BufReader::new(hub.stdout.take().unwrap()).lines();
-        let mut addr = String::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(a) = line.strip_prefix("AgentCom listening on http://") {
-                addr = a.to_string();
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         // Tokens first (they are stored, not part of what a connection costs).
         let t = Instant::now();

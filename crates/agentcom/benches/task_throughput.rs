@@ -12,7 +12,6 @@
 //! TASK_BENCH_AGENTS, default 32; TASK_BENCH_SUBMITTERS, default 16). Without `--bench`
 //! it runs a small smoke.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,11 +21,13 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-const ADMIN: &str = "abababababababababababababababababababababababababababababababab";
+mod support;
+
+use support::{start_hub, ADMIN};
+
 /// Transitions each completed task goes through, each one durable before its answer.
 const TRANSITIONS_PER_TASK: usize = 4;
 
@@ -74,41 +75,6 @@ impl Client {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
     }
-}
-
-async fn start_hub(data: &std::path::Path) -> (tokio::process::Child, String) {
-    let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentcom"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--backup-interval",
-            "24h",
-            "--ws-idle-timeout",
-            "1h",
-            "--presence-ttl",
-            "1h",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .env("AGENTCOM_LOG", "error")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the hub");
-    let mut lines = BufReader::new(hub.stdout.take().unwrap()).lines();
-    let mut addr = String::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some(a) = line.strip_prefix("AgentCom listening on http://") {
-            addr = a.to_string();
-            break;
-        }
-    }
-    assert!(!addr.is_empty(), "the hub printed no address");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (hub, addr)
 }
 
 /// Acknowledged config writes per second with `clients` concurrent keep-alive clients.
