@@ -220,9 +220,8 @@ impl DashboardState {
             .ok();
         let assigned = s
             .task_queue
-            .call(TaskMsg::Snapshot, PART_DEADLINE)
+            .call(TaskMsg::Assigned, PART_DEADLINE)
             .await
-            .map(|(_, a)| a)
             .unwrap_or_default();
         let storage = tokio::time::timeout(PART_DEADLINE, s.storage_health())
             .await

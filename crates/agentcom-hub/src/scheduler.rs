@@ -172,10 +172,10 @@ impl SchedulerState {
     }
 
     async fn stuck_sweep(&mut self) {
-        let Ok((_, assigned)) = self
+        let Ok(assigned) = self
             .args
             .task_queue
-            .call(TaskMsg::Snapshot, CALL_TIMEOUT)
+            .call(TaskMsg::Assigned, CALL_TIMEOUT)
             .await
         else {
             return;

@@ -82,8 +82,8 @@ pub enum TaskMsg {
     Stats(RpcReplyPort<TaskStats>),
     /// Queued tasks as the scheduler matches them (no full copies).
     Queued(RpcReplyPort<Vec<QueuedTask>>),
-    /// Queued tasks, and assigned tasks (for the scheduler).
-    Snapshot(RpcReplyPort<(Vec<Task>, Vec<Task>)>),
+    /// Assigned tasks (for the stuck sweep and the dashboard's stuck-task condition).
+    Assigned(RpcReplyPort<Vec<Task>>),
     /// Overdue reclaim and completed-task pruning.
     Sweep,
 }
@@ -410,20 +410,14 @@ impl Actor for TaskQueue {
                     .collect();
                 let _ = reply.send(queued);
             }
-            TaskMsg::Snapshot(reply) => {
-                let queued = state
-                    .active
-                    .values()
-                    .filter(|t| t.status == TaskStatus::Queued)
-                    .cloned()
-                    .collect();
+            TaskMsg::Assigned(reply) => {
                 let assigned = state
                     .active
                     .values()
                     .filter(|t| t.status == TaskStatus::Assigned)
                     .cloned()
                     .collect();
-                let _ = reply.send((queued, assigned));
+                let _ = reply.send(assigned);
             }
             TaskMsg::Sweep => {
                 let overdue: Vec<String> = state
