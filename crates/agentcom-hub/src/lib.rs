@@ -64,6 +64,15 @@ pub struct Principal {
     pub role: Role,
 }
 
+impl From<agentcom_store::TokenRecord> for Principal {
+    fn from(record: agentcom_store::TokenRecord) -> Self {
+        Principal {
+            agent_id: record.agent_id,
+            role: record.role,
+        }
+    }
+}
+
 /// Everything a hub operation can fail with. The HTTP layer maps each variant to one
 /// status code and one error code, in one place.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -79,20 +79,12 @@ pub fn message_id() -> String {
 impl Services {
     /// The owner of `token`, if it is a live token.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
-        Ok(tokens::lookup(&self.reader, token)?.map(|r| Principal {
-            agent_id: r.agent_id,
-            role: r.role,
-        }))
+        Ok(tokens::lookup(&self.reader, token)?.map(Principal::from))
     }
 
     /// The owner of the token a dashboard session stands for, if the session is live.
     pub fn authenticate_session(&self, secret: &str) -> Result<Option<Principal>, HubError> {
-        Ok(
-            tokens::session_lookup(&self.reader, secret, now_ms())?.map(|r| Principal {
-                agent_id: r.agent_id,
-                role: r.role,
-            }),
-        )
+        Ok(tokens::session_lookup(&self.reader, secret, now_ms())?.map(Principal::from))
     }
 
     /// Open a dashboard session for `token` (already checked); its secret, once durable.

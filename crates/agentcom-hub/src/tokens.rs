@@ -49,10 +49,7 @@ pub fn create(
 
 /// Look a presented token up.
 pub fn lookup(reader: &StoreReader, token: &str) -> Result<Option<TokenRecord>, StoreError> {
-    match reader.get(Table::AuthTokens, &token_key(token))? {
-        Some(bytes) => Ok(Some(decode(Table::AuthTokens, &bytes)?)),
-        None => Ok(None),
-    }
+    reader.get_record(Table::AuthTokens, &token_key(token))
 }
 
 /// Every token record with its key, oldest first.
@@ -170,10 +167,7 @@ pub fn session_lookup(
     if session.expires_at <= now {
         return Ok(None);
     }
-    match reader.get(Table::AuthTokens, session.token_key.as_bytes())? {
-        Some(bytes) => Ok(Some(decode(Table::AuthTokens, &bytes)?)),
-        None => Ok(None),
-    }
+    reader.get_record(Table::AuthTokens, session.token_key.as_bytes())
 }
 
 /// The write that ends a session.
