@@ -236,6 +236,15 @@ impl Settings {
             return Err("max_body_bytes and max_ws_message_bytes must be positive".into());
         }
         let public_url = args.public_url.or(file.public_url);
+        // Test-hook pauses count only with test hooks on.
+        let test_hooks = args.test_hooks.unwrap_or(false);
+        let hook = |pause: Option<Duration>| {
+            if test_hooks {
+                pause.unwrap_or_default()
+            } else {
+                Duration::ZERO
+            }
+        };
         macro_rules! dur {
             ($name:ident, $default:expr) => {
                 args.$name
@@ -286,15 +295,9 @@ impl Settings {
                     .filter(|u| u.starts_with("https://"))
                     .unwrap_or_else(|| "mailto:agentcom@localhost".into()),
             },
-            test_hooks: args.test_hooks.unwrap_or(false),
-            test_assign_pause: match args.test_hooks {
-                Some(true) => args.test_assign_pause.unwrap_or_default(),
-                _ => Duration::ZERO,
-            },
-            test_backup_pause: match args.test_hooks {
-                Some(true) => args.test_backup_pause.unwrap_or_default(),
-                _ => Duration::ZERO,
-            },
+            test_hooks,
+            test_assign_pause: hook(args.test_assign_pause),
+            test_backup_pause: hook(args.test_backup_pause),
             data_dir,
             backup_dir,
             admin_token,
