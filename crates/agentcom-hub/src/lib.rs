@@ -57,6 +57,13 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// `N` bytes from the operating system's random source (ids, tokens, keys).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes
+}
+
 /// Who is calling: the owner of a verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

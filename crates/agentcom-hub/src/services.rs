@@ -71,9 +71,7 @@ const ATTACH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A fresh message id: 16 lowercase hex characters.
 pub fn message_id() -> String {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    hex::encode(bytes)
+    hex::encode(crate::random_bytes::<8>())
 }
 
 impl Services {

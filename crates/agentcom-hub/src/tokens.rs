@@ -14,9 +14,7 @@ pub const BOOTSTRAP_ADMIN_ID: &str = "admin";
 
 /// A fresh random token.
 pub fn mint() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    hex::encode(bytes)
+    hex::encode(crate::random_bytes::<32>())
 }
 
 /// The `auth_tokens` key of a token: its SHA-256, hex-encoded.

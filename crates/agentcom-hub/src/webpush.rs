@@ -90,8 +90,7 @@ fn is_loopback(host: &str) -> bool {
 /// A fresh P-256 secret from the operating system's random source.
 pub fn random_secret() -> SecretKey {
     loop {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).expect("the operating system's random source works");
+        let bytes = crate::random_bytes::<32>();
         // A value at or above the group order (probability ~2^-32) is simply redrawn.
         if let Ok(secret) = SecretKey::from_slice(&bytes) {
             return secret;
@@ -101,8 +100,7 @@ pub fn random_secret() -> SecretKey {
 
 /// Encrypt `payload` for the subscription (RFC 8291) with a fresh key pair and salt.
 pub fn encrypt(payload: &[u8], to: &Subscription) -> Vec<u8> {
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).expect("the operating system's random source works");
+    let salt = crate::random_bytes::<16>();
     encrypt_with(payload, &to.p256dh, &to.auth, &random_secret(), &salt)
 }
 
