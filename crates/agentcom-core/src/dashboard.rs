@@ -33,7 +33,8 @@ pub struct StorageInputs {
     pub last_run_unverified: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered by severity: `Ok < Warning < Critical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
     Ok,
     Warning,
@@ -122,6 +123,11 @@ mod tests {
             stale_after_ms: 48 * 3_600_000,
             ..StorageInputs::default()
         }
+    }
+
+    #[test]
+    fn statuses_order_by_severity() {
+        assert!(Status::Ok < Status::Warning && Status::Warning < Status::Critical);
     }
 
     #[test]

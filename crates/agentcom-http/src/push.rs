@@ -115,7 +115,7 @@ pub fn dashboard_page() -> Response {
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site
 /// sends it), and `Secure` when the hub is published over https.
-fn session_cookie(app: &App, value: &str, max_age: u64) -> HeaderValue {
+fn set_session_cookie(app: &App, value: &str, max_age: u64) -> HeaderValue {
     let secure = app
         .settings
         .public_url
@@ -152,8 +152,10 @@ pub async fn login(app: &App, req: Request) -> ApiResult {
     let mut res =
         ok(json!({"status": "signed_in", "agent_id": who.agent_id, "role": who.role.as_str()}));
     let max_age = agentcom_hub::tokens::SESSION_TTL_MS / 1000;
-    res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(app, &secret, max_age));
+    res.headers_mut().insert(
+        header::SET_COOKIE,
+        set_session_cookie(app, &secret, max_age),
+    );
     Ok(res)
 }
 
@@ -173,6 +175,6 @@ pub async fn logout(app: &App, req: Request) -> ApiResult {
     }
     let mut res = ok(json!({"status": "signed_out"}));
     res.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(app, "", 0));
+        .insert(header::SET_COOKIE, set_session_cookie(app, "", 0));
     Ok(res)
 }

@@ -218,7 +218,7 @@ impl Actor for Notifier {
                 };
                 let (before, now) = (state.last_status, snapshot.status);
                 state.last_status = now;
-                if severity(now) > severity(before) {
+                if now > before {
                     let body = format!(
                         "Health {}: {}",
                         now.as_str(),
@@ -257,14 +257,6 @@ fn alert_payload(body: &str) -> String {
         text = payload(&format!("{}…", &body[..keep]));
     }
     text
-}
-
-fn severity(status: Status) -> u8 {
-    match status {
-        Status::Ok => 0,
-        Status::Warning => 1,
-        Status::Critical => 2,
-    }
 }
 
 impl NotifierState {
