@@ -4,7 +4,7 @@
 # test runner driving Debian's Chromium through playwright-core against the real binary).
 #
 # Installs what the tests need on a fresh Debian machine, once: Chromium (apt) when
-# /usr/bin/chromium is absent, Node.js (apt) when `node` is absent, and web/node_modules
+# /usr/bin/chromium is absent, strace (apt) when absent, Node.js (apt) when `node` is absent, and web/node_modules
 # (`npm ci`, pinned by web/package-lock.json) when it is missing. Runs both suites and
 # fails if either fails.
 set -euo pipefail
@@ -30,6 +30,8 @@ apt_install() {
 }
 
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
+# tests/sync_strace.rs checks every acknowledgement follows a real fsync, under strace.
+if ! command -v strace >/dev/null 2>&1; then apt_install strace; fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
 if [ ! -f web/node_modules/playwright-core/package.json ]; then
   echo "==> npm ci (web/)"

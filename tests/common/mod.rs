@@ -32,6 +32,8 @@ pub struct TestHub {
     child: Option<Child>,
     data: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// A program the hub runs under (`strace …`), empty for none.
+    wrapper: Vec<String>,
 }
 
 impl TestHub {
@@ -42,14 +44,21 @@ impl TestHub {
 
     /// Start a hub with extra `serve` flags.
     pub async fn start_with(extra: &[&str]) -> TestHub {
+        TestHub::start_wrapped(&[], extra).await
+    }
+
+    /// Start a hub under another program: `wrapper` followed by the hub's command line.
+    pub async fn start_wrapped(wrapper: &[&str], extra: &[&str]) -> TestHub {
         let data = tempfile::tempdir().expect("temp dir");
         let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(data.path(), &extra_args).await;
+        let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&wrapper, data.path(), &extra_args).await;
         TestHub {
             addr,
             child: Some(child),
             data,
             extra_args,
+            wrapper,
         }
     }
 
@@ -97,7 +106,7 @@ impl TestHub {
     /// Start the hub again on the same data directory (a new port).
     pub async fn restart(&mut self) {
         self.kill9().await;
-        let (child, addr) = spawn(self.data.path(), &self.extra_args).await;
+        let (child, addr) = spawn(&self.wrapper, self.data.path(), &self.extra_args).await;
         self.child = Some(child);
         self.addr = addr;
     }
@@ -178,8 +187,15 @@ impl Drop for TestHub {
     }
 }
 
-async fn spawn(data: &Path, extra: &[String]) -> (Child, String) {
-    let mut cmd = Command::new(binary());
+async fn spawn(wrapper: &[String], data: &Path, extra: &[String]) -> (Child, String) {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(binary());
+            cmd
+        }
+        None => Command::new(binary()),
+    };
     cmd.arg("serve")
         .arg("--bind")
         .arg("127.0.0.1:0")

@@ -1,8 +1,16 @@
 //! The sled engine: one tree per table, plus an internal `__stats` tree holding the
 //! per-table counters, updated in the same transaction as the writes they count.
+//!
+//! Durability: sled 0.34's own flush writes the log with `sync_file_range`, which neither
+//! flushes the disk's write cache nor the file's metadata, and writes blob files without
+//! any sync at all (sled issue #1452). [`SledFiles`] completes every flush with real syncs.
 
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
@@ -21,6 +29,88 @@ pub struct SledEngine {
     trees: Vec<sled::Tree>,
     counts: Vec<AtomicU64>,
     bytes: Vec<AtomicU64>,
+    files: Mutex<SledFiles>,
+}
+
+/// The files sled 0.34.7 keeps under its directory, and what has been synced of them.
+///
+/// The layout, from sled's source (`config.rs`: `db_path`, `config_path`, `blob_path`;
+/// `pagecache/snapshot.rs`: `write_snapshot`):
+/// - `db`: the log, written in place by `pwrite` and `sync_file_range`;
+/// - `conf`: the storage parameters, written once at creation, without a sync;
+/// - `blobs/<lsn>`: one file per value too large for a log segment, created with
+///   `create_new` and never modified, written without a sync; removed by sled's GC;
+/// - `snap.<lsn>`: snapshots, synced by sled and renamed into place (no directory sync).
+///
+/// `sled_layout_is_what_the_syncs_assume` fails if an upgrade changes this.
+struct SledFiles {
+    dir: PathBuf,
+    log: File,
+    /// The entries of the sled directory as of the last directory sync.
+    dir_entries: BTreeSet<OsString>,
+    /// The blob files already synced (they never change once written).
+    blobs: BTreeSet<OsString>,
+}
+
+impl SledFiles {
+    /// Sync every file and directory of a freshly opened store, `data_dir` included, so
+    /// that the store's creation (or sled's recovery writes) are durable.
+    fn open(data_dir: &Path, dir: &Path) -> std::io::Result<SledFiles> {
+        let log = File::open(dir.join("db"))?;
+        let mut files = SledFiles {
+            dir: dir.to_path_buf(),
+            log,
+            dir_entries: BTreeSet::new(),
+            blobs: BTreeSet::new(),
+        };
+        for name in list_dir(dir)? {
+            let path = dir.join(&name);
+            if path.is_file() {
+                File::open(&path)?.sync_all()?;
+            }
+        }
+        files.sync()?;
+        sync_dir(data_dir)?;
+        Ok(files)
+    }
+
+    /// Make durable everything sled has written: the log's data (and its size), every blob
+    /// file written since the last call, and the directory entries sled created, renamed
+    /// or removed. Called after sled's own flush, so it covers every write flushed by it.
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.log.sync_data()?;
+        let blob_dir = self.dir.join("blobs");
+        let blobs = list_dir(&blob_dir)?;
+        if blobs != self.blobs {
+            for name in blobs.difference(&self.blobs) {
+                match File::open(blob_dir.join(name)) {
+                    Ok(f) => f.sync_data()?,
+                    // Written and collected again since the listing.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            sync_dir(&blob_dir)?;
+            self.blobs = blobs;
+        }
+        let entries = list_dir(&self.dir)?;
+        if entries != self.dir_entries {
+            sync_dir(&self.dir)?;
+            self.dir_entries = entries;
+        }
+        Ok(())
+    }
+}
+
+fn list_dir(dir: &Path) -> std::io::Result<BTreeSet<OsString>> {
+    std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect()
+}
+
+/// `fsync` a directory, making the creation, renaming and removal of its entries durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 impl SledEngine {
@@ -40,14 +130,21 @@ impl SledEngine {
             );
         }
         trees.push(db.open_tree(STATS_TREE).map_err(|e| open_error(&path, e))?);
+        db.flush().map_err(|e| open_error(&path, e))?;
+        let files = SledFiles::open(data_dir, &path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("could not sync the store's files: {e}"),
+        })?;
         let engine = SledEngine {
             db,
             path,
             trees,
             counts: Table::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             bytes: Table::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            files: Mutex::new(files),
         };
         engine.load_stats()?;
+        engine.flush()?;
         Ok(engine)
     }
 
@@ -236,8 +333,13 @@ impl Engine for SledEngine {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        // One sync at a time: a flush that waits here is covered by the next sync, which
+        // begins after its writes reached the files.
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
-        Ok(())
+        files
+            .sync()
+            .map_err(|e| StoreError::Engine(format!("could not sync the store's files: {e}")))
     }
 
     fn stats(&self, table: Table) -> TableStats {
@@ -309,6 +411,40 @@ mod tests {
             engine.get(Table::AgentcomConfig, b"a").unwrap().unwrap(),
             b"333"
         );
+    }
+
+    /// The syncs in [`SledFiles`] assume sled's file layout; a sled upgrade that changes it
+    /// must fail here rather than silently leave files unsynced.
+    #[test]
+    fn sled_layout_is_what_the_syncs_assume() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        // Larger than a quarter segment (sled's blob threshold): stored as a blob file.
+        let big = vec![b'x'; 300 * 1024];
+        engine
+            .apply(&[WriteOp::Put {
+                table: Table::HubMeta,
+                key: b"big".to_vec(),
+                value: big.clone(),
+            }])
+            .unwrap();
+        engine.flush().unwrap();
+        let db = dir.path().join("db");
+        for name in list_dir(&db).unwrap() {
+            let name = name.to_string_lossy().into_owned();
+            assert!(
+                name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap."),
+                "sled wrote a file the syncs do not know: {name}"
+            );
+        }
+        assert!(db.join("db").is_file() && db.join("conf").is_file());
+        let blobs = list_dir(&db.join("blobs")).unwrap();
+        assert_eq!(blobs.len(), 1, "the large value is a blob file");
+        let files = engine.files.lock().unwrap();
+        assert_eq!(files.blobs, blobs, "the flush synced the new blob file");
+        assert!(files.dir_entries.contains(std::ffi::OsStr::new("blobs")));
+        drop(files);
+        assert_eq!(engine.get(Table::HubMeta, b"big").unwrap().unwrap(), big);
     }
 
     #[test]
