@@ -31,6 +31,8 @@ pub struct StorageInputs {
     pub last_run_error: Option<String>,
     /// … or wrote a backup that did not verify (its id).
     pub last_run_unverified: Option<String>,
+    /// Records moved to quarantine because they could not be read back.
+    pub quarantined_records: u64,
 }
 
 /// Ordered by severity: `Ok < Warning < Critical`.
@@ -97,6 +99,12 @@ pub fn compute_health(i: &HealthInputs) -> (Status, Vec<String>) {
         } else if let Some(id) = &s.last_run_unverified {
             conditions.push(format!("Last backup not verified: {id}"));
         }
+        if s.quarantined_records > 0 {
+            conditions.push(format!(
+                "Quarantined records: {} could not be read back (see the quarantine table)",
+                s.quarantined_records
+            ));
+        }
     }
     for (name, streak) in &i.looping_actors {
         conditions.push(format!(
@@ -156,6 +164,7 @@ mod tests {
                 wasted_bytes: 100 << 20,
                 last_run_error: Some("disk full".into()),
                 last_run_unverified: None,
+                quarantined_records: 2,
             }),
             looping_actors: vec![("config".into(), 4)],
         };
@@ -171,6 +180,7 @@ mod tests {
                 "DETS backup stale: last backup 50h ago",
                 "DETS fragmentation >50%: store (100 MiB wasted)",
                 "Last backup failed: disk full",
+                "Quarantined records: 2 could not be read back (see the quarantine table)",
                 "Actor restarting repeatedly: config (4 crashes in a row)",
             ]
         );

@@ -41,11 +41,16 @@ impl HealthStatus {
     }
 }
 
-/// The seed's rule: unhealthy if both flags hold, warning if one does.
-pub fn health_status(stale_backup: bool, high_fragmentation: bool) -> HealthStatus {
+/// The seed's rule: unhealthy if both flags hold, warning if one does. Records moved to
+/// quarantine (they could not be read back) are a warning too.
+pub fn health_status(
+    stale_backup: bool,
+    high_fragmentation: bool,
+    quarantined: bool,
+) -> HealthStatus {
     match (stale_backup, high_fragmentation) {
         (true, true) => HealthStatus::Unhealthy,
-        (false, false) => HealthStatus::Healthy,
+        (false, false) if !quarantined => HealthStatus::Healthy,
         _ => HealthStatus::Warning,
     }
 }
@@ -72,9 +77,10 @@ mod tests {
         assert!(stale_backup(None, 10, 5));
         assert!(stale_backup(Some(1), 10, 5));
         assert!(!stale_backup(Some(6), 10, 5));
-        assert_eq!(health_status(false, false), HealthStatus::Healthy);
-        assert_eq!(health_status(true, false), HealthStatus::Warning);
-        assert_eq!(health_status(false, true), HealthStatus::Warning);
-        assert_eq!(health_status(true, true), HealthStatus::Unhealthy);
+        assert_eq!(health_status(false, false, false), HealthStatus::Healthy);
+        assert_eq!(health_status(true, false, false), HealthStatus::Warning);
+        assert_eq!(health_status(false, true, false), HealthStatus::Warning);
+        assert_eq!(health_status(false, false, true), HealthStatus::Warning);
+        assert_eq!(health_status(true, true, false), HealthStatus::Unhealthy);
     }
 }

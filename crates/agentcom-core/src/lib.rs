@@ -12,6 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod fsm;
 pub mod health;
+pub mod json;
 pub mod message;
 pub mod metrics;
 pub mod scheduler;

@@ -1,5 +1,6 @@
 //! Request and response plumbing shared by every handler: JSON bodies, errors, auth.
 
+use agentcom_core::json::{client_depth_ok, MAX_CLIENT_DEPTH};
 use agentcom_core::task::TaskError;
 use agentcom_hub::service::ServiceError;
 use agentcom_hub::supervisor::SupervisorError;
@@ -89,6 +90,9 @@ impl From<HubError> for ApiError {
             HubError::Service(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "actor_unavailable")
             }
+            HubError::Store(agentcom_store::StoreError::Refused(why)) => {
+                return ApiError::bad_request("invalid_body").with("message", why)
+            }
             HubError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             HubError::Supervisor(SupervisorError::UnknownActor(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, "actor_not_found")
@@ -150,6 +154,12 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
         .to_bytes();
     if content_type.is_none() || bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
+    }
+    if !client_depth_ok(&bytes) {
+        return Err(ApiError::bad_request("invalid_json").with(
+            "message",
+            format!("JSON may nest at most {MAX_CLIENT_DEPTH} levels deep"),
+        ));
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json").with("message", e.to_string()))

@@ -208,6 +208,13 @@ pub async fn metrics(app: &App, req: Request) -> ApiResult {
         "gauge",
         &[(String::new(), health.fragmentation_ratio)],
     );
+    gauge(
+        &mut out,
+        "agentcom_quarantined_records",
+        "Records moved to the quarantine table because they could not be read back.",
+        "gauge",
+        &[(String::new(), health.quarantined_records as f64)],
+    );
     let records: Vec<(String, f64)> = health
         .tables
         .iter()

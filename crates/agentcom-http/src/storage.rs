@@ -105,6 +105,7 @@ fn health_json(h: &StorageHealth) -> Value {
             "fragmentation_ratio": h.fragmentation_ratio,
             "fragmentation_floor": h.fragmentation_floor,
             "was_recovered": h.was_recovered,
+            "quarantined_records": h.quarantined_records,
         },
         "scope": {
             "tables.file_size_bytes": "logical bytes (keys and values) of the table's live records; the engine keeps one file set for the whole store",

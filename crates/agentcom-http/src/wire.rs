@@ -194,7 +194,7 @@ pub fn snapshot(s: &agentcom_hub::dashboard::Snapshot) -> Value {
             "next_backup_at": h.next_backup_at,
             "last_backup_results": h.last_run.as_ref().map(|r| json!({"at": r.at, "backup_id": r.backup_id, "status": if r.ok { "ok" } else { "error" }, "verified": r.verified, "error": r.error})),
             "health_status": h.health_status,
-            "store": {"engine": h.engine, "size_on_disk": h.size_on_disk, "live_bytes": h.live_bytes, "fragmentation_ratio": h.fragmentation_ratio},
+            "store": {"engine": h.engine, "size_on_disk": h.size_on_disk, "live_bytes": h.live_bytes, "fragmentation_ratio": h.fragmentation_ratio, "quarantined_records": h.quarantined_records},
         })
     });
     let actors: Vec<Value> = s

@@ -218,6 +218,9 @@ where
 }
 
 fn parse(text: &str, kind: SessionKind) -> Inbound {
+    if !agentcom_core::json::client_depth_ok(text.as_bytes()) {
+        return Inbound::Malformed("invalid_json");
+    }
     match (serde_json::from_str::<Value>(text), kind) {
         (Err(_), _) => Inbound::Malformed("invalid_json"),
         (Ok(v), SessionKind::Agent) => Inbound::Agent(crate::frames::parse_agent(v)),

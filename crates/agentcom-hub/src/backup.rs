@@ -349,4 +349,6 @@ pub struct StorageHealth {
     pub fragmentation_ratio: f64,
     pub fragmentation_floor: u64,
     pub was_recovered: bool,
+    /// Records in the `quarantine` table: moved aside at start-up, unreadable.
+    pub quarantined_records: u64,
 }

@@ -268,6 +268,7 @@ impl DashboardState {
                     .as_ref()
                     .filter(|r| r.ok && !r.verified)
                     .and_then(|r| r.backup_id.clone()),
+                quarantined_records: h.quarantined_records,
             }),
             looping_actors: actors
                 .iter()

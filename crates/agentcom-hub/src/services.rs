@@ -486,8 +486,12 @@ impl Services {
             self.settings.backup_stale_after.as_millis() as u64,
         );
         let high = health::high_fragmentation(size_on_disk, live_bytes, floor);
+        let quarantined = self
+            .reader
+            .stats(agentcom_store::Table::Quarantine)
+            .record_count;
         Ok(StorageHealth {
-            health_status: health::health_status(stale, high).as_str(),
+            health_status: health::health_status(stale, high, quarantined > 0).as_str(),
             stale_backup: stale,
             high_fragmentation: high,
             last_backup_at,
@@ -500,6 +504,7 @@ impl Services {
             fragmentation_ratio: health::fragmentation_ratio(size_on_disk, live_bytes),
             fragmentation_floor: floor,
             was_recovered: self.reader.was_recovered(),
+            quarantined_records: quarantined,
         })
     }
 

@@ -106,6 +106,11 @@ impl Actor for StoreActor {
                 return Ok(());
             }
         };
+        if let Err(e) = check_batch(&batch) {
+            tracing::warn!(actor = "store", error = %e, "write refused");
+            let _ = reply.send(Err(e));
+            return Ok(());
+        }
         if let Err(e) = state.engine.apply(&batch) {
             tracing::error!(actor = "store", error = %e, "write failed");
             let _ = reply.send(Err(e));
@@ -138,6 +143,14 @@ impl Actor for StoreActor {
         let _ = flush(state.engine.clone()).await;
         Ok(())
     }
+}
+
+/// Refuse a batch holding a record that could not be read back: nothing of it is applied.
+fn check_batch(batch: &[WriteOp]) -> Result<(), StoreError> {
+    batch.iter().try_for_each(|op| match op {
+        WriteOp::Put { table, value, .. } => agentcom_store::check_writable(*table, value),
+        WriteOp::Delete { .. } => Ok(()),
+    })
 }
 
 async fn flush(engine: Arc<dyn Engine>) -> WriteResult {

@@ -13,6 +13,12 @@ pub enum StoreError {
     Decode { table: Table, reason: String },
     #[error("record has unsupported encoding version {0}")]
     UnsupportedVersion(u8),
+    /// A record whose bytes changed after they were written: the store is damaged.
+    #[error("the store is damaged: {table}: {reason}")]
+    Damaged { table: Table, reason: String },
+    /// A write refused because what it would store could not be read back.
+    #[error("write refused: {0}")]
+    Refused(String),
 }
 
 impl From<sled::Error> for StoreError {

@@ -8,11 +8,12 @@ pub mod backup;
 mod codec;
 mod engine;
 mod error;
+pub mod quarantine;
 mod records;
 mod sled_engine;
 mod table;
 
-pub use codec::{decode, encode, CODEC_VERSION};
+pub use codec::{check_readable, check_writable, decode, encode, CODEC_VERSION};
 pub use engine::{Engine, Record, StoreReader, TableStats, WriteOp};
 pub use error::StoreError;
 pub use records::{

@@ -1,7 +1,8 @@
 //! The table registry: every table the hub stores, in the order reports list them.
 
 /// A table of the store. The original's nine tables keep their names and come first, in
-/// the reference's order; `auth_tokens` (a JSON file in the original) and `hub_meta` follow.
+/// the reference's order; `auth_tokens` (a JSON file in the original), `hub_meta` and
+/// `quarantine` follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     TaskQueue,
@@ -15,11 +16,13 @@ pub enum Table {
     ThreadReplies,
     AuthTokens,
     HubMeta,
+    /// Records that could not be read back, moved aside at start-up (see `quarantine`).
+    Quarantine,
 }
 
 impl Table {
     /// Every table, in report order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::TaskQueue,
         Table::TaskDeadLetter,
         Table::AgentMailbox,
@@ -31,6 +34,7 @@ impl Table {
         Table::ThreadReplies,
         Table::AuthTokens,
         Table::HubMeta,
+        Table::Quarantine,
     ];
 
     /// The table's name: the tree name on disk and the name in every report.
@@ -47,6 +51,7 @@ impl Table {
             Table::ThreadReplies => "thread_replies",
             Table::AuthTokens => "auth_tokens",
             Table::HubMeta => "hub_meta",
+            Table::Quarantine => "quarantine",
         }
     }
 

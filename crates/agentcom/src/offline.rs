@@ -81,9 +81,22 @@ pub enum BackupCommand {
 pub fn open_store(data_dir: &Path, backup_dir: Option<&Path>) -> Result<SledEngine, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-    SledEngine::open(data_dir).map_err(|e| match e {
+    let opened = SledEngine::open(data_dir).and_then(|engine| {
+        // Every record is read back once: a damaged one refuses the store, one that cannot
+        // be decoded is moved to quarantine so that it stops nothing.
+        for q in agentcom_store::quarantine::sweep(&engine, now_ms())? {
+            tracing::error!(
+                table = %q.table,
+                key = %q.key_hex,
+                reason = %q.reason,
+                "a record that cannot be read back was moved to the quarantine table"
+            );
+        }
+        Ok(engine)
+    });
+    opened.map_err(|e| match e {
         StoreError::Locked { .. } => format!("{e}. Stop the hub that uses {} first.", data_dir.display()),
-        StoreError::Open { .. } => {
+        StoreError::Open { .. } | StoreError::Damaged { .. } => {
             let backups = backup_dir.map(Path::to_path_buf).unwrap_or_else(|| data_dir.join("backups"));
             match backup::newest_verified(&backups) {
                 Some(b) => format!(
