@@ -294,7 +294,12 @@ pub fn create_live(
     hub_version: &str,
     end_capture: impl FnOnce() -> Result<Overlay, StoreError>,
 ) -> Result<Created, StoreError> {
-    fs::create_dir_all(backup_dir).map_err(|e| io("cannot create", backup_dir, e))?;
+    if !backup_dir.exists() {
+        fs::create_dir_all(backup_dir).map_err(|e| io("cannot create", backup_dir, e))?;
+        if let Some(parent) = backup_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
     // Names never collide: a taken millisecond moves to the next one.
     let mut stamp = created_at;
     let id = loop {
@@ -372,9 +377,12 @@ pub fn create_live(
     // under its hidden name (never listed, removed by the next prune) and is reported.
     let good = problems.is_empty() && results.iter().all(|r| r.outcome.is_ok());
     if good {
-        sync_dir(&tmp);
+        // Every table file and the manifest were synced as written; their directory
+        // entries, the rename and the backup directory's entry are synced here, before the
+        // backup is reported complete (and so before any older one is pruned).
+        sync_dir(&tmp)?;
         fs::rename(&tmp, &final_path).map_err(|e| io("cannot rename", &tmp, e))?;
-        sync_dir(backup_dir);
+        sync_dir(backup_dir)?;
     } else {
         for r in results.iter_mut() {
             if let Ok((path, _)) = &mut r.outcome {
@@ -397,10 +405,11 @@ fn temp_name(id: &str) -> String {
     format!(".{id}.tmp")
 }
 
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+/// `fsync` a directory: the creation, renaming or removal of its entries is durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot fsync", dir, e))
 }
 
 /// Read a manifest.
@@ -608,6 +617,10 @@ pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
         if fs::remove_dir_all(&b.path).is_ok() {
             removed.push(b.id);
         }
+    }
+    if !removed.is_empty() {
+        // Best effort: a removal that a crash undoes is removed again by the next prune.
+        let _ = sync_dir(backup_dir);
     }
     removed
 }

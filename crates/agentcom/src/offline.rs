@@ -81,6 +81,7 @@ pub enum BackupCommand {
 pub fn open_store(data_dir: &Path, backup_dir: Option<&Path>) -> Result<SledEngine, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    finish_interrupted_restore(data_dir)?;
     let opened = SledEngine::open(data_dir).and_then(|engine| {
         // Every record is read back once: a damaged one refuses the store, one that cannot
         // be decoded is moved to quarantine so that it stops nothing.
@@ -260,37 +261,98 @@ pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
             problems.join("\n  ")
         ));
     }
-    let db = dirs.data_dir.join("db");
-    let mut replaced = None;
+    let data_dir = &dirs.data_dir;
+    let db = data_dir.join("db");
+    finish_interrupted_restore(data_dir)?;
     if db.exists() {
         // Opening takes sled's lock: a running hub makes this fail, and nothing is touched.
         // A store that fails to open for another reason is what restore is for.
-        match SledEngine::open(&dirs.data_dir) {
+        match SledEngine::open(data_dir) {
             Ok(engine) => drop(engine),
             Err(e @ StoreError::Locked { .. }) => return Err(format!("refusing to restore: {e}")),
             Err(_) => {}
         }
-        let aside = dirs
-            .data_dir
-            .join(format!("db.replaced-{}", backup::backup_id(now_ms())));
-        std::fs::rename(&db, &aside)
-            .map_err(|e| format!("cannot move {} aside: {e}", db.display()))?;
-        replaced = Some(aside);
     }
-    std::fs::create_dir_all(&dirs.data_dir).map_err(|e| e.to_string())?;
-    let engine = SledEngine::open(&dirs.data_dir).map_err(|e| e.to_string())?;
+    // Load into a new store beside the live one, which stays untouched until the new one
+    // is durable; then mark the new one complete and swap them.
+    let staging = data_dir.join(format!("{RESTORE_PREFIX}{}", report.id));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| format!("cannot remove {}: {e}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+    let engine = SledEngine::open(&staging).map_err(|e| e.to_string())?;
     let mut bar = Progress::new();
     let restored = backup::load(&source, &engine, &mut |table, done, total| {
         bar.update(table, done, total)
     })
     .map_err(|e| e.to_string())?;
     bar.finish();
+    engine.flush().map_err(|e| e.to_string())?;
+    drop(engine);
+    let done = staging.join(RESTORE_COMPLETE);
+    std::fs::File::create(&done)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| sync_dir(&staging))
+        .map_err(|e| format!("cannot write {}: {e}", done.display()))?;
+    let replaced = if db.exists() {
+        let aside = data_dir.join(format!("db.replaced-{}", backup::backup_id(now_ms())));
+        std::fs::rename(&db, &aside)
+            .map_err(|e| format!("cannot move {} aside: {e}", db.display()))?;
+        Some(aside)
+    } else {
+        None
+    };
+    finish_interrupted_restore(data_dir)?;
     println!("restored backup {} into {}", report.id, db.display());
     for (table, n) in &restored {
         println!("  {}\t{n} records", table.name());
     }
     if let Some(aside) = replaced {
         println!("the database it replaced was kept at {}", aside.display());
+    }
+    Ok(())
+}
+
+/// A restore loads into `<data-dir>/.restore-<backup id>/db`, then writes this file there.
+const RESTORE_PREFIX: &str = ".restore-";
+const RESTORE_COMPLETE: &str = "complete";
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Finish or clean up a restore that stopped before its end (a crash, a power cut):
+/// - no live `db` and a staged store marked complete: move it into place;
+/// - a staged store not marked complete, or one left beside a live `db`: remove it.
+///
+/// Every step is synced, so that after any crash one of the two stores is in place,
+/// never neither.
+pub fn finish_interrupted_restore(data_dir: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Ok(());
+    };
+    let db = data_dir.join("db");
+    for entry in entries.filter_map(Result::ok) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(RESTORE_PREFIX)
+        {
+            continue;
+        }
+        let staging = entry.path();
+        if !db.exists() && staging.join(RESTORE_COMPLETE).exists() {
+            std::fs::rename(staging.join("db"), &db)
+                .and_then(|()| sync_dir(data_dir))
+                .map_err(|e| {
+                    format!("cannot move the restored store into {}: {e}", db.display())
+                })?;
+        }
+        std::fs::remove_dir_all(&staging)
+            .and_then(|()| sync_dir(data_dir))
+            .map_err(|e| format!("cannot remove {}: {e}", staging.display()))?;
     }
     Ok(())
 }
@@ -324,5 +386,60 @@ impl Progress {
         if self.shown {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentcom_store::WriteOp;
+
+    fn store_with(dir: &Path, value: &str) {
+        let engine = SledEngine::open(dir).unwrap();
+        engine
+            .apply(&[WriteOp::Put {
+                table: Table::HubMeta,
+                key: b"k".to_vec(),
+                value: agentcom_store::encode(&value),
+            }])
+            .unwrap();
+        engine.flush().unwrap();
+    }
+
+    fn value_in(dir: &Path) -> String {
+        let engine = SledEngine::open(dir).unwrap();
+        StoreReader::new(Arc::new(engine))
+            .get_record(Table::HubMeta, b"k")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_restore_stopped_between_its_renames_is_finished() {
+        let data = tempfile::tempdir().unwrap();
+        let staging = data.path().join(format!("{RESTORE_PREFIX}b1"));
+        store_with(&staging, "restored");
+        std::fs::File::create(staging.join(RESTORE_COMPLETE)).unwrap();
+        // The live store was moved aside; the crash came before the new one moved in.
+        finish_interrupted_restore(data.path()).unwrap();
+        assert!(!staging.exists());
+        assert_eq!(value_in(data.path()), "restored");
+    }
+
+    #[test]
+    fn an_incomplete_restore_leaves_the_live_store_alone() {
+        let data = tempfile::tempdir().unwrap();
+        store_with(data.path(), "live");
+        let staging = data.path().join(format!("{RESTORE_PREFIX}b2"));
+        store_with(&staging, "half-loaded");
+        finish_interrupted_restore(data.path()).unwrap();
+        assert!(!staging.exists());
+        assert_eq!(value_in(data.path()), "live");
+        // Not marked complete and no live store: still not used.
+        let data = tempfile::tempdir().unwrap();
+        let staging = data.path().join(format!("{RESTORE_PREFIX}b3"));
+        store_with(&staging, "half-loaded");
+        finish_interrupted_restore(data.path()).unwrap();
+        assert!(!data.path().join("db").exists() && !staging.exists());
     }
 }
