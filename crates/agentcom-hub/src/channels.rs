@@ -8,8 +8,8 @@ use std::sync::Arc;
 use agentcom_core::channel::HISTORY_KEEP;
 use agentcom_core::message::Message;
 use agentcom_store::{
-    channel_history_key, decode, encode, owner_prefix, ChannelRecord, HistoryEntry, StoreError,
-    StoreReader, Table, WriteOp,
+    channel_history_key, decode_or_skip, encode, owner_prefix, ChannelRecord, HistoryEntry,
+    StoreError, StoreReader, Table, WriteOp,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -244,11 +244,11 @@ fn put_record(record: &ChannelRecord) -> WriteOp {
 
 /// Every channel, by name.
 pub fn list(reader: &StoreReader) -> Result<Vec<ChannelRecord>, StoreError> {
-    reader
+    Ok(reader
         .scan_prefix(Table::AgentChannels, b"")?
         .iter()
-        .map(|(_, bytes)| decode(Table::AgentChannels, bytes))
-        .collect()
+        .filter_map(|(key, bytes)| decode_or_skip(Table::AgentChannels, key, bytes))
+        .collect())
 }
 
 pub fn get(reader: &StoreReader, name: &str) -> Result<Option<ChannelRecord>, StoreError> {

@@ -4,7 +4,7 @@
 use agentcom_core::message::Message;
 use agentcom_core::Millis;
 use agentcom_store::{
-    decode, encode, meta, seq_key, HistoryEntry, StoreError, StoreReader, Table, WriteOp,
+    decode_or_skip, encode, meta, seq_key, HistoryEntry, StoreError, StoreReader, Table, WriteOp,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -139,8 +139,11 @@ pub fn query(reader: &StoreReader, q: &HistoryQuery) -> Result<Vec<HistoryEntry>
         };
         from = last_key.clone();
         from.push(0);
-        for (_, bytes) in &batch {
-            let entry: HistoryEntry = decode(Table::MessageHistory, bytes)?;
+        for (key, bytes) in &batch {
+            let Some(entry) = decode_or_skip::<HistoryEntry>(Table::MessageHistory, key, bytes)
+            else {
+                continue;
+            };
             if matches(&entry.message, q) {
                 out.push(entry);
                 if out.len() >= q.limit {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use agentcom_core::config::{ConfigKey, ConfigValue, DEFAULT_MAILBOX_TTL_MS};
 use agentcom_core::message::Message;
 use agentcom_store::{
-    decode, encode, mailbox_key, meta, MailboxEntry, StoreError, StoreReader, Table, WriteOp,
+    decode_or_skip, encode, mailbox_key, meta, MailboxEntry, StoreError, StoreReader, Table,
+    WriteOp,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -62,8 +63,11 @@ impl Actor for Mailbox {
             .await?;
         let mut held: HashMap<String, BTreeSet<u64>> = HashMap::new();
         let mut max_seq = 0;
-        for (_, bytes) in args.reader.scan_prefix(Table::AgentMailbox, b"")? {
-            let entry: MailboxEntry = decode(Table::AgentMailbox, &bytes)?;
+        for (key, bytes) in args.reader.scan_prefix(Table::AgentMailbox, b"")? {
+            let Some(entry) = decode_or_skip::<MailboxEntry>(Table::AgentMailbox, &key, &bytes)
+            else {
+                continue;
+            };
             max_seq = max_seq.max(entry.seq);
             held.entry(entry.agent_id).or_default().insert(entry.seq);
         }
@@ -151,7 +155,11 @@ impl Actor for Mailbox {
                 let cutoff = now_ms().saturating_sub(ttl);
                 let mut ops = Vec::new();
                 for (key, bytes) in state.args.reader.scan_prefix(Table::AgentMailbox, b"")? {
-                    let entry: MailboxEntry = decode(Table::AgentMailbox, &bytes)?;
+                    let Some(entry) =
+                        decode_or_skip::<MailboxEntry>(Table::AgentMailbox, &key, &bytes)
+                    else {
+                        continue;
+                    };
                     if entry.stored_at < cutoff {
                         if let Some(held) = state.held.get_mut(&entry.agent_id) {
                             held.remove(&entry.seq);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use agentcom_core::scheduler::QueuedTask;
 use agentcom_core::task::{FailOutcome, NewTask, Task, TaskError, TaskStatus};
-use agentcom_store::{decode, encode, StoreReader, Table, WriteOp};
+use agentcom_store::{decode_or_skip, encode, StoreReader, Table, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
@@ -117,8 +117,10 @@ pub struct TaskQueue;
 
 fn load(reader: &StoreReader, table: Table) -> Result<HashMap<String, Task>, ActorProcessingErr> {
     let mut out = HashMap::new();
-    for (_, bytes) in reader.scan_prefix(table, b"")? {
-        let task: Task = decode(table, &bytes)?;
+    for (key, bytes) in reader.scan_prefix(table, b"")? {
+        let Some(task) = decode_or_skip::<Task>(table, &key, &bytes) else {
+            continue;
+        };
         out.insert(task.id.clone(), task);
     }
     Ok(out)

@@ -5,7 +5,9 @@
 
 use agentcom_core::auth::Role;
 use agentcom_core::Millis;
-use agentcom_store::{decode, encode, StoreError, StoreReader, Table, TokenRecord, WriteOp};
+use agentcom_store::{
+    decode_or_skip, encode, StoreError, StoreReader, Table, TokenRecord, WriteOp,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -55,8 +57,13 @@ pub fn list(reader: &StoreReader) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreEr
     let mut out = reader
         .scan_prefix(Table::AuthTokens, b"")?
         .into_iter()
-        .map(|(k, v)| Ok((k, decode::<TokenRecord>(Table::AuthTokens, &v)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+        .filter_map(|(k, v)| {
+            Some((
+                k.clone(),
+                decode_or_skip::<TokenRecord>(Table::AuthTokens, &k, &v)?,
+            ))
+        })
+        .collect::<Vec<_>>();
     out.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at).then(a.0.cmp(&b.0)));
     Ok(out)
 }
@@ -125,7 +132,9 @@ pub fn open_session(
 ) -> Result<(String, Vec<WriteOp>), StoreError> {
     let mut ops = Vec::new();
     for (key, bytes) in reader.scan_prefix(Table::HubMeta, SESSION_PREFIX)? {
-        let session: DashboardSession = decode(Table::HubMeta, &bytes)?;
+        let Some(session) = decode_or_skip::<DashboardSession>(Table::HubMeta, &key, &bytes) else {
+            continue;
+        };
         let token_gone = reader
             .get(Table::AuthTokens, session.token_key.as_bytes())?
             .is_none();

@@ -53,6 +53,23 @@ fn body(table: Table, bytes: &[u8]) -> Result<&[u8], StoreError> {
     }
 }
 
+/// Decode a record met while scanning many; one that cannot be read back is logged and
+/// skipped (start-up moves it to quarantine), so that it never stops a load or a listing.
+pub fn decode_or_skip<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Option<T> {
+    match decode(table, bytes) {
+        Ok(record) => Some(record),
+        Err(e) => {
+            tracing::error!(
+                %table,
+                key = %String::from_utf8_lossy(key),
+                error = %e,
+                "record skipped: it cannot be read back (the next start moves it to quarantine)"
+            );
+            None
+        }
+    }
+}
+
 /// Are the record's bytes as they were written? (Header and checksum; says nothing of
 /// whether the body decodes.)
 pub fn body_intact(table: Table, bytes: &[u8]) -> Result<(), StoreError> {

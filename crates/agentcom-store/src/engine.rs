@@ -138,10 +138,11 @@ impl StoreReader {
         let from = crate::owned_seq_key(owner, first);
         let mut to = crate::owner_prefix(owner);
         *to.last_mut().expect("prefix ends with a separator") = 1;
-        self.range(table, &from, &to, limit)?
+        Ok(self
+            .range(table, &from, &to, limit)?
             .iter()
-            .map(|(_, bytes)| crate::decode(table, bytes))
-            .collect()
+            .filter_map(|(key, bytes)| crate::decode_or_skip(table, key, bytes))
+            .collect())
     }
 
     pub fn stats(&self, table: Table) -> TableStats {

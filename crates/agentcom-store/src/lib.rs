@@ -13,7 +13,7 @@ mod records;
 mod sled_engine;
 mod table;
 
-pub use codec::{check_readable, check_writable, decode, encode, CODEC_VERSION};
+pub use codec::{check_readable, check_writable, decode, decode_or_skip, encode, CODEC_VERSION};
 pub use engine::{Engine, Record, StoreReader, TableStats, WriteOp};
 pub use error::StoreError;
 pub use records::{
