@@ -15,46 +15,57 @@ use serde_json::json;
 
 const WRITES: usize = 20;
 
-/// A sync of the store's log seen in the trace: the lines where it began and ended.
-struct Sync {
+/// One system call in the trace: the lines where it began and ended (the same line unless
+/// strace split it into `<unfinished ...>` and `<... resumed>`), and its whole text.
+struct Call {
     began: usize,
     ended: usize,
+    text: String,
 }
 
-/// Read the trace: the syncs of the store's log (`…/db/db`), completed successfully.
-fn log_syncs(lines: &[&str]) -> Vec<Sync> {
-    let mut pending: HashMap<&str, usize> = HashMap::new();
-    let mut syncs = Vec::new();
+/// Join the trace's lines into calls, in the order they ended.
+fn calls(lines: &[&str]) -> Vec<Call> {
+    let mut pending: HashMap<&str, (usize, &str)> = HashMap::new();
+    let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let Some((pid, call)) = line.split_once(char::is_whitespace) else {
             continue;
         };
         let call = call.trim_start();
-        let is_sync = call.starts_with("fsync(") || call.starts_with("fdatasync(");
-        if is_sync && call.contains("/db/db>") {
-            if call.ends_with("<unfinished ...>") {
-                pending.insert(pid, i);
-            } else if call.ends_with("= 0") {
-                syncs.push(Sync { began: i, ended: i });
+        if let Some(head) = call.strip_suffix("<unfinished ...>") {
+            pending.insert(pid, (i, head));
+        } else if call.starts_with("<... ") {
+            let rest = call.split_once("resumed>").map_or("", |(_, r)| r);
+            if let Some((began, head)) = pending.remove(pid) {
+                out.push(Call {
+                    began,
+                    ended: i,
+                    text: format!("{head}{rest}"),
+                });
             }
-        } else if call.starts_with("<... fsync resumed>")
-            || call.starts_with("<... fdatasync resumed>")
-        {
-            if let Some(began) = pending.remove(pid) {
-                if call.ends_with("= 0") {
-                    syncs.push(Sync { began, ended: i });
-                }
-            }
+        } else {
+            out.push(Call {
+                began: i,
+                ended: i,
+                text: call.to_string(),
+            });
         }
     }
-    syncs
+    out
+}
+
+/// A successful `fsync`/`fdatasync` of the store's log (`…/db/db`).
+fn is_log_sync(call: &Call) -> bool {
+    (call.text.starts_with("fsync(") || call.text.starts_with("fdatasync("))
+        && call.text.contains("/db/db>")
+        && call.text.ends_with("= 0")
 }
 
 /// The socket a traced call reads or writes, as strace's `-y` prints it (`socket:[…]`).
-fn socket_of(line: &str) -> Option<&str> {
-    let start = line.find("<socket:[")?;
-    let end = line[start..].find("]>")? + start;
-    Some(&line[start..=end])
+fn socket_of(text: &str) -> Option<&str> {
+    let start = text.find("<socket:[")?;
+    let end = text[start..].find("]>")? + start;
+    Some(&text[start..=end])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,24 +109,31 @@ async fn every_acknowledged_write_is_answered_after_a_real_sync() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let text = std::fs::read_to_string(&trace).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let syncs = log_syncs(&lines);
+    let calls = calls(&lines);
 
     for i in 0..WRITES {
         let marker = format!("acked-{i:03}.git");
-        let request = lines
+        let request = calls
             .iter()
-            .position(|l| l.contains(&marker) && l.contains("PUT /api/config/default-repo"))
+            .find(|c| c.text.contains(&marker) && c.text.contains("PUT /api/config/default-repo"))
             .unwrap_or_else(|| panic!("request {i} not in the trace"));
-        let socket = socket_of(lines[request]).expect("request read from a socket");
-        let answer = (request + 1..lines.len())
-            .find(|&j| socket_of(lines[j]) == Some(socket) && lines[j].contains("HTTP/1.1 200"))
+        let socket = socket_of(&request.text).expect("request read from a socket");
+        let answer = calls
+            .iter()
+            .find(|c| {
+                c.began > request.ended
+                    && socket_of(&c.text) == Some(socket)
+                    && c.text.contains("HTTP/1.1 200")
+            })
             .unwrap_or_else(|| panic!("answer to request {i} not in the trace"));
         assert!(
-            syncs.iter().any(|s| s.began > request && s.ended < answer),
+            calls
+                .iter()
+                .any(|s| is_log_sync(s) && s.began > request.ended && s.ended < answer.began),
             "write {i} was acknowledged (trace line {}) without an fsync/fdatasync of the \
              store's log between its request (line {}) and its answer",
-            answer + 1,
-            request + 1,
+            answer.began + 1,
+            request.ended + 1,
         );
     }
 }

@@ -167,6 +167,8 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       await expectText('#last-backup', /never/);
       await expectText('#next-backup', /^in /);
       await expectText('#storage-scope', /whole store/);
+      await expectText('#storage-body', /quarantine/);
+      await expectText('#quarantined', /^none$/);
       await expectText('#backups-body', /No backups yet/);
       await expectText('#actors-body', /task_queue/);
       assert.equal(await page.locator('#actors-body [data-restart="config"]').count(), 1);

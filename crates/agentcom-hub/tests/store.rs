@@ -156,7 +156,7 @@ fn put(n: usize) -> Vec<WriteOp> {
     vec![WriteOp::Put {
         table: Table::HubMeta,
         key: key(n),
-        value: format!("value-{n}").into_bytes(),
+        value: agentcom_store::encode(&format!("value-{n}")),
     }]
 }
 
@@ -178,7 +178,7 @@ impl Store {
 
     fn visible(&self, n: usize) -> bool {
         let value = self.reader.get(Table::HubMeta, &key(n)).expect("read");
-        value == Some(format!("value-{n}").into_bytes())
+        value == Some(agentcom_store::encode(&format!("value-{n}")))
     }
 }
 
@@ -336,4 +336,33 @@ async fn a_stopped_store_still_answers_every_write_it_took() {
         .expect("drained");
     assert!(futures_results(pending).await.iter().all(Result::is_ok));
     assert!((0..10).all(|n| s.visible(n)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_could_not_be_read_back_is_refused_and_nothing_of_its_batch_applied() {
+    let s = store(Durability::GroupCommit).await;
+    let mut deep = serde_json::json!([]);
+    for _ in 0..120 {
+        deep = serde_json::json!([deep]);
+    }
+    let mut batch = put(1);
+    batch.push(WriteOp::Put {
+        table: Table::AgentMailbox,
+        key: b"bob".to_vec(),
+        value: agentcom_store::encode(&deep),
+    });
+    let answer = s
+        .service
+        .request(|r| StoreMsg::Write(batch, r), WAIT)
+        .await
+        .expect("the store takes the write")
+        .wait(WAIT)
+        .await
+        .expect("answered");
+    assert!(
+        matches!(answer, Err(agentcom_store::StoreError::Refused(_))),
+        "{answer:?}"
+    );
+    assert!(!s.visible(1), "nothing of a refused batch is applied");
+    assert!(s.write(2).await.wait(WAIT).await.expect("answered").is_ok());
 }
