@@ -18,3 +18,7 @@ bench:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
     cargo bench -p agentcom --bench task_throughput
+
+# Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
+soak:
+    CRASH_DRILL_TRIALS=200 cargo nextest run -p agentcom --test crash_drill --no-capture
