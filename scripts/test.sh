@@ -4,7 +4,8 @@
 # test runner driving Debian's Chromium through playwright-core against the real binary).
 #
 # Installs what the tests need on a fresh Debian machine, once: Chromium (apt) when
-# /usr/bin/chromium is absent, strace (apt) when absent, Node.js (apt) when `node` is absent, and web/node_modules
+# /usr/bin/chromium is absent, strace (apt) when absent, fuse3 (apt) when not root and
+# fusermount3 is absent, Node.js (apt) when `node` is absent, and web/node_modules
 # (`npm ci`, pinned by web/package-lock.json) when it is missing. Runs both suites and
 # fails if either fails.
 set -euo pipefail
@@ -32,14 +33,17 @@ apt_install() {
 if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
 # tests/sync_strace.rs checks every acknowledgement follows a real fsync, under strace.
 if ! command -v strace >/dev/null 2>&1; then apt_install strace; fi
+# tests/power_loss.rs mounts lossyfs (FUSE, /dev/fuse): root mounts it with mount(2)
+# itself; any other user needs the setuid fusermount3 from fuse3.
+if [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null 2>&1; then apt_install fuse3; fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
 if [ ! -f web/node_modules/playwright-core/package.json ]; then
   echo "==> npm ci (web/)"
   (cd web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-echo "==> cargo build -p agentcom"
-cargo build --quiet -p agentcom
+echo "==> cargo build -p agentcom -p lossyfs"
+cargo build --quiet -p agentcom -p lossyfs
 
 failed=()
 echo "==> Rust tests"

@@ -30,7 +30,9 @@ pub fn binary() -> PathBuf {
 pub struct TestHub {
     pub addr: String,
     child: Option<Child>,
-    data: tempfile::TempDir,
+    /// The data directory, removed with the hub when it is a temporary one.
+    data: Option<tempfile::TempDir>,
+    data_path: PathBuf,
     extra_args: Vec<String>,
     /// A program the hub runs under (`strace …`), empty for none.
     wrapper: Vec<String>,
@@ -56,14 +58,30 @@ impl TestHub {
         TestHub {
             addr,
             child: Some(child),
-            data,
+            data_path: data.path().to_path_buf(),
+            data: Some(data),
             extra_args,
             wrapper,
         }
     }
 
+    /// Start a hub on the data directory `data_dir` (created by the hub if absent, kept
+    /// when the hub is dropped), with extra `serve` flags.
+    pub async fn start_in(data_dir: &Path, extra: &[&str]) -> TestHub {
+        let extra_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&[], data_dir, &extra_args).await;
+        TestHub {
+            addr,
+            child: Some(child),
+            data: None,
+            data_path: data_dir.to_path_buf(),
+            extra_args,
+            wrapper: Vec::new(),
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
-        self.data.path()
+        &self.data_path
     }
 
     pub fn pid(&self) -> u32 {
@@ -106,7 +124,7 @@ impl TestHub {
     /// Start the hub again on the same data directory (a new port).
     pub async fn restart(&mut self) {
         self.kill9().await;
-        let (child, addr) = spawn(&self.wrapper, self.data.path(), &self.extra_args).await;
+        let (child, addr) = spawn(&self.wrapper, &self.data_path, &self.extra_args).await;
         self.child = Some(child);
         self.addr = addr;
     }
@@ -472,5 +490,113 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The lossyfs daemon (crates/lossyfs), built beside the hub by the workspace test run.
+pub fn lossyfs_binary() -> PathBuf {
+    binary().with_file_name("lossyfs")
+}
+
+/// A lossyfs mount: a FUSE file system over `backing` whose daemon keeps written data in
+/// memory until the file is fsynced. Killing the daemon is a power cut. Dropping the
+/// handle cuts the power too (and detaches the mount).
+pub struct LossyMount {
+    pub mountpoint: PathBuf,
+    daemon: Option<std::process::Child>,
+    mounted: bool,
+}
+
+impl LossyMount {
+    /// Mount lossyfs over `backing` on `mountpoint` (both existing directories). Fails
+    /// (never skips) without /dev/fuse or the lossyfs binary.
+    pub fn mount(backing: &Path, mountpoint: &Path) -> LossyMount {
+        use std::io::BufRead;
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: the power-loss drill needs FUSE (and root) to mount lossyfs"
+        );
+        let bin = lossyfs_binary();
+        assert!(
+            bin.exists(),
+            "{} is missing: `cargo build -p lossyfs` (the workspace test run builds it)",
+            bin.display()
+        );
+        let mut daemon = std::process::Command::new(&bin)
+            .arg(backing)
+            .arg(mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start lossyfs");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(daemon.stdout.take().expect("stdout")).read_line(&mut line);
+        assert!(
+            line.starts_with("lossyfs: mounted"),
+            "lossyfs did not mount {} (it needs /dev/fuse and root; see its error above)",
+            mountpoint.display()
+        );
+        LossyMount {
+            mountpoint: mountpoint.to_path_buf(),
+            daemon: Some(daemon),
+            mounted: true,
+        }
+    }
+
+    /// From now on the daemon answers fsync without writing anything back, like a disk
+    /// that lies about its flushes (SIGUSR1).
+    pub fn ignore_fsync_from_now(&self) {
+        let pid = self.daemon.as_ref().expect("daemon running").id() as i32;
+        // SAFETY: signals our own child, which handles SIGUSR1.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    }
+
+    /// The power cut: SIGKILL the daemon and wait until it is gone. Every write not yet
+    /// fsynced is lost with its memory; the mount answers ENOTCONN from now on.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+
+    /// Kill the daemon if need be and detach the (dead) mount, as `umount -l` does.
+    pub fn power_cut(&mut self) {
+        self.kill_daemon();
+        if let Err(e) = self.detach() {
+            panic!("umount -l {}: {e}", self.mountpoint.display());
+        }
+    }
+
+    fn detach(&mut self) -> std::io::Result<()> {
+        if !std::mem::take(&mut self.mounted) {
+            return Ok(());
+        }
+        let path = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes())
+            .expect("no NUL in a path");
+        // SAFETY: a NUL-terminated path.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        // Not root: the setuid helper from Debian's fuse3 may detach a FUSE mount.
+        if err.raw_os_error() == Some(libc::EPERM) {
+            let helper = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mountpoint)
+                .status();
+            if helper.is_ok_and(|s| s.success()) {
+                return Ok(());
+            }
+        }
+        Err(err)
+    }
+}
+
+impl Drop for LossyMount {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        let _ = self.detach();
     }
 }
