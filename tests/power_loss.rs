@@ -253,14 +253,11 @@ async fn control_a_disk_that_ignores_fsync_loses_acknowledged_tasks() {
     );
 }
 
-/// Known gap, found by this drill: when the hub creates its data directory itself
-/// (`create_dir_all` in `open_store`, crates/agentcom/src/offline.rs), it syncs the new
-/// directory but never its parent, so the directory's own name — and with it the whole
-/// store — is not durable until something else syncs the parent. On ext4 and XFS the
-/// journal usually commits it with the first fsync; POSIX does not promise it, and
-/// lossyfs, which keeps a new name only once its directory is fsynced, loses it.
+/// Found by this drill: a data directory the hub creates itself (`open_store`) used to be
+/// synced but not its parent, so its own name — and with it the whole store — was not
+/// durable until something else synced the parent (lossyfs, which keeps a new name only
+/// once its directory is fsynced, lost it). `create_dir_all_durable` syncs the parents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: the hub does not fsync the parent of a data directory it creates"]
 async fn a_data_directory_the_hub_creates_survives_a_power_cut() {
     let (_tmp, backing, mnt) = trial_dirs();
     let mut mount = LossyMount::mount(&backing, &mnt);

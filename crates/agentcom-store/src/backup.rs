@@ -294,12 +294,7 @@ pub fn create_live(
     hub_version: &str,
     end_capture: impl FnOnce() -> Result<Overlay, StoreError>,
 ) -> Result<Created, StoreError> {
-    if !backup_dir.exists() {
-        fs::create_dir_all(backup_dir).map_err(|e| io("cannot create", backup_dir, e))?;
-        if let Some(parent) = backup_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
-    }
+    crate::create_dir_all_durable(backup_dir).map_err(|e| io("cannot create", backup_dir, e))?;
     // Names never collide: a taken millisecond moves to the next one.
     let mut stamp = created_at;
     let id = loop {
@@ -407,9 +402,7 @@ fn temp_name(id: &str) -> String {
 
 /// `fsync` a directory: the creation, renaming or removal of its entries is durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("cannot fsync", dir, e))
+    crate::sync_dir(dir).map_err(|e| io("cannot fsync", dir, e))
 }
 
 /// Read a manifest.

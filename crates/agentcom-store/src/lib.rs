@@ -6,6 +6,7 @@
 
 pub mod backup;
 mod codec;
+mod durable_dir;
 mod engine;
 mod error;
 pub mod quarantine;
@@ -14,6 +15,7 @@ mod sled_engine;
 mod table;
 
 pub use codec::{check_readable, check_writable, decode, decode_or_skip, encode, CODEC_VERSION};
+pub use durable_dir::{create_dir_all_durable, sync_dir};
 pub use engine::{Engine, Record, StoreReader, TableStats, WriteOp};
 pub use error::StoreError;
 pub use records::{

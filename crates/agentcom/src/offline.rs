@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentcom_core::auth::Role;
 use agentcom_hub::{now_ms, tokens};
-use agentcom_store::backup;
+use agentcom_store::{backup, sync_dir};
 use agentcom_store::{Engine, SledEngine, StoreError, StoreReader, Table};
 use clap::Subcommand;
 
@@ -79,7 +79,7 @@ pub enum BackupCommand {
 /// Open the store, turning failures into instructions for the operator. When it cannot be
 /// opened at all, name the newest verified backup and the exact restore command.
 pub fn open_store(data_dir: &Path, backup_dir: Option<&Path>) -> Result<SledEngine, String> {
-    std::fs::create_dir_all(data_dir)
+    agentcom_store::create_dir_all_durable(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     finish_interrupted_restore(data_dir)?;
     let opened = SledEngine::open(data_dir).and_then(|engine| {
@@ -318,10 +318,6 @@ pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
 /// A restore loads into `<data-dir>/.restore-<backup id>/db`, then writes this file there.
 const RESTORE_PREFIX: &str = ".restore-";
 const RESTORE_COMPLETE: &str = "complete";
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
 
 /// Finish or clean up a restore that stopped before its end (a crash, a power cut):
 /// - no live `db` and a staged store marked complete: move it into place;
