@@ -82,6 +82,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&settings.data_dir).unwrap_or(settings.data_dir.clone());
+    let shutdown = shutdown_signal();
     println!("AgentCom listening on http://{addr}");
     println!("data: {}", data.join("db").display());
     tracing::info!(%addr, data = %data.display(), "hub started");
@@ -93,24 +94,32 @@ async fn run(settings: Settings) -> Result<(), String> {
         open_registration: settings.open_registration,
         public_url: settings.public_url.clone(),
     };
-    agentcom_http::serve(listener, hub.clone(), http, shutdown_signal()).await;
+    agentcom_http::serve(listener, hub.clone(), http, shutdown).await;
     tracing::info!("shutting down");
     hub.shutdown().await;
     println!("AgentCom stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when the future
+/// is first polled: a signal sent as soon as "listening" is printed stops the hub cleanly.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 
