@@ -178,9 +178,11 @@ async fn run(durability: Durability, writers: usize, run_for: Duration) -> RunRe
 /// Write one distinct record and wait for its acknowledgement; `None` if it failed.
 async fn write(store: &ActorRef<StoreMsg>, writer: u32, seq: u64) -> Option<Duration> {
     let key = format!("bench/{writer:08x}/{seq:016x}").into_bytes();
-    let value = (0..VALUE_BYTES)
-        .map(|i| (seq as usize + i) as u8)
-        .collect::<Vec<u8>>();
+    // An encoded record of VALUE_BYTES bytes: 5 bytes of header, a quoted string.
+    let text: String = (0..VALUE_BYTES - 7)
+        .map(|i| char::from(b'a' + ((seq as usize + i) % 26) as u8))
+        .collect();
+    let value = agentcom_store::encode(&text);
     let op = WriteOp::Put {
         table: Table::AgentcomConfig,
         key,

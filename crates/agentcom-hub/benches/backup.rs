@@ -19,7 +19,9 @@ const VALUE: usize = 1024;
 
 fn fill(engine: &SledEngine, mib: u64) {
     let records = mib * 1024 * 1024 / VALUE as u64;
-    let value = vec![0x5a; VALUE];
+    // An encoded record of VALUE bytes (5 bytes of header, a quoted string): backups
+    // read every record back.
+    let value = agentcom_store::encode(&"Z".repeat(VALUE - 7));
     let mut batch = Vec::with_capacity(1000);
     for i in 0..records {
         let table = if i % 2 == 0 {
@@ -128,7 +130,7 @@ fn main() {
                     let op = WriteOp::Put {
                         table: Table::ThreadMessages,
                         key: format!("w{w}-{i}").into_bytes(),
-                        value: vec![1; 200],
+                        value: agentcom_store::encode(&"x".repeat(193)),
                     };
                     let t = Instant::now();
                     let r = store
