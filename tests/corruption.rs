@@ -565,6 +565,23 @@ async fn missing_snapshot_is_rebuilt_with_every_record_intact() {
     .await;
 }
 
+/// A crash while sled writes a snapshot (at start-up) leaves `snap.<lsn>.generating`,
+/// half-written; sled 0.34.7 would read it and refuse the store. The store removes it
+/// first: sled starts from the previous snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_written_snapshot_left_by_a_crash_is_discarded() {
+    drill(true, Expect::Intact, |db| {
+        let snap = snapshots(db).pop().unwrap();
+        let bytes = std::fs::read(&snap).unwrap();
+        std::fs::write(
+            db.join("snap.7FFFFFFFFFFFFFFF.generating"),
+            &bytes[..bytes.len() / 2],
+        )
+        .unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_length_snapshot_is_refused() {
     drill(true, Expect::Refused, |db| {
@@ -696,4 +713,46 @@ async fn offline_commands_refuse_a_damaged_store_with_the_restore_command() {
         stderr.contains("acknowledged writes are missing"),
         "{stderr}"
     );
+}
+
+/// An unreadable file is refused before sled opens the store (sled's recovery would take
+/// an unreadable blob for the end of the log and discard everything after it): once the
+/// file is readable again, the hub starts with every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_blob_made_readable_again_loses_nothing() {
+    let prepared = prepare(true).await;
+    let data = prepared.data.path();
+    let db = data.join("db");
+    let kept = data.join("kept-blobs");
+    std::fs::create_dir(&kept).unwrap();
+    let moved: Vec<(PathBuf, PathBuf)> = blobs(&db)
+        .into_iter()
+        .map(|blob| (blob.clone(), kept.join(blob.file_name().unwrap())))
+        .collect();
+    for (blob, aside) in &moved {
+        std::fs::rename(blob, aside).unwrap();
+        std::fs::create_dir(blob).unwrap();
+    }
+    match serve(data).await {
+        Started::Serving(hub) => {
+            hub.kill9().await;
+            panic!("the hub started with unreadable blob files");
+        }
+        Started::Refused { code, stderr } => {
+            assert_eq!(code, Some(1), "{stderr}");
+            assert!(stderr.contains("make it readable"), "{stderr}");
+            assert!(stderr.contains("agentcom restore --from "), "{stderr}");
+        }
+    }
+    for (blob, aside) in &moved {
+        std::fs::remove_dir(blob).unwrap();
+        std::fs::rename(aside, blob).unwrap();
+    }
+    let hub = must_serve(data).await;
+    assert_history(
+        &history(&hub.addr).await,
+        &expected(&['A', 'B']),
+        "every record, once the files are readable again",
+    );
+    hub.kill9().await;
 }

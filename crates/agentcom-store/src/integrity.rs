@@ -6,16 +6,22 @@
 //! it stops there, overwrites the rest of the segment and opens with every later write
 //! gone. A flipped byte in the middle of the log, a truncated log or a damaged blob of the
 //! last run therefore open "successfully", minus acknowledged writes. A missing blob file is
-//! skipped (its page is dropped) and other damage makes sled panic. Three checks close this:
+//! skipped (its page is dropped) and other damage makes sled panic. These checks close it:
 //!
-//! - the **commit watermark**: every applied batch increments a counter kept in the store
-//!   (in the same transaction as the batch), and [`Watermark`], a small file beside sled's,
-//!   records a value of that counter known to be durable: it is written only after the
-//!   log sync that covers it. A store whose counter is below the file's value lost
-//!   acknowledged writes;
+//! - the **commit watermark**: every applied batch takes the next commit number and writes
+//!   it with the counters of the tables it touches (in the batch's transaction), and
+//!   [`Watermark`], a small file beside sled's, records a commit number known to be
+//!   durable: it is written only after the log sync that covers it. A store whose greatest
+//!   commit number is below the file's lost acknowledged writes;
 //! - the **full scan**: every record of every table is read at open (sled checks the CRC of
 //!   every page it reads) and counted against the per-table counters kept with the writes;
 //! - [`catch_panic`]: a panic inside sled while opening becomes an error.
+//!
+//! sled's recovery also *rewrites* the log after the point where it stopped (it fills the
+//! rest of the segment and clears later segments), so what it could not read is gone even
+//! if the cause is fixed. [`check_readable`] therefore runs before sled: a file that cannot
+//! be opened (permissions, a directory in its place) refuses the store while nothing has
+//! been touched, and making the file readable again brings the whole store back.
 
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File};
@@ -24,6 +30,76 @@ use std::os::unix::fs::FileExt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Once;
+
+/// Remove the snapshot files sled was writing when it stopped (`snap.<lsn>.generating`).
+///
+/// sled writes a snapshot under that name, syncs it and renames it into place, removing
+/// older snapshots only after the rename; a file still named so was interrupted, and the
+/// snapshot before it is still there. But sled 0.34.7 reads the highest-named `snap.*`
+/// file, the interrupted one included, and refuses to open when it is incomplete: a crash
+/// at the wrong moment of an open would read as damage. Without the file, sled advances
+/// from the previous snapshot (or the log) and writes the snapshot again.
+pub(crate) fn remove_interrupted_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = false;
+    for entry in entries {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            fs::remove_file(dir.join(&*name))?;
+            removed = true;
+        }
+    }
+    if removed {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Check, before sled opens `dir`, that every file in it (and in `dir/blobs`) can be
+/// opened the way sled opens it: sled's recovery would take an unreadable blob for the end
+/// of the log and discard everything written after it.
+pub(crate) fn check_readable(dir: &Path) -> Result<(), String> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+    };
+    let unreadable = |path: &Path, e: std::io::Error| {
+        format!(
+            "cannot read {}: {e}. If the file is intact, make it readable by the hub's user \
+             and start again (nothing has been changed); otherwise restore a backup",
+            path.display()
+        )
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| unreadable(dir, e))?.path();
+        if path.file_name() == Some("blobs".as_ref()) {
+            for blob in fs::read_dir(&path).map_err(|e| unreadable(&path, e))? {
+                let blob = blob.map_err(|e| unreadable(&path, e))?.path();
+                open_file(&blob, false).map_err(|e| unreadable(&blob, e))?;
+            }
+        } else {
+            // sled opens its log for writing too.
+            let log = path.file_name() == Some("db".as_ref());
+            open_file(&path, log).map_err(|e| unreadable(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn open_file(path: &Path, write: bool) -> std::io::Result<()> {
+    let file = fs::OpenOptions::new().read(true).write(write).open(path)?;
+    if file.metadata()?.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not a regular file"))
+    }
+}
 
 /// The watermark's file name, in sled's directory (so that it moves with the store when
 /// `agentcom restore` puts a damaged store aside). sled ignores files it did not name.
@@ -69,7 +145,7 @@ impl Watermark {
     }
 
     /// Write `value` as the watermark under `dir`, replacing any previous file atomically
-    /// (temporary file, sync, rename). The caller syncs `dir`.
+    /// (temporary file, sync, rename, directory sync).
     pub(crate) fn create(dir: &Path, value: u64) -> std::io::Result<Watermark> {
         let tmp = dir.join(WATERMARK_TMP);
         let mut file = fs::OpenOptions::new()
@@ -81,6 +157,7 @@ impl Watermark {
         file.write_all(&encode(value))?;
         file.sync_data()?;
         fs::rename(&tmp, dir.join(WATERMARK_FILE))?;
+        File::open(dir)?.sync_all()?;
         Ok(Watermark { file })
     }
 
@@ -196,6 +273,43 @@ mod tests {
         fs::remove_file(&path).unwrap();
         fs::create_dir(&path).unwrap();
         assert!(Watermark::read(dir.path()).is_err());
+    }
+
+    #[test]
+    fn only_interrupted_snapshots_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "snap.00000000000045D3",
+            "snap.0000000000004800.generating",
+            "db",
+        ] {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_interrupted_snapshots(dir.path()).unwrap();
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["db", "snap.00000000000045D3"]);
+        remove_interrupted_snapshots(&dir.path().join("missing")).unwrap();
+    }
+
+    #[test]
+    fn unreadable_files_are_named_before_sled_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_readable(&dir.path().join("missing")).is_ok());
+        fs::create_dir(dir.path().join("blobs")).unwrap();
+        fs::write(dir.path().join("db"), b"log").unwrap();
+        fs::write(dir.path().join("blobs/123"), b"blob").unwrap();
+        assert!(check_readable(dir.path()).is_ok());
+        fs::remove_file(dir.path().join("blobs/123")).unwrap();
+        fs::create_dir(dir.path().join("blobs/123")).unwrap();
+        let err = check_readable(dir.path()).unwrap_err();
+        assert!(
+            err.contains("blobs/123") && err.contains("not a regular file"),
+            "{err}"
+        );
     }
 
     #[test]
