@@ -63,9 +63,7 @@ impl Served {
         let _ = self.child.wait().await;
     }
 
-    /// SIGTERM and wait. The exit status is not checked: a SIGTERM that arrives before the
-    /// hub's signal handler is installed (it is installed once the HTTP loop first waits)
-    /// ends the process as `kill -9` would, which the drill must survive just the same.
+    /// SIGTERM: a clean shutdown.
     async fn terminate(mut self) {
         let pid = self.child.id().expect("pid");
         let status = std::process::Command::new("kill")
@@ -73,10 +71,11 @@ impl Served {
             .status()
             .expect("kill -TERM");
         assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .expect("the hub exits after SIGTERM")
             .expect("exit status");
+        assert!(exit.success(), "clean shutdown: {exit:?}");
     }
 }
 

@@ -19,7 +19,7 @@
 //!
 //! sled's recovery also *rewrites* the log after the point where it stopped (it fills the
 //! rest of the segment and clears later segments), so what it could not read is gone even
-//! if the cause is fixed. [`check_readable`] therefore runs before sled: a file that cannot
+//! if the cause is fixed. [`check_files_readable`] therefore runs before sled: a file that cannot
 //! be opened (permissions, a directory in its place) refuses the store while nothing has
 //! been touched, and making the file readable again brings the whole store back.
 
@@ -63,7 +63,7 @@ pub(crate) fn remove_interrupted_snapshots(dir: &Path) -> std::io::Result<()> {
 /// Check, before sled opens `dir`, that every file in it (and in `dir/blobs`) can be
 /// opened the way sled opens it: sled's recovery would take an unreadable blob for the end
 /// of the log and discard everything written after it.
-pub(crate) fn check_readable(dir: &Path) -> Result<(), String> {
+pub(crate) fn check_files_readable(dir: &Path) -> Result<(), String> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -298,14 +298,14 @@ mod tests {
     #[test]
     fn unreadable_files_are_named_before_sled_opens() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(check_readable(&dir.path().join("missing")).is_ok());
+        assert!(check_files_readable(&dir.path().join("missing")).is_ok());
         fs::create_dir(dir.path().join("blobs")).unwrap();
         fs::write(dir.path().join("db"), b"log").unwrap();
         fs::write(dir.path().join("blobs/123"), b"blob").unwrap();
-        assert!(check_readable(dir.path()).is_ok());
+        assert!(check_files_readable(dir.path()).is_ok());
         fs::remove_file(dir.path().join("blobs/123")).unwrap();
         fs::create_dir(dir.path().join("blobs/123")).unwrap();
-        let err = check_readable(dir.path()).unwrap_err();
+        let err = check_files_readable(dir.path()).unwrap_err();
         assert!(
             err.contains("blobs/123") && err.contains("not a regular file"),
             "{err}"

@@ -152,7 +152,7 @@ impl SledEngine {
         };
         integrity::remove_interrupted_snapshots(path)
             .map_err(|e| damaged(format!("cannot remove an interrupted snapshot file: {e}")))?;
-        integrity::check_readable(path).map_err(damaged)?;
+        integrity::check_files_readable(path).map_err(damaged)?;
         let watermark = Watermark::read(path).map_err(damaged)?;
         let db = sled::Config::new()
             .path(path)
