@@ -9,6 +9,7 @@ mod codec;
 mod durable_dir;
 mod engine;
 mod error;
+mod integrity;
 pub mod quarantine;
 mod records;
 mod sled_engine;

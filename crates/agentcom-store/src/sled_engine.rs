@@ -4,6 +4,10 @@
 //! Durability: sled 0.34's own flush writes the log with `sync_file_range`, which neither
 //! flushes the disk's write cache nor the file's metadata, and writes blob files without
 //! any sync at all (sled issue #1452). [`SledFiles`] completes every flush with real syncs.
+//!
+//! Integrity: opening checks what sled's recovery lets pass (see [`crate::integrity`]): the
+//! commit counter against the watermark file, and every record against the counters. Any
+//! failure, a panic inside sled included, is [`StoreError::Open`].
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -16,6 +20,7 @@ use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 
 use crate::engine::{Record, Visitor};
+use crate::integrity::{self, Watermark, WATERMARK_FILE};
 use crate::{Engine, StoreError, Table, TableStats, WriteOp};
 
 const STATS_TREE: &str = "__stats";
@@ -29,6 +34,12 @@ pub struct SledEngine {
     trees: Vec<sled::Tree>,
     counts: Vec<AtomicU64>,
     bytes: Vec<AtomicU64>,
+    /// The commit number the next batch takes. Every batch writes its number into the
+    /// counters of the tables it touches, in its transaction: the store's commit is the
+    /// greatest number found there (no key is written for it alone).
+    next_commit: AtomicU64,
+    /// The greatest commit number of a batch applied (its `apply` returned).
+    commits: AtomicU64,
     files: Mutex<SledFiles>,
 }
 
@@ -42,6 +53,8 @@ pub struct SledEngine {
 ///   `create_new` and never modified, written without a sync; removed by sled's GC;
 /// - `snap.<lsn>`: snapshots, synced by sled and renamed into place (no directory sync).
 ///
+/// Beside them, our own [`WATERMARK_FILE`] (sled ignores names it did not choose).
+///
 /// `sled_layout_is_what_the_syncs_assume` fails if an upgrade changes this.
 struct SledFiles {
     dir: PathBuf,
@@ -50,6 +63,8 @@ struct SledFiles {
     dir_entries: BTreeSet<OsString>,
     /// The blob files already synced (they never change once written).
     blobs: BTreeSet<OsString>,
+    /// Set once the store passed its checks at open.
+    watermark: Option<Watermark>,
 }
 
 impl SledFiles {
@@ -62,6 +77,7 @@ impl SledFiles {
             log,
             dir_entries: BTreeSet::new(),
             blobs: BTreeSet::new(),
+            watermark: None,
         };
         for name in list_dir(dir)? {
             let path = dir.join(&name);
@@ -114,36 +130,75 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl SledEngine {
-    /// Open (or create) the store under `<data_dir>/db`.
+    /// Open (or create) the store under `<data_dir>/db`, refusing a store that fails the
+    /// integrity checks (see [`crate::integrity`]): every failure but [`StoreError::Locked`]
+    /// is [`StoreError::Open`], a panic inside sled included.
     pub fn open(data_dir: &Path) -> Result<SledEngine, StoreError> {
         let path = data_dir.join("db");
+        integrity::catch_panic(|| SledEngine::open_checked(data_dir, &path)).unwrap_or_else(
+            |panic| {
+                Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    reason: format!("the storage engine failed while reading it: {panic}"),
+                })
+            },
+        )
+    }
+
+    fn open_checked(data_dir: &Path, path: &Path) -> Result<SledEngine, StoreError> {
+        let damaged = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        integrity::remove_interrupted_snapshots(path)
+            .map_err(|e| damaged(format!("cannot remove an interrupted snapshot file: {e}")))?;
+        integrity::check_files_readable(path).map_err(damaged)?;
+        let watermark = Watermark::read(path).map_err(damaged)?;
         let db = sled::Config::new()
-            .path(&path)
+            .path(path)
             .cache_capacity(64 * 1024 * 1024)
             .open()
-            .map_err(|e| open_error(&path, e))?;
+            .map_err(|e| open_error(path, e))?;
         let mut trees = Vec::with_capacity(STATS_INDEX + 1);
         for table in Table::ALL {
             trees.push(
                 db.open_tree(table.name())
-                    .map_err(|e| open_error(&path, e))?,
+                    .map_err(|e| open_error(path, e))?,
             );
         }
-        trees.push(db.open_tree(STATS_TREE).map_err(|e| open_error(&path, e))?);
-        db.flush().map_err(|e| open_error(&path, e))?;
-        let files = SledFiles::open(data_dir, &path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            reason: format!("could not sync the store's files: {e}"),
-        })?;
+        trees.push(db.open_tree(STATS_TREE).map_err(|e| open_error(path, e))?);
+        db.flush().map_err(|e| open_error(path, e))?;
+        let sync_failed =
+            |e: std::io::Error| damaged(format!("could not sync the store's files: {e}"));
+        let files = SledFiles::open(data_dir, path).map_err(sync_failed)?;
         let engine = SledEngine {
             db,
-            path,
+            path: path.to_path_buf(),
             trees,
             counts: Table::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             bytes: Table::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            next_commit: AtomicU64::new(1),
+            commits: AtomicU64::new(0),
             files: Mutex::new(files),
         };
-        engine.load_stats()?;
+        let read_failed = |e: StoreError| damaged(format!("reading it failed: {e}"));
+        let commits = engine.load_stats().map_err(read_failed)?;
+        if let Some(durable) = watermark.filter(|&w| w > commits) {
+            return Err(damaged(format!(
+                "acknowledged writes are missing: its log ends at commit {commits}, but commit \
+                 {durable} had been made durable ({WATERMARK_FILE}). The log was truncated or \
+                 damaged, and the storage engine dropped everything after the damage"
+            )));
+        }
+        engine.verify_tables().map_err(damaged)?;
+        // The store is sound: record the commit it reached (durable: sled's recovery read it
+        // from the synced log, or the flush above wrote it) and watch it from now on.
+        let created = Watermark::create(path, commits).map_err(sync_failed)?;
+        engine
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watermark = Some(created);
         engine.flush()?;
         Ok(engine)
     }
@@ -152,14 +207,20 @@ impl SledEngine {
         &self.path
     }
 
-    /// Load the persisted counters. A table without a counter (a store written before
-    /// counters existed) is counted once and the result persisted.
-    fn load_stats(&self) -> Result<(), StoreError> {
+    /// Load the persisted counters and return the store's commit number. A table without a
+    /// counter (a store written before counters existed) is counted once and the result
+    /// persisted.
+    fn load_stats(&self) -> Result<u64, StoreError> {
         let stats_tree = &self.trees[STATS_INDEX];
+        let mut commits = 0;
         for table in Table::ALL {
             let i = table.index();
             let stats = match stats_tree.get([i as u8])? {
-                Some(raw) => decode_stats(&raw),
+                Some(raw) => {
+                    let (stats, commit) = decode_stats(&raw);
+                    commits = commits.max(commit);
+                    stats
+                }
                 None => {
                     let mut s = TableStats::default();
                     for entry in self.trees[i].iter() {
@@ -167,12 +228,40 @@ impl SledEngine {
                         s.record_count += 1;
                         s.logical_bytes += (k.len() + v.len()) as u64;
                     }
-                    stats_tree.insert([i as u8], &encode_stats(s))?;
+                    stats_tree.insert([i as u8], &encode_stats(s, 0))?;
                     s
                 }
             };
             self.counts[i].store(stats.record_count, Ordering::Relaxed);
             self.bytes[i].store(stats.logical_bytes, Ordering::Relaxed);
+        }
+        self.commits.store(commits, Ordering::Release);
+        self.next_commit.store(commits + 1, Ordering::Release);
+        Ok(commits)
+    }
+
+    /// Read every record of every table (sled checks the CRC of every page it reads in) and
+    /// compare what is there with the counters kept with the writes: a page that sled
+    /// dropped or cannot read shows here.
+    fn verify_tables(&self) -> Result<(), String> {
+        for table in Table::ALL {
+            let mut found = TableStats::default();
+            for entry in self.trees[table.index()].iter() {
+                let (k, v) = entry.map_err(|e| format!("reading table {table} failed: {e}"))?;
+                found.record_count += 1;
+                found.logical_bytes += (k.len() + v.len()) as u64;
+            }
+            let counted = self.stats(table);
+            if found != counted {
+                return Err(format!(
+                    "table {table} holds {} records ({} bytes) but its counters, written with \
+                     every change, say {} records ({} bytes): records were lost or altered",
+                    found.record_count,
+                    found.logical_bytes,
+                    counted.record_count,
+                    counted.logical_bytes
+                ));
+            }
         }
         Ok(())
     }
@@ -192,30 +281,36 @@ fn open_error(path: &Path, e: sled::Error) -> StoreError {
     }
 }
 
-fn encode_stats(s: TableStats) -> [u8; 16] {
-    let mut out = [0u8; 16];
+/// A table's counters and the commit number of the last batch that touched the table.
+/// (Stores written before commit numbers have 16-byte counters: commit 0.)
+fn encode_stats(s: TableStats, commit: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
     out[..8].copy_from_slice(&s.record_count.to_be_bytes());
-    out[8..].copy_from_slice(&s.logical_bytes.to_be_bytes());
+    out[8..16].copy_from_slice(&s.logical_bytes.to_be_bytes());
+    out[16..].copy_from_slice(&commit.to_be_bytes());
     out
 }
 
-fn decode_stats(raw: &[u8]) -> TableStats {
+fn decode_stats(raw: &[u8]) -> (TableStats, u64) {
     let word = |r: std::ops::Range<usize>| {
         raw.get(r)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0)
     };
-    TableStats {
+    let stats = TableStats {
         record_count: word(0..8),
         logical_bytes: word(8..16),
-    }
+    };
+    (stats, word(16..24))
 }
 
-/// Apply `batch` inside a transaction and return the new stats of every table it touched.
+/// Apply `batch` inside a transaction, recording `commit` with the counters of every table
+/// it touches, and return their new stats.
 fn apply_in_tx(
     views: &[TransactionalTree],
     batch: &[WriteOp],
+    commit: u64,
 ) -> ConflictableTransactionResult<Vec<(Table, TableStats)>, ()> {
     let mut deltas: Vec<(Table, i64, i64)> = Vec::new();
     for op in batch {
@@ -246,7 +341,7 @@ fn apply_in_tx(
     let mut out = Vec::with_capacity(deltas.len());
     for (table, dc, db) in deltas {
         let key = [table.index() as u8];
-        let old = stats_view
+        let (old, old_commit) = stats_view
             .get(key)?
             .map(|raw| decode_stats(&raw))
             .unwrap_or_default();
@@ -254,10 +349,22 @@ fn apply_in_tx(
             record_count: old.record_count.saturating_add_signed(dc),
             logical_bytes: old.logical_bytes.saturating_add_signed(db),
         };
-        stats_view.insert(&key, &encode_stats(new))?;
+        // Never backwards: concurrent batches may commit out of their numbers' order.
+        stats_view.insert(&key, &encode_stats(new, commit.max(old_commit)))?;
         out.push((table, new));
     }
     Ok(out)
+}
+
+impl Drop for SledEngine {
+    /// Sync the watermark at a clean close (between closes the kernel writes it back). A
+    /// failure only leaves it lagging, which weakens the next open's check but loses nothing.
+    fn drop(&mut self) {
+        let files = self.files.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = &files.watermark {
+            let _ = w.sync();
+        }
+    }
 }
 
 impl Engine for SledEngine {
@@ -317,8 +424,9 @@ impl Engine for SledEngine {
         if batch.is_empty() {
             return Ok(());
         }
+        let commit = self.next_commit.fetch_add(1, Ordering::AcqRel);
         let new_stats = self.trees[..]
-            .transaction(|views| apply_in_tx(views, batch))
+            .transaction(|views| apply_in_tx(views, batch, commit))
             .map_err(|e| match e {
                 sled::transaction::TransactionError::Abort(()) => {
                     StoreError::Engine("transaction aborted".into())
@@ -329,6 +437,7 @@ impl Engine for SledEngine {
             self.counts[table.index()].store(s.record_count, Ordering::Relaxed);
             self.bytes[table.index()].store(s.logical_bytes, Ordering::Relaxed);
         }
+        self.commits.fetch_max(commit, Ordering::Release);
         Ok(())
     }
 
@@ -336,10 +445,15 @@ impl Engine for SledEngine {
         // One sync at a time: a flush that waits here is covered by the next sync, which
         // begins after its writes reached the files.
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        // Every batch up to this commit was applied before sled's flush begins: the flush
+        // and the syncs cover it, so the watermark may claim it once they are done.
+        let commits = self.commits.load(Ordering::Acquire);
         self.db.flush()?;
-        files
-            .sync()
-            .map_err(|e| StoreError::Engine(format!("could not sync the store's files: {e}")))
+        let synced = files.sync().and_then(|()| match &files.watermark {
+            Some(w) => w.store(commits),
+            None => Ok(()),
+        });
+        synced.map_err(|e| StoreError::Engine(format!("could not sync the store's files: {e}")))
     }
 
     fn stats(&self, table: Table) -> TableStats {
@@ -433,7 +547,11 @@ mod tests {
         for name in list_dir(&db).unwrap() {
             let name = name.to_string_lossy().into_owned();
             assert!(
-                name == "db" || name == "conf" || name == "blobs" || name.starts_with("snap."),
+                name == "db"
+                    || name == "conf"
+                    || name == "blobs"
+                    || name.starts_with("snap.")
+                    || name == WATERMARK_FILE,
                 "sled wrote a file the syncs do not know: {name}"
             );
         }
@@ -445,6 +563,169 @@ mod tests {
         assert!(files.dir_entries.contains(std::ffi::OsStr::new("blobs")));
         drop(files);
         assert_eq!(engine.get(Table::HubMeta, b"big").unwrap().unwrap(), big);
+    }
+
+    /// Two runs, as a hub has them: sled writes its snapshot when it opens, so the second
+    /// run's writes are in the log after the snapshot, where recovery treats a damaged
+    /// message as a torn tail. `big` goes into a blob file in the given run.
+    fn two_runs(dir: &Path, big_in_run: u8) -> Vec<u8> {
+        let big = [b"BIG:".as_slice(), &vec![b'b'; 300 * 1024]].concat();
+        for run in 1..=2u8 {
+            let engine = SledEngine::open(dir).unwrap();
+            for i in 0..200 {
+                let key = format!("r{run}-{i:04}");
+                let value = format!("value of {key}: {}", "x".repeat(100));
+                engine
+                    .apply(&[put(Table::ChannelHistory, &key, &value)])
+                    .unwrap();
+                engine.flush().unwrap();
+            }
+            if run == big_in_run {
+                engine
+                    .apply(&[WriteOp::Put {
+                        table: Table::HubMeta,
+                        key: b"big".to_vec(),
+                        value: big.clone(),
+                    }])
+                    .unwrap();
+                engine.flush().unwrap();
+            }
+        }
+        big
+    }
+
+    fn refusal(dir: &Path) -> String {
+        match SledEngine::open(dir) {
+            Err(StoreError::Open { reason, .. }) => reason,
+            Err(other) => panic!("expected an Open error, got {other}"),
+            Ok(engine) => panic!(
+                "the damaged store opened, with {} records in channel_history",
+                engine.stats(Table::ChannelHistory).record_count
+            ),
+        }
+    }
+
+    /// Flip a byte in every copy of `needle` in `file`.
+    fn flip_every(file: &Path, needle: &[u8]) {
+        let mut bytes = std::fs::read(file).unwrap();
+        let at: Vec<usize> = (0..=bytes.len() - needle.len())
+            .filter(|&i| &bytes[i..i + needle.len()] == needle)
+            .collect();
+        assert!(!at.is_empty(), "the log holds the record");
+        for i in at {
+            bytes[i + needle.len() - 1] ^= 0x20;
+        }
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    #[test]
+    fn the_watermark_follows_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        let db = dir.path().join("db");
+        assert_eq!(Watermark::read(&db).unwrap(), Some(0));
+        engine.apply(&[put(Table::HubMeta, "a", "1")]).unwrap();
+        engine.apply(&[put(Table::HubMeta, "b", "2")]).unwrap();
+        assert_eq!(Watermark::read(&db).unwrap(), Some(0), "not before a flush");
+        engine.flush().unwrap();
+        assert_eq!(Watermark::read(&db).unwrap(), Some(2));
+        drop(engine);
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.commits.load(Ordering::Acquire), 2);
+    }
+
+    /// sled alone opens this store without the second run's last writes.
+    #[test]
+    fn a_damaged_message_in_the_log_tail_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        two_runs(dir.path(), 0);
+        flip_every(&dir.path().join("db/db"), b"value of r2-0150");
+        let reason = refusal(dir.path());
+        assert!(
+            reason.contains("acknowledged writes are missing"),
+            "{reason}"
+        );
+        // Refused again on the next try: sled's recovery rewrote the tail, the watermark stays.
+        assert!(refusal(dir.path()).contains("acknowledged writes are missing"));
+    }
+
+    #[test]
+    fn a_truncated_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        two_runs(dir.path(), 0);
+        let log = dir.path().join("db/db");
+        let bytes = std::fs::read(&log).unwrap();
+        let needle = b"value of r2-0199";
+        let at = (0..bytes.len() - needle.len())
+            .find(|&i| &bytes[i..i + needle.len()] == needle)
+            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        f.set_len(at as u64).unwrap();
+        drop(f);
+        let reason = refusal(dir.path());
+        assert!(
+            reason.contains("acknowledged writes are missing"),
+            "{reason}"
+        );
+    }
+
+    /// sled skips a log message whose blob file is gone: the page is dropped.
+    #[test]
+    fn a_missing_blob_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        two_runs(dir.path(), 2);
+        for blob in list_dir(&dir.path().join("db/blobs")).unwrap() {
+            std::fs::remove_file(dir.path().join("db/blobs").join(blob)).unwrap();
+        }
+        let reason = refusal(dir.path());
+        assert!(reason.contains("hub_meta holds 0 records"), "{reason}");
+    }
+
+    /// sled panics on an emptied blob file of an earlier run: the panic is an Open error.
+    #[test]
+    fn an_emptied_blob_of_an_earlier_run_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        two_runs(dir.path(), 1);
+        for blob in list_dir(&dir.path().join("db/blobs")).unwrap() {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("db/blobs").join(blob))
+                .unwrap();
+            f.set_len(0).unwrap();
+        }
+        refusal(dir.path());
+    }
+
+    #[test]
+    fn a_damaged_watermark_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        two_runs(dir.path(), 0);
+        std::fs::write(dir.path().join("db").join(WATERMARK_FILE), b"").unwrap();
+        let reason = refusal(dir.path());
+        assert!(reason.contains("watermark"), "{reason}");
+    }
+
+    /// sled rewrites a missing `conf` and rebuilds a missing snapshot from the log: both
+    /// open with every record, which the checks confirm.
+    #[test]
+    fn a_missing_conf_or_snapshot_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = two_runs(dir.path(), 2);
+        let db = dir.path().join("db");
+        std::fs::remove_file(db.join("conf")).unwrap();
+        for name in list_dir(&db).unwrap() {
+            if name.to_string_lossy().starts_with("snap.") {
+                std::fs::remove_file(db.join(name)).unwrap();
+            }
+        }
+        let engine = SledEngine::open(dir.path()).unwrap();
+        assert_eq!(engine.stats(Table::ChannelHistory).record_count, 400);
+        assert_eq!(engine.get(Table::HubMeta, b"big").unwrap().unwrap(), big);
+        let last = engine
+            .get(Table::ChannelHistory, b"r2-0199")
+            .unwrap()
+            .unwrap();
+        assert!(last.starts_with(b"value of r2-0199"));
     }
 
     #[test]
