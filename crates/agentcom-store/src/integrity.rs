@@ -55,7 +55,7 @@ pub(crate) fn remove_interrupted_snapshots(dir: &Path) -> std::io::Result<()> {
         }
     }
     if removed {
-        File::open(dir)?.sync_all()?;
+        crate::sync_dir(dir)?;
     }
     Ok(())
 }
@@ -157,7 +157,7 @@ impl Watermark {
         file.write_all(&encode(value))?;
         file.sync_data()?;
         fs::rename(&tmp, dir.join(WATERMARK_FILE))?;
-        File::open(dir)?.sync_all()?;
+        crate::sync_dir(dir)?;
         Ok(Watermark { file })
     }
 

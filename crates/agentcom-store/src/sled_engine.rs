@@ -21,7 +21,7 @@ use sled::Transactional;
 
 use crate::engine::{Record, Visitor};
 use crate::integrity::{self, Watermark, WATERMARK_FILE};
-use crate::{Engine, StoreError, Table, TableStats, WriteOp};
+use crate::{sync_dir, Engine, StoreError, Table, TableStats, WriteOp};
 
 const STATS_TREE: &str = "__stats";
 const STATS_INDEX: usize = Table::ALL.len();
@@ -122,11 +122,6 @@ fn list_dir(dir: &Path) -> std::io::Result<BTreeSet<OsString>> {
     std::fs::read_dir(dir)?
         .map(|entry| entry.map(|e| e.file_name()))
         .collect()
-}
-
-/// `fsync` a directory, making the creation, renaming and removal of its entries durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl SledEngine {
