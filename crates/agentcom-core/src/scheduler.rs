@@ -1,15 +1,23 @@
 //! Scheduler matching (reference §5.4): queued tasks in (priority, created_at) order, each
 //! to the first available agent that has every needed capability.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use crate::Millis;
+
+/// The most capabilities an agent may declare, or a task may need.
+pub const MAX_CAPABILITIES: usize = 64;
+/// The longest capability name, in bytes.
+pub const MAX_CAPABILITY_LEN: usize = 128;
 
 /// An agent that may take a task now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub agent_id: String,
-    pub capabilities: Vec<String>,
+    /// A set: matching a task costs one lookup per needed capability.
+    pub capabilities: HashSet<String>,
 }
 
 /// A queued task as the scheduler sees it.
@@ -35,6 +43,35 @@ pub fn capability_names(caps: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Check a client's capability list (an identify's `capabilities`, a task's
+/// `needed_capabilities`): a JSON array of at most [`MAX_CAPABILITIES`] entries, each name
+/// at most [`MAX_CAPABILITY_LEN`] bytes. Bounds what one agent or task costs every
+/// scheduler pass.
+pub fn check_capabilities(caps: &Value) -> Result<(), String> {
+    let Some(list) = caps.as_array() else {
+        return if caps.is_null() {
+            Ok(())
+        } else {
+            Err("capabilities must be a list".into())
+        };
+    };
+    if list.len() > MAX_CAPABILITIES {
+        return Err(format!(
+            "at most {MAX_CAPABILITIES} capabilities (got {})",
+            list.len()
+        ));
+    }
+    match capability_names(caps)
+        .iter()
+        .find(|name| name.len() > MAX_CAPABILITY_LEN)
+    {
+        Some(_) => Err(format!(
+            "capability names are at most {MAX_CAPABILITY_LEN} bytes"
+        )),
+        None => Ok(()),
+    }
 }
 
 pub fn matches(agent: &Candidate, task: &QueuedTask) -> bool {
@@ -111,6 +148,17 @@ mod tests {
     fn object_capabilities_match_like_strings() {
         let caps = serde_json::json!(["code", {"name": "gpu"}, 7, {"x": 1}]);
         assert_eq!(capability_names(&caps), vec!["code", "gpu"]);
+    }
+
+    #[test]
+    fn capability_lists_are_bounded() {
+        assert!(check_capabilities(&serde_json::Value::Null).is_ok());
+        assert!(check_capabilities(&serde_json::json!(["a", {"name": "b"}])).is_ok());
+        assert!(check_capabilities(&serde_json::json!("code")).is_err());
+        let many: Vec<String> = (0..=MAX_CAPABILITIES).map(|i| format!("c{i}")).collect();
+        assert!(check_capabilities(&serde_json::json!(many)).is_err());
+        let long = "x".repeat(MAX_CAPABILITY_LEN + 1);
+        assert!(check_capabilities(&serde_json::json!([{ "name": long }])).is_err());
     }
 
     #[test]

@@ -66,6 +66,10 @@ fn new_task(body: &Map<String, Value>, submitted_by: &str, now: u64) -> Result<N
             )
         })? as u32,
     };
+    if let Some(caps @ Value::Array(_)) = body.get("needed_capabilities") {
+        agentcom_core::scheduler::check_capabilities(caps)
+            .map_err(|why| invalid("needed_capabilities", &why))?;
+    }
     let needed_capabilities = match body.get("needed_capabilities") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(list)) => list

@@ -382,6 +382,9 @@ async fn identify(
     if principal.agent_id != agent_id {
         return error("token_agent_mismatch");
     }
+    if agentcom_core::scheduler::check_capabilities(&capabilities).is_err() {
+        return error("invalid_capabilities");
+    }
     if state
         .agent
         .agent_id

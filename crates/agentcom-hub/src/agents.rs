@@ -91,7 +91,7 @@ impl AgentTable {
             .filter(|r| r.view.fsm.is_available())
             .map(|r| Candidate {
                 agent_id: r.view.agent_id.clone(),
-                capabilities: capability_names(&r.view.capabilities),
+                capabilities: capability_names(&r.view.capabilities).into_iter().collect(),
             })
             .collect();
         out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
