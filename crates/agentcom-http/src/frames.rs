@@ -1,5 +1,6 @@
 //! Agent and dashboard websocket frames: JSON text ⇄ the hub's typed protocol.
 
+use agentcom_core::message::check_keys;
 use agentcom_hub::events::HubEvent;
 use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, DashboardRequest, Outbound};
 use serde_json::{json, Map, Value};
@@ -92,12 +93,17 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
                 capabilities: obj.get("capabilities").cloned().unwrap_or(Value::Null),
             }
         }
-        "message" => AgentRequest::Message {
-            to: opt_string(obj, "to")?,
-            message_type: message_type(obj)?,
-            payload: obj.get("payload").cloned().unwrap_or(Value::Null),
-            reply_to: opt_string(obj, "reply_to")?,
-        },
+        "message" => {
+            let (to, reply_to) = (opt_string(obj, "to")?, opt_string(obj, "reply_to")?);
+            check_keys(to.as_deref(), reply_to.as_deref())
+                .map_err(|(field, e)| invalid(field, &format!("{field} {e}")))?;
+            AgentRequest::Message {
+                to,
+                message_type: message_type(obj)?,
+                payload: obj.get("payload").cloned().unwrap_or(Value::Null),
+                reply_to,
+            }
+        }
         "status" => AgentRequest::Status(req_string(obj, "status")?),
         "list_agents" => AgentRequest::ListAgents,
         "channel_subscribe" => AgentRequest::ChannelSubscribe(req_string(obj, "channel")?),
@@ -109,11 +115,14 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
                 Some(p @ Value::Object(_)) => p.clone(),
                 Some(_) => return Err(invalid("payload", "payload must be a JSON object")),
             };
+            let reply_to = opt_string(obj, "reply_to")?;
+            check_keys(None, reply_to.as_deref())
+                .map_err(|(field, e)| invalid(field, &format!("{field} {e}")))?;
             AgentRequest::ChannelPublish {
                 channel,
                 message_type: message_type(obj)?,
                 payload,
-                reply_to: opt_string(obj, "reply_to")?,
+                reply_to,
             }
         }
         "channel_history" => AgentRequest::ChannelHistory {
