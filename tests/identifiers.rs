@@ -191,3 +191,61 @@ async fn a_megabyte_to_is_refused_and_analytics_stays_small() {
     );
     assert!(size < 4096, "GET /api/analytics/agents is {size} bytes");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_channel_name_is_refused() {
+    let hub = TestHub::start().await;
+    let alice = hub.token("alice", "agent").await;
+    let long = "c".repeat(200);
+
+    let r = hub
+        .send_json("POST", "/api/channels", Some(&alice), json!({"name": long}))
+        .await;
+    assert_invalid_http(&r, "name");
+    let r = hub
+        .send_json(
+            "POST",
+            &format!("/api/channels/{long}/subscribe"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_invalid_http(&r, "channel");
+    let r = hub
+        .send_json(
+            "POST",
+            &format!("/api/channels/{long}/publish"),
+            Some(&alice),
+            json!({"payload": {}}),
+        )
+        .await;
+    assert_invalid_http(&r, "channel");
+
+    let mut ws = hub.identify("alice", &alice, json!({})).await;
+    ws.send_json(json!({"type": "channel_subscribe", "channel": long}))
+        .await;
+    assert_invalid_frame(&reply(&mut ws).await, "channel");
+    ws.send_json(json!({"type": "channel_publish", "channel": long, "payload": {}}))
+        .await;
+    assert_invalid_frame(&reply(&mut ws).await, "channel");
+    ws.send_json(json!({"type": "channel_history", "channel": long}))
+        .await;
+    assert_invalid_frame(&reply(&mut ws).await, "channel");
+
+    // 128 bytes is a name; nothing longer was created.
+    let ok = "d".repeat(128);
+    let r = hub
+        .send_json("POST", "/api/channels", Some(&alice), json!({"name": ok}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = hub.get("/api/channels", None).await;
+    let names: Vec<&str> = r.json["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, vec![ok.as_str()]);
+    let (ids, _) = analytics_agents(&hub).await;
+    assert!(ids.iter().all(|id| id.len() <= 128));
+}

@@ -45,6 +45,13 @@ fn req_string(obj: &Map<String, Value>, field: &'static str) -> Result<String, R
     }
 }
 
+/// A required channel name, at most `channel::MAX_NAME_BYTES` as sent.
+fn req_channel(obj: &Map<String, Value>) -> Result<String, Reject> {
+    let name = req_string(obj, "channel")?;
+    agentcom_core::channel::check_length(&name).map_err(|m| invalid("channel", &m))?;
+    Ok(name)
+}
+
 fn opt_int(
     obj: &Map<String, Value>,
     field: &'static str,
@@ -106,10 +113,10 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
         }
         "status" => AgentRequest::Status(req_string(obj, "status")?),
         "list_agents" => AgentRequest::ListAgents,
-        "channel_subscribe" => AgentRequest::ChannelSubscribe(req_string(obj, "channel")?),
-        "channel_unsubscribe" => AgentRequest::ChannelUnsubscribe(req_string(obj, "channel")?),
+        "channel_subscribe" => AgentRequest::ChannelSubscribe(req_channel(obj)?),
+        "channel_unsubscribe" => AgentRequest::ChannelUnsubscribe(req_channel(obj)?),
         "channel_publish" => {
-            let channel = req_string(obj, "channel")?;
+            let channel = req_channel(obj)?;
             let payload = match obj.get("payload") {
                 None => return Err(Reject::Unknown),
                 Some(p @ Value::Object(_)) => p.clone(),
@@ -126,7 +133,7 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
             }
         }
         "channel_history" => AgentRequest::ChannelHistory {
-            channel: req_string(obj, "channel")?,
+            channel: req_channel(obj)?,
             limit: opt_int(obj, "limit", 1, 200, 50)? as usize,
             since: opt_int(obj, "since", 0, u64::MAX, 0)?,
         },

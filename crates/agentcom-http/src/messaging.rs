@@ -2,7 +2,7 @@
 //! onboarding (reference §2.2 routes 2–3, 8–24, 30–33, 48).
 
 use agentcom_core::auth::{check_id, is_valid_agent_id, Role};
-use agentcom_core::channel::normalize;
+use agentcom_core::channel::{self, normalize};
 use agentcom_core::config::{ConfigKey, ConfigValue};
 use agentcom_core::message;
 use agentcom_hub::channels::{self, Subscription};
@@ -187,6 +187,7 @@ pub async fn create_channel(app: &App, req: Request) -> ApiResult {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("name", "name must be a string")),
     };
+    channel::check_length(&name).map_err(|m| invalid("name", &m))?;
     let normalized = normalize(&name).ok_or_else(|| {
         invalid(
             "name",
@@ -203,7 +204,10 @@ pub async fn create_channel(app: &App, req: Request) -> ApiResult {
     ))
 }
 
+/// The normalised channel name of a path: 400 if too long, 404 if it normalises to
+/// nothing (no such channel can exist).
 fn channel_name(raw: &str) -> Result<String, ApiError> {
+    channel::check_length(raw).map_err(|m| invalid("channel", &m))?;
     normalize(raw).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "channel_not_found"))
 }
 
@@ -257,6 +261,7 @@ pub async fn publish(app: &App, req: Request, raw: String) -> ApiResult {
 pub async fn channel_history(app: &App, req: Request, raw: String) -> ApiResult {
     let limit = query_int(req.uri(), "limit", 1, 200)?.unwrap_or(50) as usize;
     let since = query_int(req.uri(), "since", 0, MAX_SEQ)?.unwrap_or(0) as u64;
+    channel::check_length(&raw).map_err(|m| invalid("channel", &m))?;
     let entries = match normalize(&raw) {
         Some(name) => channels::history(&app.hub.reader, &name, since, limit)
             .map_err(agentcom_hub::HubError::from)?,

@@ -85,6 +85,14 @@ fn check_keys(message: &Message) -> Result<(), HubError> {
     )
 }
 
+/// Refuse a channel name (normalised) that is too long to be a key.
+fn check_channel(name: &str) -> Result<(), HubError> {
+    agentcom_core::channel::check_length(name).map_err(|message| HubError::Invalid {
+        field: "channel".into(),
+        message,
+    })
+}
+
 impl Services {
     /// The owner of `token`, if it is a live token.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
@@ -237,6 +245,7 @@ impl Services {
         description: String,
         created_by: &str,
     ) -> Result<(), HubError> {
+        check_channel(name)?;
         let (name, by) = (name.to_string(), created_by.to_string());
         self.channels
             .call(
@@ -254,6 +263,7 @@ impl Services {
         agent_id: &str,
         by_session: Option<ActorId>,
     ) -> Result<Subscription, HubError> {
+        check_channel(name)?;
         let (n, a) = (name.to_string(), agent_id.to_string());
         let sub = self
             .channels
@@ -298,6 +308,7 @@ impl Services {
     /// Publish on a channel; counted and indexed like every routed message.
     pub async fn publish(&self, name: &str, message: Message) -> Result<u64, HubError> {
         check_keys(&message)?;
+        check_channel(name)?;
         let (n, m) = (name.to_string(), message.clone());
         let seq = self
             .channels
