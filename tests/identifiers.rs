@@ -249,3 +249,78 @@ async fn an_over_long_channel_name_is_refused() {
     let (ids, _) = analytics_agents(&hub).await;
     assert!(ids.iter().all(|id| id.len() <= 128));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_used_near_the_maximum_saturates_the_hourly_total() {
+    let hub = TestHub::start().await;
+    let token = hub.token("coder", "agent").await;
+    let mut agent = hub
+        .identify("coder", &token, json!({"capabilities": ["code"]}))
+        .await;
+    for tokens in [u64::MAX, 5] {
+        let r = hub
+            .send_json(
+                "POST",
+                "/api/tasks",
+                Some(ADMIN),
+                json!({"description": "t", "needed_capabilities": ["code"]}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let assign = agent.next_of_type("task_assign").await;
+        let task_id = assign["task_id"].clone();
+        agent
+            .send_json(json!({"type": "task_accepted", "task_id": task_id}))
+            .await;
+        assert_eq!(agent.next_of_type("task_ack").await["status"], "accepted");
+        agent
+            .send_json(json!({"type": "task_complete", "task_id": task_id, "generation": assign["generation"], "result": {}, "tokens_used": tokens}))
+            .await;
+        assert_eq!(agent.next_of_type("task_ack").await["status"], "complete");
+    }
+    let throughput = || async {
+        let r = hub.get("/api/dashboard/state", Some(ADMIN)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json["throughput"].clone()
+    };
+    let counted = eventually(Duration::from_secs(10), || async {
+        throughput().await["completed_last_hour"] == 2
+    })
+    .await;
+    let t = throughput().await;
+    assert!(counted, "both completions counted: {t}");
+    assert_eq!(t["total_tokens_hour"].as_u64(), Some(u64::MAX), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_durations_are_bounded() {
+    let hub = TestHub::start().await;
+    const THIRTY_DAYS_MS: u64 = 30 * 24 * 3600 * 1000;
+    for (path, field, default) in [
+        (
+            "/api/config/heartbeat-interval",
+            "heartbeat_interval_ms",
+            900_000u64,
+        ),
+        (
+            "/api/config/mailbox-retention",
+            "mailbox_ttl_ms",
+            604_800_000,
+        ),
+    ] {
+        for too_big in [u64::MAX, THIRTY_DAYS_MS + 1] {
+            let r = hub
+                .send_json("PUT", path, Some(ADMIN), json!({ field: too_big }))
+                .await;
+            assert_invalid_http(&r, field);
+            let r = hub.get(path, Some(ADMIN)).await;
+            assert_eq!(r.json[field], default, "{r:?}");
+        }
+        let r = hub
+            .send_json("PUT", path, Some(ADMIN), json!({ field: THIRTY_DAYS_MS }))
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = hub.get(path, Some(ADMIN)).await;
+        assert_eq!(r.json[field], THIRTY_DAYS_MS, "{r:?}");
+    }
+}
