@@ -56,14 +56,42 @@ pub fn is_token_format(token: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Is `agent_id` acceptable as an agent identifier: non-empty, at most 128 bytes, printable,
-/// no whitespace or slashes (it appears in URL paths).
+/// The longest identifier accepted, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Why a string is not an identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {MAX_ID_BYTES} bytes")]
+    TooLong,
+    #[error("must not contain whitespace, control characters or '/'")]
+    BadCharacter,
+}
+
+/// Check an identifier that names an agent or a message: non-empty, at most
+/// [`MAX_ID_BYTES`], printable, no whitespace or slashes. Identifiers appear in URL paths
+/// and own store keys (`<owner>\0<seq>`): a NUL would make one owner's key read as
+/// another's, and an unbounded one would cost unbounded memory in every table it keys.
+pub fn check_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        Err(IdError::Empty)
+    } else if id.len() > MAX_ID_BYTES {
+        Err(IdError::TooLong)
+    } else if id
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '/')
+    {
+        Err(IdError::BadCharacter)
+    } else {
+        Ok(())
+    }
+}
+
+/// Is `agent_id` acceptable as an agent identifier ([`check_id`])?
 pub fn is_valid_agent_id(agent_id: &str) -> bool {
-    !agent_id.is_empty()
-        && agent_id.len() <= 128
-        && agent_id
-            .chars()
-            .all(|c| !c.is_control() && !c.is_whitespace() && c != '/')
+    check_id(agent_id).is_ok()
 }
 
 #[cfg(test)]
@@ -100,5 +128,9 @@ mod tests {
         assert!(!is_valid_agent_id("a b"));
         assert!(!is_valid_agent_id("a/b"));
         assert!(!is_valid_agent_id(&"x".repeat(129)));
+        assert!(is_valid_agent_id(&"x".repeat(128)));
+        assert_eq!(check_id("bob\0x"), Err(IdError::BadCharacter));
+        assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(&"x".repeat(1 << 20)), Err(IdError::TooLong));
     }
 }

@@ -12,6 +12,19 @@ pub fn normalize(name: &str) -> Option<String> {
     (!normalized.is_empty()).then_some(normalized)
 }
 
+/// The longest channel name accepted, as sent, in bytes. The normalised name keys the
+/// channel record and every history entry; the name as sent is echoed in replies.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Refuse a channel name (as sent) longer than [`MAX_NAME_BYTES`].
+pub fn check_length(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES {
+        Err(format!("channel names are at most {MAX_NAME_BYTES} bytes"))
+    } else {
+        Ok(())
+    }
+}
+
 /// Entries of channel history kept per channel.
 pub const HISTORY_KEEP: usize = 200;
 
@@ -26,6 +39,12 @@ mod tests {
         assert_eq!(normalize("##ops_1-a").as_deref(), Some("ops_1-a"));
         assert_eq!(normalize("#!!"), None);
         assert_eq!(normalize(""), None);
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        assert!(check_length(&"a".repeat(MAX_NAME_BYTES)).is_ok());
+        assert!(check_length(&"a".repeat(MAX_NAME_BYTES + 1)).is_err());
     }
 
     proptest! {

@@ -50,6 +50,8 @@ impl ConfigKey {
             (ConfigKey::HeartbeatIntervalMs | ConfigKey::MailboxTtlMs, ConfigValue::Millis(ms)) => {
                 if *ms == 0 {
                     Err(ConfigError::NotPositive(self))
+                } else if *ms > MAX_MILLIS {
+                    Err(ConfigError::TooLarge(self))
                 } else {
                     Ok(())
                 }
@@ -72,6 +74,9 @@ impl ConfigKey {
 pub const DEFAULT_HEARTBEAT_MS: u64 = 900_000;
 /// Default mailbox retention: 7 days.
 pub const DEFAULT_MAILBOX_TTL_MS: u64 = 604_800_000;
+/// The largest duration accepted: 30 days. A value near 2^64 ms means nothing to a
+/// client (the heartbeat is advisory) and turns the mailbox TTL into "forever".
+pub const MAX_MILLIS: u64 = 30 * 24 * 3600 * 1000;
 /// Longest text value accepted.
 pub const MAX_TEXT_BYTES: usize = 4096;
 
@@ -87,6 +92,8 @@ pub enum ConfigValue {
 pub enum ConfigError {
     #[error("{} must be a positive integer", .0.name())]
     NotPositive(ConfigKey),
+    #[error("{} must be at most {MAX_MILLIS} (30 days)", .0.name())]
+    TooLarge(ConfigKey),
     #[error("{} must not be empty", .0.name())]
     Empty(ConfigKey),
     #[error("{} is longer than {MAX_TEXT_BYTES} bytes", .0.name())]
@@ -132,6 +139,15 @@ mod tests {
             hb.validate(&ConfigValue::Text("x".into())),
             Err(ConfigError::WrongType(hb))
         );
+        assert_eq!(hb.validate(&ConfigValue::Millis(MAX_MILLIS)), Ok(()));
+        for key in [hb, ConfigKey::MailboxTtlMs] {
+            for ms in [MAX_MILLIS + 1, u64::MAX] {
+                assert_eq!(
+                    key.validate(&ConfigValue::Millis(ms)),
+                    Err(ConfigError::TooLarge(key))
+                );
+            }
+        }
         let repo = ConfigKey::DefaultRepo;
         assert_eq!(
             repo.validate(&ConfigValue::Text("  ".into())),

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::auth::{check_id, IdError};
 use crate::Millis;
 
 /// A routed message. Stored with the original's `MessageJSON` field names.
@@ -37,6 +38,19 @@ pub fn is_broadcast_target(to: Option<&str>) -> bool {
     matches!(to, None | Some("broadcast"))
 }
 
+/// Check the fields of a message that become store keys: a direct `to` (a mailbox owner
+/// and an analytics row) and `reply_to` (a key of the thread index) must be identifiers
+/// ([`check_id`]). The error names the field.
+pub fn check_keys(to: Option<&str>, reply_to: Option<&str>) -> Result<(), (&'static str, IdError)> {
+    if let Some(to) = to.filter(|t| !is_broadcast_target(Some(t))) {
+        check_id(to).map_err(|e| ("to", e))?;
+    }
+    if let Some(parent) = reply_to {
+        check_id(parent).map_err(|e| ("reply_to", e))?;
+    }
+    Ok(())
+}
+
 /// The default message type.
 pub const DEFAULT_KIND: &str = "chat";
 
@@ -64,6 +78,25 @@ mod tests {
         assert!(!dm.is_broadcast());
         assert!(dm.visible_to("a") && dm.visible_to("b") && !dm.visible_to("c"));
         assert!(msg("a", None).visible_to("c"));
+    }
+
+    #[test]
+    fn keys_are_identifiers() {
+        assert_eq!(check_keys(None, None), Ok(()));
+        assert_eq!(
+            check_keys(Some("broadcast"), Some("0123456789abcdef")),
+            Ok(())
+        );
+        assert_eq!(
+            check_keys(Some("bob\0x"), None),
+            Err(("to", IdError::BadCharacter))
+        );
+        assert_eq!(check_keys(Some(""), None), Err(("to", IdError::Empty)));
+        let long = "r".repeat(129);
+        assert_eq!(
+            check_keys(Some("bob"), Some(&long)),
+            Err(("reply_to", IdError::TooLong))
+        );
     }
 
     #[test]

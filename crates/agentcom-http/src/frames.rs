@@ -1,5 +1,6 @@
 //! Agent and dashboard websocket frames: JSON text ⇄ the hub's typed protocol.
 
+use agentcom_core::message::check_keys;
 use agentcom_hub::events::HubEvent;
 use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, DashboardRequest, Outbound};
 use serde_json::{json, Map, Value};
@@ -42,6 +43,13 @@ fn req_string(obj: &Map<String, Value>, field: &'static str) -> Result<String, R
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(invalid(field, &format!("{field} must be a string"))),
     }
+}
+
+/// A required channel name, at most `channel::MAX_NAME_BYTES` as sent.
+fn req_channel(obj: &Map<String, Value>) -> Result<String, Reject> {
+    let name = req_string(obj, "channel")?;
+    agentcom_core::channel::check_length(&name).map_err(|m| invalid("channel", &m))?;
+    Ok(name)
 }
 
 fn opt_int(
@@ -92,32 +100,40 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
                 capabilities: obj.get("capabilities").cloned().unwrap_or(Value::Null),
             }
         }
-        "message" => AgentRequest::Message {
-            to: opt_string(obj, "to")?,
-            message_type: message_type(obj)?,
-            payload: obj.get("payload").cloned().unwrap_or(Value::Null),
-            reply_to: opt_string(obj, "reply_to")?,
-        },
+        "message" => {
+            let (to, reply_to) = (opt_string(obj, "to")?, opt_string(obj, "reply_to")?);
+            check_keys(to.as_deref(), reply_to.as_deref())
+                .map_err(|(field, e)| invalid(field, &format!("{field} {e}")))?;
+            AgentRequest::Message {
+                to,
+                message_type: message_type(obj)?,
+                payload: obj.get("payload").cloned().unwrap_or(Value::Null),
+                reply_to,
+            }
+        }
         "status" => AgentRequest::Status(req_string(obj, "status")?),
         "list_agents" => AgentRequest::ListAgents,
-        "channel_subscribe" => AgentRequest::ChannelSubscribe(req_string(obj, "channel")?),
-        "channel_unsubscribe" => AgentRequest::ChannelUnsubscribe(req_string(obj, "channel")?),
+        "channel_subscribe" => AgentRequest::ChannelSubscribe(req_channel(obj)?),
+        "channel_unsubscribe" => AgentRequest::ChannelUnsubscribe(req_channel(obj)?),
         "channel_publish" => {
-            let channel = req_string(obj, "channel")?;
+            let channel = req_channel(obj)?;
             let payload = match obj.get("payload") {
                 None => return Err(Reject::Unknown),
                 Some(p @ Value::Object(_)) => p.clone(),
                 Some(_) => return Err(invalid("payload", "payload must be a JSON object")),
             };
+            let reply_to = opt_string(obj, "reply_to")?;
+            check_keys(None, reply_to.as_deref())
+                .map_err(|(field, e)| invalid(field, &format!("{field} {e}")))?;
             AgentRequest::ChannelPublish {
                 channel,
                 message_type: message_type(obj)?,
                 payload,
-                reply_to: opt_string(obj, "reply_to")?,
+                reply_to,
             }
         }
         "channel_history" => AgentRequest::ChannelHistory {
-            channel: req_string(obj, "channel")?,
+            channel: req_channel(obj)?,
             limit: opt_int(obj, "limit", 1, 200, 50)? as usize,
             since: opt_int(obj, "since", 0, u64::MAX, 0)?,
         },

@@ -1,9 +1,10 @@
 //! Messaging routes: messages, mailboxes, history, threads, channels, agents, analytics and
 //! onboarding (reference §2.2 routes 2–3, 8–24, 30–33, 48).
 
-use agentcom_core::auth::{is_valid_agent_id, Role};
-use agentcom_core::channel::normalize;
+use agentcom_core::auth::{check_id, is_valid_agent_id, Role};
+use agentcom_core::channel::{self, normalize};
 use agentcom_core::config::{ConfigKey, ConfigValue};
+use agentcom_core::message;
 use agentcom_hub::channels::{self, Subscription};
 use agentcom_hub::history::{self, HistoryQuery};
 use agentcom_hub::{mailbox, threads, Principal};
@@ -34,6 +35,16 @@ fn opt_string(body: &Map<String, Value>, field: &str) -> Result<Option<String>, 
     }
 }
 
+/// Refuse message fields that would become malformed store keys (`to`, `reply_to`).
+fn check_keys(to: Option<&str>, reply_to: Option<&str>) -> Result<(), ApiError> {
+    message::check_keys(to, reply_to).map_err(|(field, e)| invalid(field, &format!("{field} {e}")))
+}
+
+/// The agent id of a mailbox route: an identifier, or 400 (it owns store keys).
+fn mailbox_agent(agent_id: &str) -> Result<(), ApiError> {
+    check_id(agent_id).map_err(|e| invalid("agent_id", &format!("agent_id {e}")))
+}
+
 /// Route 3: send a direct message or a broadcast as the token's agent.
 pub async fn post_message(app: &App, req: Request) -> ApiResult {
     let who = messaging_caller(&app.hub, req.headers())?;
@@ -44,6 +55,7 @@ pub async fn post_message(app: &App, req: Request) -> ApiResult {
     let to = opt_string(&body, "to")?;
     let kind = opt_string(&body, "type")?.unwrap_or_else(|| "chat".into());
     let reply_to = opt_string(&body, "reply_to")?;
+    check_keys(to.as_deref(), reply_to.as_deref())?;
     let message = app
         .hub
         .new_message(&who.agent_id, to, kind, payload, reply_to);
@@ -71,6 +83,7 @@ fn mailbox_owner(app: &App, req: &Request, agent_id: &str) -> Result<Principal, 
 /// Route 12: poll a mailbox.
 pub async fn poll_mailbox(app: &App, req: Request, agent_id: String) -> ApiResult {
     mailbox_owner(app, &req, &agent_id)?;
+    mailbox_agent(&agent_id)?;
     let since = query_int(req.uri(), "since", 0, MAX_SEQ)?.unwrap_or(0) as u64;
     let entries =
         mailbox::poll(&app.hub.reader, &agent_id, since).map_err(agentcom_hub::HubError::from)?;
@@ -87,6 +100,7 @@ pub async fn poll_mailbox(app: &App, req: Request, agent_id: String) -> ApiResul
 /// integer (F15: a string or null no longer wipes the mailbox).
 pub async fn ack_mailbox(app: &App, req: Request, agent_id: String) -> ApiResult {
     mailbox_owner(app, &req, &agent_id)?;
+    mailbox_agent(&agent_id)?;
     let body = read_object(req, app.settings.max_body_bytes).await?;
     let seq = match body.get("seq") {
         None => return Err(ApiError::bad_request("missing required field: seq")),
@@ -173,6 +187,7 @@ pub async fn create_channel(app: &App, req: Request) -> ApiResult {
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("name", "name must be a string")),
     };
+    channel::check_length(&name).map_err(|m| invalid("name", &m))?;
     let normalized = normalize(&name).ok_or_else(|| {
         invalid(
             "name",
@@ -189,7 +204,10 @@ pub async fn create_channel(app: &App, req: Request) -> ApiResult {
     ))
 }
 
+/// The normalised channel name of a path: 400 if too long, 404 if it normalises to
+/// nothing (no such channel can exist).
 fn channel_name(raw: &str) -> Result<String, ApiError> {
+    channel::check_length(raw).map_err(|m| invalid("channel", &m))?;
     normalize(raw).ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "channel_not_found"))
 }
 
@@ -231,6 +249,7 @@ pub async fn publish(app: &App, req: Request, raw: String) -> ApiResult {
     };
     let kind = opt_string(&body, "type")?.unwrap_or_else(|| "chat".into());
     let reply_to = opt_string(&body, "reply_to")?;
+    check_keys(None, reply_to.as_deref())?;
     let message = app
         .hub
         .new_message(&who.agent_id, None, kind, payload, reply_to);
@@ -242,6 +261,7 @@ pub async fn publish(app: &App, req: Request, raw: String) -> ApiResult {
 pub async fn channel_history(app: &App, req: Request, raw: String) -> ApiResult {
     let limit = query_int(req.uri(), "limit", 1, 200)?.unwrap_or(50) as usize;
     let since = query_int(req.uri(), "since", 0, MAX_SEQ)?.unwrap_or(0) as u64;
+    channel::check_length(&raw).map_err(|m| invalid("channel", &m))?;
     let entries = match normalize(&raw) {
         Some(name) => channels::history(&app.hub.reader, &name, since, limit)
             .map_err(agentcom_hub::HubError::from)?,

@@ -176,7 +176,8 @@ impl DashboardState {
                 task,
             } => {
                 self.completed += 1;
-                self.tokens += task.tokens_used.unwrap_or(0);
+                // Saturates: an agent reports `tokens_used` up to 2^64 − 1.
+                self.tokens = self.tokens.saturating_add(task.tokens_used.unwrap_or(0));
                 let duration_ms = task.assigned_at.map_or(0, |t| now.saturating_sub(t));
                 self.durations.push(duration_ms);
                 self.recent.push_front(Completion {
@@ -282,7 +283,11 @@ impl DashboardState {
         let avg = if self.durations.is_empty() {
             0
         } else {
-            self.durations.iter().sum::<u64>() / self.durations.len() as u64
+            let total = self
+                .durations
+                .iter()
+                .fold(0u64, |a, d| a.saturating_add(*d));
+            total / self.durations.len() as u64
         };
         Snapshot {
             uptime_ms: now.saturating_sub(self.started_at),

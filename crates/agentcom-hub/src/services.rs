@@ -74,6 +74,25 @@ pub fn message_id() -> String {
     hex::encode(crate::random_bytes::<8>())
 }
 
+/// Refuse a message whose `to` or `reply_to` would make a malformed store key. The front
+/// ends check the same rule while parsing, to name the field; this is the backstop.
+fn check_keys(message: &Message) -> Result<(), HubError> {
+    agentcom_core::message::check_keys(message.to.as_deref(), message.reply_to.as_deref()).map_err(
+        |(field, e)| HubError::Invalid {
+            field: field.to_string(),
+            message: format!("{field} {e}"),
+        },
+    )
+}
+
+/// Refuse a channel name (normalised) that is too long to be a key.
+fn check_channel(name: &str) -> Result<(), HubError> {
+    agentcom_core::channel::check_length(name).map_err(|message| HubError::Invalid {
+        field: "channel".into(),
+        message,
+    })
+}
+
 impl Services {
     /// The owner of `token`, if it is a live token.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
@@ -141,6 +160,7 @@ impl Services {
     /// when this returns), indexed into threads and counted in analytics (F7), pushed to
     /// online recipients and kept in the mailbox of offline ones (one copy per agent).
     pub async fn route(&self, message: Message) -> Result<(), HubError> {
+        check_keys(&message)?;
         let m = message.clone();
         // History and the thread index are written side by side (they may share a flush).
         let (stored, ()) = tokio::join!(
@@ -225,6 +245,7 @@ impl Services {
         description: String,
         created_by: &str,
     ) -> Result<(), HubError> {
+        check_channel(name)?;
         let (name, by) = (name.to_string(), created_by.to_string());
         self.channels
             .call(
@@ -242,6 +263,7 @@ impl Services {
         agent_id: &str,
         by_session: Option<ActorId>,
     ) -> Result<Subscription, HubError> {
+        check_channel(name)?;
         let (n, a) = (name.to_string(), agent_id.to_string());
         let sub = self
             .channels
@@ -285,6 +307,8 @@ impl Services {
 
     /// Publish on a channel; counted and indexed like every routed message.
     pub async fn publish(&self, name: &str, message: Message) -> Result<u64, HubError> {
+        check_keys(&message)?;
+        check_channel(name)?;
         let (n, m) = (name.to_string(), message.clone());
         let seq = self
             .channels

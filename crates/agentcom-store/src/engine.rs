@@ -138,9 +138,14 @@ impl StoreReader {
         let from = crate::owned_seq_key(owner, first);
         let mut to = crate::owner_prefix(owner);
         *to.last_mut().expect("prefix ends with a separator") = 1;
+        // Exactly `<owner>\0` and 8 bytes: a key of an owner whose name extends this one
+        // after a NUL (`bob\0x`, stored before ids were validated) is not `owner`'s.
+        let key_len = to.len() + 8;
         Ok(self
-            .range(table, &from, &to, limit)?
+            .range(table, &from, &to, usize::MAX)?
             .iter()
+            .filter(|(key, _)| key.len() == key_len)
+            .take(limit)
             .filter_map(|(key, bytes)| crate::decode_or_skip(table, key, bytes))
             .collect())
     }

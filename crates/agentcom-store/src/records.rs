@@ -60,6 +60,10 @@ pub mod meta {
 }
 
 /// `<owner>\0<seq big-endian>`: the records of one owner sort together, in sequence order.
+/// Owners are agent ids and normalised channel names, which never hold a NUL (the hub
+/// refuses such ids before they reach a key), so the separator is unambiguous; readers
+/// still take only keys of exactly `<owner>\0` and 8 bytes (see `owned_after`), for
+/// stores written before ids were checked.
 pub fn owned_seq_key(owner: &str, seq: u64) -> Vec<u8> {
     let mut key = owner_prefix(owner);
     key.extend_from_slice(&seq.to_be_bytes());

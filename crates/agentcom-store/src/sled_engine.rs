@@ -747,6 +747,36 @@ mod tests {
         }
     }
 
+    /// A key stored under an owner id with a NUL in it (`bob\0x`, before ids were
+    /// validated) shares `bob`'s prefix; it is not one of `bob`'s records.
+    #[test]
+    fn owned_ranges_skip_keys_of_longer_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(SledEngine::open(dir.path()).unwrap());
+        let op = |key: Vec<u8>, seq: u64| WriteOp::Put {
+            table: Table::AgentMailbox,
+            key,
+            value: crate::encode(&seq),
+        };
+        engine
+            .apply(&[
+                op(crate::owned_seq_key("bob", 2), 2),
+                op(crate::owned_seq_key("bob\0x", 3), 3),
+                op(crate::owned_seq_key("bob", 4), 4),
+                op(crate::owned_seq_key("bobby", 5), 5),
+            ])
+            .unwrap();
+        let reader = crate::StoreReader::new(engine);
+        let seqs: Vec<u64> = reader
+            .owned_after(Table::AgentMailbox, "bob", 0, 10)
+            .unwrap();
+        assert_eq!(seqs, vec![2, 4]);
+        let first: Vec<u64> = reader
+            .owned_after(Table::AgentMailbox, "bob", 0, 1)
+            .unwrap();
+        assert_eq!(first, vec![2]);
+    }
+
     #[test]
     fn ranges_and_last_with_prefix() {
         let dir = tempfile::tempdir().unwrap();
