@@ -132,10 +132,11 @@ pub async fn list_tokens(app: &App, req: Request) -> ApiResult {
     Ok(ok(json!({ "tokens": tokens })))
 }
 
-/// Route 27: admin, or an agent revoking its own tokens (the original's remove-agent).
+/// Route 27: admin, or an agent token revoking its own agent's tokens (the original's
+/// remove-agent); a viewer token revokes nothing, whatever agent id it was minted for.
 pub async fn revoke_tokens(app: &App, req: Request, agent_id: String) -> ApiResult {
     let who = caller(&app.hub, req.headers())?;
-    if !who.role.is_admin() && who.agent_id != agent_id {
+    if !api::acts_for(&who, &agent_id) {
         return Err(ApiError::admin_only());
     }
     app.hub.token_revoke(&agent_id).await?;
