@@ -382,6 +382,8 @@ async fn identify(
     if principal.agent_id != agent_id {
         return error("token_agent_mismatch");
     }
+    // Kept, so that revoking the token closes this connection (SessionMsg::Recheck).
+    state.principal = Some(principal);
     if state
         .agent
         .agent_id
