@@ -98,6 +98,39 @@ async fn a_viewer_token_does_not_act_as_its_agent() {
     assert_eq!(r.status, 401, "{r:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_revoking_its_own_tokens_revokes_only_its_agent_tokens() {
+    let hub = TestHub::start().await;
+    // An agent token minted with the admin's agent id does not take the admin's tokens.
+    let namesake = hub.token("admin", "agent").await;
+    let r = hub
+        .request("DELETE", "/admin/tokens/admin", Some(&namesake), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(hub.get("/admin/tokens", Some(ADMIN)).await.status, 200);
+    assert_eq!(
+        hub.get("/api/mailbox/admin", Some(&namesake)).await.status,
+        401
+    );
+
+    // Nor an agent's the viewer tokens minted with its id; an admin revokes them all.
+    let agent = hub.token("eve", "agent").await;
+    let viewer = hub.token("eve", "viewer").await;
+    let r = hub
+        .request("DELETE", "/admin/tokens/eve", Some(&agent), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(hub.get("/api/mailbox/eve", Some(&agent)).await.status, 401);
+    let r = hub.get("/api/dashboard/whoami", Some(&viewer)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = hub
+        .request("DELETE", "/admin/tokens/eve", Some(ADMIN), None)
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = hub.get("/api/dashboard/whoami", Some(&viewer)).await;
+    assert_eq!(r.status, 401, "{r:?}");
+}
+
 /// Every frame up to the close, and the close code.
 async fn frames_until_close(ws: &mut Ws) -> (Vec<Value>, Option<u16>) {
     let mut frames = Vec::new();

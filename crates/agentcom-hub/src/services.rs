@@ -382,13 +382,18 @@ impl Services {
             .await?
     }
 
-    /// Revoke every token of an agent (durably), and close the websockets opened with them
-    /// or with their dashboard sessions; answers once those are closed.
-    pub async fn token_revoke(&self, agent_id: &str) -> Result<usize, HubError> {
+    /// Revoke every token of an agent, or only those of role `only` (durably), and close
+    /// the websockets opened with them or with their dashboard sessions; answers once
+    /// those are closed.
+    pub async fn token_revoke(
+        &self,
+        agent_id: &str,
+        only: Option<Role>,
+    ) -> Result<usize, HubError> {
         let agent_id = agent_id.to_string();
         let revoked = self
             .auth
-            .call(|r| AuthMsg::Revoke(agent_id, r), CALL_TIMEOUT)
+            .call(|r| AuthMsg::Revoke(agent_id, only, r), CALL_TIMEOUT)
             .await??;
         self.close_lapsed_sessions().await;
         Ok(revoked)

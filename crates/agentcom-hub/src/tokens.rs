@@ -68,11 +68,15 @@ pub fn list(reader: &StoreReader) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreEr
     Ok(out)
 }
 
-/// The writes that revoke every token of `agent_id`.
-pub fn revoke(reader: &StoreReader, agent_id: &str) -> Result<Vec<WriteOp>, StoreError> {
+/// The writes that revoke every token of `agent_id`, or only those of role `only`.
+pub fn revoke(
+    reader: &StoreReader,
+    agent_id: &str,
+    only: Option<Role>,
+) -> Result<Vec<WriteOp>, StoreError> {
     Ok(list(reader)?
         .into_iter()
-        .filter(|(_, r)| r.agent_id == agent_id)
+        .filter(|(_, r)| r.agent_id == agent_id && only.is_none_or(|role| r.role == role))
         .map(|(key, _)| WriteOp::Delete {
             table: Table::AuthTokens,
             key,
@@ -254,7 +258,19 @@ mod tests {
                 create("b", Role::Agent, &t3, false, 3).1,
             ])
             .unwrap();
-        engine.apply(&revoke(&reader, "a1").unwrap()).unwrap();
+        let viewer = mint();
+        engine
+            .apply(&[create("a1", Role::Viewer, &viewer, false, 4).1])
+            .unwrap();
+        engine
+            .apply(&revoke(&reader, "a1", Some(Role::Viewer)).unwrap())
+            .unwrap();
+        assert!(lookup(&reader, &viewer).unwrap().is_none());
+        assert!(
+            lookup(&reader, &t1).unwrap().is_some(),
+            "only the role asked for"
+        );
+        engine.apply(&revoke(&reader, "a1", None).unwrap()).unwrap();
         assert!(lookup(&reader, &t1).unwrap().is_none());
         assert!(lookup(&reader, &t2).unwrap().is_none());
         assert!(lookup(&reader, &t3).unwrap().is_some());
@@ -296,7 +312,9 @@ mod tests {
         // Revoking the token ends its sessions; opening another prunes the dead ones.
         let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
         engine.apply(&ops).unwrap();
-        engine.apply(&revoke(&reader, "screen").unwrap()).unwrap();
+        engine
+            .apply(&revoke(&reader, "screen", None).unwrap())
+            .unwrap();
         assert!(session_lookup(&reader, &second, 3_001).unwrap().is_none());
         let other = mint();
         engine
@@ -336,7 +354,9 @@ mod tests {
         );
         let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
         engine.apply(&ops).unwrap();
-        engine.apply(&revoke(&reader, "screen").unwrap()).unwrap();
+        engine
+            .apply(&revoke(&reader, "screen", None).unwrap())
+            .unwrap();
         let by_second = Proof::DashboardSession(session_key(&second));
         assert_eq!(
             lapsed(&reader, &by_second, 3_001).unwrap(),
