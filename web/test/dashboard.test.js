@@ -299,6 +299,10 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
         assert.equal(await v.locator('[data-retry]').count(), 0, 'no Retry buttons');
         assert.match(await v.locator('#backups-body').innerText(), /shown to admins/);
         assert.match(await v.locator('#storage-body').innerText(), /task_queue/);
+        // Revoking the viewer's token closes its socket (4003): the page signs out at once.
+        await http(base, 'DELETE', '/admin/tokens/watcher', adminToken);
+        await v.locator('#signin').waitFor({ state: 'visible' });
+        assert.match(await v.locator('#signin-error').innerText(), /session has ended/);
       } finally {
         await vctx.close();
       }

@@ -286,6 +286,13 @@ pub fn messaging_caller(hub: &Hub, headers: &HeaderMap) -> Result<Principal, Api
     Ok(who)
 }
 
+/// May `who` act as `agent_id` (its mailbox, its tokens)? Its own `agent` token or an
+/// `admin` token: a `viewer` token only watches, whatever agent id it was minted for.
+pub fn acts_for(who: &Principal, agent_id: &str) -> bool {
+    who.role.is_admin()
+        || (who.role == agentcom_core::auth::Role::Agent && who.agent_id == agent_id)
+}
+
 pub fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden").with("message", message)
 }

@@ -132,13 +132,16 @@ pub async fn list_tokens(app: &App, req: Request) -> ApiResult {
     Ok(ok(json!({ "tokens": tokens })))
 }
 
-/// Route 27: admin, or an agent revoking its own tokens (the original's remove-agent).
+/// Route 27: admin (every token of the agent), or an agent token revoking its own agent
+/// tokens (the original's remove-agent) — not the admin or viewer tokens minted with the
+/// same id. A viewer token revokes nothing, whatever agent id it was minted for.
 pub async fn revoke_tokens(app: &App, req: Request, agent_id: String) -> ApiResult {
     let who = caller(&app.hub, req.headers())?;
-    if !who.role.is_admin() && who.agent_id != agent_id {
+    if !api::acts_for(&who, &agent_id) {
         return Err(ApiError::admin_only());
     }
-    app.hub.token_revoke(&agent_id).await?;
+    let only = (!who.role.is_admin()).then_some(Role::Agent);
+    app.hub.token_revoke(&agent_id, only).await?;
     Ok(ok(json!({"status": "revoked", "agent_id": agent_id})))
 }
 

@@ -12,8 +12,8 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use crate::api::{
-    self, caller, caller_or_token_param, forbidden, messaging_caller, ok, query_int, query_param,
-    read_object, ApiError, ApiResult, Request,
+    self, acts_for, caller, caller_or_token_param, forbidden, messaging_caller, ok, query_int,
+    query_param, read_object, ApiError, ApiResult, Request,
 };
 use crate::server::App;
 use crate::wire;
@@ -71,10 +71,16 @@ pub async fn evict(app: &App, req: Request) -> ApiResult {
     Ok(ok(json!({"status": "eviction_triggered"})))
 }
 
-/// The caller of a mailbox route: a token of the path's agent, or an admin token (S6).
+/// The caller of a mailbox route: an agent token of the path's agent, or an admin token
+/// (S6); a viewer token minted for that agent id is refused too.
 fn mailbox_owner(app: &App, req: &Request, agent_id: &str) -> Result<Principal, ApiError> {
     let who = caller_or_token_param(&app.hub, req.headers(), req.uri())?;
-    if who.agent_id != agent_id && !who.role.is_admin() {
+    if who.role == Role::Viewer {
+        return Err(forbidden(
+            "a viewer token cannot read or acknowledge a mailbox",
+        ));
+    }
+    if !acts_for(&who, agent_id) {
         return Err(forbidden("this token belongs to another agent"));
     }
     Ok(who)
@@ -152,6 +158,9 @@ fn visible(who: &Principal, messages: Vec<agentcom_core::message::Message>) -> V
 /// Routes 9–11: a thread, the direct replies, the root.
 pub async fn thread(app: &App, req: Request, id: String, part: &str) -> ApiResult {
     let who = caller_or_token_param(&app.hub, req.headers(), req.uri())?;
+    if who.role == Role::Viewer {
+        return Err(forbidden("a viewer token cannot read messages"));
+    }
     let reader = &app.hub.reader;
     let err = agentcom_hub::HubError::from;
     Ok(ok(match part {

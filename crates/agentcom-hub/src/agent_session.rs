@@ -385,6 +385,8 @@ async fn identify(
     if agentcom_core::scheduler::check_capabilities(&capabilities).is_err() {
         return error("invalid_capabilities");
     }
+    // Kept, so that revoking the token closes this connection (SessionMsg::Recheck).
+    state.principal = Some(principal);
     if state
         .agent
         .agent_id

@@ -21,8 +21,9 @@ pub enum AuthMsg {
         String,
         RpcReplyPort<Result<(String, TokenRecord), HubError>>,
     ),
-    /// Revoke every token of an agent; answers with how many were revoked.
-    Revoke(String, RpcReplyPort<Result<usize, HubError>>),
+    /// Revoke every token of an agent (or only those of one role); answers with how many
+    /// were revoked.
+    Revoke(String, Option<Role>, RpcReplyPort<Result<usize, HubError>>),
     /// Make this token the bootstrap admin token.
     Bootstrap(String, RpcReplyPort<Result<(), HubError>>),
     /// Open a dashboard session for a (checked) token; answers with its secret once
@@ -97,15 +98,17 @@ impl Actor for AuthActor {
                     }
                 }
             }
-            AuthMsg::Revoke(agent_id, reply) => match tokens::revoke(&state.reader, &agent_id) {
-                Ok(ops) => {
-                    let n = ops.len();
-                    write_then(&state.store, &state.order, ops, reply, move || n).await;
+            AuthMsg::Revoke(agent_id, only, reply) => {
+                match tokens::revoke(&state.reader, &agent_id, only) {
+                    Ok(ops) => {
+                        let n = ops.len();
+                        write_then(&state.store, &state.order, ops, reply, move || n).await;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            },
+            }
             AuthMsg::OpenSession(token, reply) => {
                 match tokens::open_session(&state.reader, &token, now_ms()) {
                     Ok((secret, ops)) => {

@@ -69,15 +69,29 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 pub struct Principal {
     pub agent_id: String,
     pub role: Role,
+    /// What proved it, so that a connection opened with it can tell when it lapses.
+    pub proof: Proof,
 }
 
-impl From<agentcom_store::TokenRecord> for Principal {
-    fn from(record: agentcom_store::TokenRecord) -> Self {
+impl Principal {
+    pub fn new(record: agentcom_store::TokenRecord, proof: Proof) -> Self {
         Principal {
             agent_id: record.agent_id,
             role: record.role,
+            proof,
         }
     }
+}
+
+/// The credential a principal was proven by, as store keys (hashes: never the raw token
+/// or session secret). A websocket keeps it and is closed once it no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// A token: its `auth_tokens` key. Lapses when the token is revoked.
+    Token(Vec<u8>),
+    /// A dashboard session: its `hub_meta` key. Lapses at sign-out, at expiry, or when the
+    /// token it stands for is revoked.
+    DashboardSession(Vec<u8>),
 }
 
 /// Everything a hub operation can fail with. The HTTP layer maps each variant to one

@@ -96,12 +96,47 @@ fn check_channel(name: &str) -> Result<(), HubError> {
 impl Services {
     /// The owner of `token`, if it is a live token.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, HubError> {
-        Ok(tokens::lookup(&self.reader, token)?.map(Principal::from))
+        let proof = crate::Proof::Token(tokens::token_key(token));
+        Ok(tokens::lookup(&self.reader, token)?.map(|r| Principal::new(r, proof)))
     }
 
     /// The owner of the token a dashboard session stands for, if the session is live.
     pub fn authenticate_session(&self, secret: &str) -> Result<Option<Principal>, HubError> {
-        Ok(tokens::session_lookup(&self.reader, secret, now_ms())?.map(Principal::from))
+        let proof = crate::Proof::DashboardSession(tokens::session_key(secret));
+        Ok(tokens::session_lookup(&self.reader, secret, now_ms())?
+            .map(|r| Principal::new(r, proof)))
+    }
+
+    /// Why the credential that proved `principal` no longer holds, if it does not (the
+    /// close reason of a connection opened with it). A store that cannot be read counts
+    /// as lapsed: a connection is cheap to reopen, a revoked one must not stay.
+    pub fn lapsed(&self, principal: &Principal) -> Option<&'static str> {
+        tokens::lapsed(&self.reader, &principal.proof, now_ms()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not check a connection's credential");
+            Some("credential could not be checked")
+        })
+    }
+
+    /// Close every websocket whose credential no longer holds (after a revocation or a
+    /// sign-out). Answers once each of them has released what it held — an agent's
+    /// presence, FSM and tasks — so nothing is given to it after the revocation returns.
+    /// Returns how many were closed.
+    pub async fn close_lapsed_sessions(&self) -> usize {
+        let open = match self.sessions.call(SessionsMsg::List, CALL_TIMEOUT).await {
+            Ok(open) => open,
+            Err(e) => {
+                tracing::error!(error = %e, "could not list sessions to close revoked ones");
+                return 0;
+            }
+        };
+        let checks = open.iter().map(|session| {
+            session.call(SessionMsg::Recheck, Some(crate::sessions::RECHECK_TIMEOUT))
+        });
+        futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(ractor::rpc::CallResult::Success(true))))
+            .count()
     }
 
     /// Open a dashboard session for `token` (already checked); its secret, once durable.
@@ -113,11 +148,14 @@ impl Services {
     }
 
     /// End a dashboard session (durably).
+    /// End a dashboard session (durably), and close the dashboards opened with it.
     pub async fn dashboard_sign_out(&self, secret: &str) -> Result<(), HubError> {
         let secret = secret.to_string();
         self.auth
             .call(|r| AuthMsg::CloseSession(secret, r), CALL_TIMEOUT)
-            .await?
+            .await??;
+        self.close_lapsed_sessions().await;
+        Ok(())
     }
 
     pub fn new_message(
@@ -368,11 +406,21 @@ impl Services {
             .await?
     }
 
-    pub async fn token_revoke(&self, agent_id: &str) -> Result<usize, HubError> {
+    /// Revoke every token of an agent, or only those of role `only` (durably), and close
+    /// the websockets opened with them or with their dashboard sessions; answers once
+    /// those are closed.
+    pub async fn token_revoke(
+        &self,
+        agent_id: &str,
+        only: Option<Role>,
+    ) -> Result<usize, HubError> {
         let agent_id = agent_id.to_string();
-        self.auth
-            .call(|r| AuthMsg::Revoke(agent_id, r), CALL_TIMEOUT)
-            .await?
+        let revoked = self
+            .auth
+            .call(|r| AuthMsg::Revoke(agent_id, only, r), CALL_TIMEOUT)
+            .await??;
+        self.close_lapsed_sessions().await;
+        Ok(revoked)
     }
 
     pub async fn token_bootstrap(&self, token: &str) -> Result<(), HubError> {

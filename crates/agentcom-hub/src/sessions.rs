@@ -20,6 +20,10 @@ use crate::Principal;
 /// Outbound queue capacity of one connection.
 pub const OUTBOUND_QUEUE: usize = 128;
 
+/// How long a revocation waits for one session to check its credential (a session busy
+/// for longer still checks it, when it gets to the message).
+pub const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One queued frame. Boxed: the queue allocates its slots in blocks of 32 and keeps up to
 /// four blocks after a burst (such as a join storm) for the life of the connection, so
 /// each slot is one pointer, not a whole [`Outbound`] (docs/BENCHMARKS.md).
@@ -65,6 +69,9 @@ pub mod close_code {
     pub const REPLACED: u16 = 4001;
     /// The reaper found the connection silent for longer than `presence_ttl` (F4).
     pub const STALE: u16 = 4002;
+    /// The token the connection was opened or identified with was revoked, or the
+    /// dashboard session it was opened with ended (sign-out, expiry).
+    pub const REVOKED: u16 = 4003;
 }
 
 /// The connection side of a session, owned by the HTTP layer's socket tasks.
@@ -94,6 +101,10 @@ pub enum SessionMsg {
     /// once detached.
     Detach(String, RpcReplyPort<()>),
     Close(CloseReason),
+    /// Check that the credential this connection was opened or identified with still
+    /// holds; if not, release what the connection held and close it (4003). Answers
+    /// whether it closed.
+    Recheck(RpcReplyPort<bool>),
     /// Send the dashboard events gathered since the last flush.
     Flush,
 }
@@ -110,7 +121,8 @@ pub struct SessionState {
     pub(crate) services: Arc<Services>,
     subscribed: Subscribed<SessionMsg>,
     pub(crate) agent: AgentSession,
-    principal: Option<Principal>,
+    /// Who opened the connection (dashboards) or identified on it (agents).
+    pub(crate) principal: Option<Principal>,
     /// Dashboard events waiting for the next flush.
     pending: Vec<Arc<HubEvent>>,
 }
@@ -142,6 +154,17 @@ impl Actor for Session {
             principal: args.principal,
             pending: Vec::new(),
         };
+        // A credential that lapsed between the upgrade and now (a revocation that listed
+        // the open sessions before this one) closes the connection before any snapshot.
+        let lapsed = state
+            .principal
+            .as_ref()
+            .and_then(|p| state.services.lapsed(p));
+        if let Some(reason) = lapsed {
+            let reason = CloseReason::new(close_code::REVOKED, reason);
+            let _ = myself.send_message(SessionMsg::Close(reason));
+            return Ok(state);
+        }
         if args.kind == SessionKind::Dashboard {
             for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
                 state.subscribe(topic);
@@ -216,6 +239,21 @@ impl Actor for Session {
             SessionMsg::Close(reason) => {
                 state.io.close.send_replace(Some(reason));
                 myself.stop(Some("closed".into()));
+            }
+            SessionMsg::Recheck(reply) => {
+                let lapsed = state
+                    .principal
+                    .as_ref()
+                    .and_then(|p| state.services.lapsed(p));
+                if let Some(reason) = lapsed {
+                    // Released before the answer: once the revocation returns, the agent
+                    // is neither present nor given tasks, and its own are reclaimed.
+                    Box::pin(crate::agent_session::leave(&myself, state)).await;
+                    let reason = CloseReason::new(close_code::REVOKED, reason);
+                    state.io.close.send_replace(Some(reason));
+                    myself.stop(Some("credential lapsed".into()));
+                }
+                let _ = reply.send(lapsed.is_some());
             }
         }
         Ok(())
@@ -328,6 +366,8 @@ pub enum SessionsMsg {
     ),
     CloseAll(CloseReason, RpcReplyPort<()>),
     Count(RpcReplyPort<SessionCounts>),
+    /// Every open session.
+    List(RpcReplyPort<Vec<ActorRef<SessionMsg>>>),
 }
 
 /// The session supervisor: parent of every session actor. Sessions are never restarted:
@@ -384,6 +424,9 @@ impl Actor for Sessions {
                     let _ = session.send_message(SessionMsg::Close(reason.clone()));
                 }
                 let _ = reply.send(());
+            }
+            SessionsMsg::List(reply) => {
+                let _ = reply.send(state.open.values().map(|(_, s)| s.clone()).collect());
             }
             SessionsMsg::Count(reply) => {
                 let mut counts = SessionCounts::default();

@@ -68,11 +68,15 @@ pub fn list(reader: &StoreReader) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreEr
     Ok(out)
 }
 
-/// The writes that revoke every token of `agent_id`.
-pub fn revoke(reader: &StoreReader, agent_id: &str) -> Result<Vec<WriteOp>, StoreError> {
+/// The writes that revoke every token of `agent_id`, or only those of role `only`.
+pub fn revoke(
+    reader: &StoreReader,
+    agent_id: &str,
+    only: Option<Role>,
+) -> Result<Vec<WriteOp>, StoreError> {
     Ok(list(reader)?
         .into_iter()
-        .filter(|(_, r)| r.agent_id == agent_id)
+        .filter(|(_, r)| r.agent_id == agent_id && only.is_none_or(|role| r.role == role))
         .map(|(key, _)| WriteOp::Delete {
             table: Table::AuthTokens,
             key,
@@ -117,7 +121,8 @@ pub struct DashboardSession {
     pub expires_at: Millis,
 }
 
-fn session_key(secret: &str) -> Vec<u8> {
+/// The `hub_meta` key of a dashboard session.
+pub fn session_key(secret: &str) -> Vec<u8> {
     let mut key = SESSION_PREFIX.to_vec();
     key.extend_from_slice(hex::encode(Sha256::digest(secret.as_bytes())).as_bytes());
     key
@@ -177,6 +182,30 @@ pub fn session_lookup(
     reader.get_record(Table::AuthTokens, session.token_key.as_bytes())
 }
 
+/// Why `proof` no longer holds (a close reason), or `None` while it does.
+pub fn lapsed(
+    reader: &StoreReader,
+    proof: &crate::Proof,
+    now: Millis,
+) -> Result<Option<&'static str>, StoreError> {
+    let token_key = match proof {
+        crate::Proof::Token(key) => key.clone(),
+        crate::Proof::DashboardSession(key) => {
+            let Some(session) = reader.get_record::<DashboardSession>(Table::HubMeta, key)? else {
+                return Ok(Some("signed out"));
+            };
+            if session.expires_at <= now {
+                return Ok(Some("session expired"));
+            }
+            session.token_key.into_bytes()
+        }
+    };
+    Ok(reader
+        .get(Table::AuthTokens, &token_key)?
+        .is_none()
+        .then_some("token revoked"))
+}
+
 /// The write that ends a session.
 pub fn close_session(secret: &str) -> WriteOp {
     WriteOp::Delete {
@@ -229,7 +258,19 @@ mod tests {
                 create("b", Role::Agent, &t3, false, 3).1,
             ])
             .unwrap();
-        engine.apply(&revoke(&reader, "a1").unwrap()).unwrap();
+        let viewer = mint();
+        engine
+            .apply(&[create("a1", Role::Viewer, &viewer, false, 4).1])
+            .unwrap();
+        engine
+            .apply(&revoke(&reader, "a1", Some(Role::Viewer)).unwrap())
+            .unwrap();
+        assert!(lookup(&reader, &viewer).unwrap().is_none());
+        assert!(
+            lookup(&reader, &t1).unwrap().is_some(),
+            "only the role asked for"
+        );
+        engine.apply(&revoke(&reader, "a1", None).unwrap()).unwrap();
         assert!(lookup(&reader, &t1).unwrap().is_none());
         assert!(lookup(&reader, &t2).unwrap().is_none());
         assert!(lookup(&reader, &t3).unwrap().is_some());
@@ -271,7 +312,9 @@ mod tests {
         // Revoking the token ends its sessions; opening another prunes the dead ones.
         let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
         engine.apply(&ops).unwrap();
-        engine.apply(&revoke(&reader, "screen").unwrap()).unwrap();
+        engine
+            .apply(&revoke(&reader, "screen", None).unwrap())
+            .unwrap();
         assert!(session_lookup(&reader, &second, 3_001).unwrap().is_none());
         let other = mint();
         engine
@@ -282,6 +325,46 @@ mod tests {
             ops.len(),
             2,
             "the revoked token's session is dropped: {ops:?}"
+        );
+    }
+
+    #[test]
+    fn a_proof_lapses_at_revocation_sign_out_or_expiry() {
+        use crate::Proof;
+        let (_dir, engine, reader) = store();
+        let token = mint();
+        engine
+            .apply(&[create("screen", Role::Viewer, &token, false, 1).1])
+            .unwrap();
+        let (secret, ops) = open_session(&reader, &token, 1_000).unwrap();
+        engine.apply(&ops).unwrap();
+        let by_token = Proof::Token(token_key(&token));
+        let by_session = Proof::DashboardSession(session_key(&secret));
+        assert_eq!(lapsed(&reader, &by_token, 2_000).unwrap(), None);
+        assert_eq!(lapsed(&reader, &by_session, 2_000).unwrap(), None);
+        let end = 1_000 + SESSION_TTL_MS;
+        assert_eq!(
+            lapsed(&reader, &by_session, end).unwrap(),
+            Some("session expired")
+        );
+        engine.apply(&[close_session(&secret)]).unwrap();
+        assert_eq!(
+            lapsed(&reader, &by_session, 2_000).unwrap(),
+            Some("signed out")
+        );
+        let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
+        engine.apply(&ops).unwrap();
+        engine
+            .apply(&revoke(&reader, "screen", None).unwrap())
+            .unwrap();
+        let by_second = Proof::DashboardSession(session_key(&second));
+        assert_eq!(
+            lapsed(&reader, &by_second, 3_001).unwrap(),
+            Some("token revoked")
+        );
+        assert_eq!(
+            lapsed(&reader, &by_token, 3_001).unwrap(),
+            Some("token revoked")
         );
     }
 

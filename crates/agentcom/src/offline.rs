@@ -150,7 +150,7 @@ pub fn token(cmd: TokenCommand) -> Result<(), String> {
             }
         }
         TokenCommand::Revoke { agent_id, .. } => {
-            let ops = tokens::revoke(&reader, &agent_id).map_err(err)?;
+            let ops = tokens::revoke(&reader, &agent_id, None).map_err(err)?;
             engine.apply(&ops).map_err(err)?;
             engine.flush().map_err(err)?;
             println!("revoked {} token(s) of {agent_id}", ops.len());
