@@ -25,6 +25,8 @@ pub use server::serve;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub max_body_bytes: usize,
+    /// A request body must arrive whole within this (else 408 and the connection closes).
+    pub body_timeout: Duration,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
@@ -37,6 +39,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(10),
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
             open_registration: false,

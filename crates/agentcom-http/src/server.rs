@@ -10,7 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::api::{Request, Response};
+use crate::api::{BodyTimeout, Request, Response};
 use crate::routes::{dispatch, Router};
 use crate::HttpSettings;
 
@@ -88,13 +88,22 @@ pub async fn serve(
     }
 }
 
-async fn handle(app: Arc<App>, req: Request) -> Result<Response, Infallible> {
+async fn handle(app: Arc<App>, mut req: Request) -> Result<Response, Infallible> {
+    req.extensions_mut()
+        .insert(BodyTimeout(app.settings.body_timeout));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match dispatch(&app, req).await {
+    let mut response = match dispatch(&app, req).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     };
+    if response.status() == http::StatusCode::REQUEST_TIMEOUT {
+        // The rest of a stalled body is not waited for: the connection ends here.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
     Ok(response)
 }

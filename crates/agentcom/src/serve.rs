@@ -89,6 +89,7 @@ async fn run(settings: Settings) -> Result<(), String> {
 
     let http = HttpSettings {
         max_body_bytes: settings.max_body_bytes as usize,
+        body_timeout: settings.body_timeout,
         max_ws_message_bytes: settings.max_ws_message_bytes as usize,
         ws_idle_timeout: settings.ws_idle_timeout,
         open_registration: settings.open_registration,

@@ -107,6 +107,9 @@ pub struct ServeArgs {
     pub max_body_bytes: Option<u64>,
     #[arg(long, env = "AGENTCOM_MAX_WS_MESSAGE_BYTES", value_parser = parse_size)]
     pub max_ws_message_bytes: Option<u64>,
+    /// A request body must arrive whole within this, else 408.
+    #[arg(long, env = "AGENTCOM_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -148,6 +151,7 @@ struct FileSettings {
     push_subject: Option<String>,
     max_body_bytes: Option<String>,
     max_ws_message_bytes: Option<String>,
+    body_timeout: Option<String>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -179,6 +183,7 @@ pub struct Settings {
     pub push_subject: String,
     pub max_body_bytes: u64,
     pub max_ws_message_bytes: u64,
+    pub body_timeout: Duration,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -252,6 +257,10 @@ impl Settings {
                     .unwrap_or($default)
             };
         }
+        let body_timeout = dur!(body_timeout, secs(10));
+        if body_timeout.is_zero() {
+            return Err("body_timeout must be positive".into());
+        }
         Ok(Settings {
             bind: args
                 .bind
@@ -283,6 +292,7 @@ impl Settings {
             queue_sample_interval: dur!(queue_sample_interval, secs(60)),
             completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
             push_health_interval: dur!(push_health_interval, secs(60)),
+            body_timeout,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
