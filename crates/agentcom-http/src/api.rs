@@ -1,5 +1,7 @@
 //! Request and response plumbing shared by every handler: JSON bodies, errors, auth.
 
+use std::time::Duration;
+
 use agentcom_core::json::{client_depth_ok, MAX_CLIENT_DEPTH};
 use agentcom_core::task::TaskError;
 use agentcom_hub::service::ServiceError;
@@ -7,7 +9,8 @@ use agentcom_hub::supervisor::SupervisorError;
 use agentcom_hub::{Hub, HubError, Principal};
 use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
@@ -119,7 +122,8 @@ impl From<HubError> for ApiError {
 pub type ApiResult = Result<Response, ApiError>;
 
 /// Read a JSON body through the size limit. No content type (or an empty body) reads as
-/// `{}`, a content type other than JSON is 415, malformed JSON 400, too large 413.
+/// `{}`, a content type other than JSON is 415, malformed JSON 400, too large 413, not
+/// received within the body timeout 408.
 pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
     let content_type = req
         .headers()
@@ -135,23 +139,11 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
             .with("message", "send the body as application/json"));
         }
     }
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").with(
-                    "message",
-                    format!("request bodies are limited to {limit} bytes"),
-                )
-            } else {
-                ApiError::bad_request("invalid_body")
-                    .with("message", "the request body could not be read")
-            }
-        })?
-        .to_bytes();
+    let timeout = req
+        .extensions()
+        .get::<BodyTimeout>()
+        .map_or(BodyTimeout::DEFAULT, |t| t.0);
+    let bytes = read_body(req.into_body(), limit, timeout).await?;
     if content_type.is_none() || bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
@@ -163,6 +155,72 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, ApiError> {
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json").with("message", e.to_string()))
+}
+
+/// How long a request's body may take to arrive, set on each request by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+impl BodyTimeout {
+    pub const DEFAULT: Duration = Duration::from_secs(10);
+}
+
+/// Read a whole body into one buffer of at most `limit` bytes within `timeout`. Each frame
+/// is copied out and dropped at once: a body dripped a byte (or a 1-byte chunk) at a time
+/// costs its bytes, not a frame and a read buffer per byte.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").with(
+            "message",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    };
+    let announced = body.size_hint().lower();
+    if announced > limit as u64 {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(announced as usize);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                ApiError::bad_request("invalid_body")
+                    .with("message", "the request body could not be read")
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let needed = buf.len() + data.len();
+            if needed > limit {
+                return Err(too_large());
+            }
+            if needed > buf.capacity() {
+                // Grow by doubling, but never past the limit.
+                let target = (buf.capacity() * 2).max(needed).max(256).min(limit);
+                buf.reserve_exact(target - buf.len());
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout").with(
+                    "message",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        timeout.as_secs_f64()
+                    ),
+                ),
+            )
+        }
+    }
+    Ok(buf)
 }
 
 /// Read a body that must be a JSON object.

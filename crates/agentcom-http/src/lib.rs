@@ -5,6 +5,7 @@
 //! requests into typed hub calls and typed results into the reference's shapes.
 
 mod api;
+mod connections;
 mod frames;
 mod handlers;
 mod messaging;
@@ -25,6 +26,14 @@ pub use server::serve;
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub max_body_bytes: usize,
+    /// A request body must arrive whole within this (else 408 and the connection closes).
+    pub body_timeout: Duration,
+    /// A connection must send a request's headers within this of opening, or of its
+    /// previous answer (so this is also the keep-alive idle timeout); else it is closed.
+    pub header_read_timeout: Duration,
+    /// Connections open at once, websockets included. At the cap the connection idle the
+    /// longest is closed to make room.
+    pub max_connections: usize,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
@@ -37,6 +46,9 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             max_body_bytes: 1 << 20,
+            body_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 768,
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
             open_registration: false,

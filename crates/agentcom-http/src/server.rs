@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agentcom_hub::Hub;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::api::{Request, Response};
+use crate::api::{BodyTimeout, Request, Response};
+use crate::connections::{refuse, Admission, Connections, SlottedStream, OVER_CAP_BODY};
 use crate::routes::{dispatch, Router};
 use crate::HttpSettings;
 
@@ -24,12 +28,18 @@ pub struct App {
 /// Serve HTTP and websockets on an already-bound listener until `shutdown` completes;
 /// then stop accepting, let requests in flight finish (up to 10 s) and return. The caller
 /// shuts the hub down afterwards (which closes websockets with 1001).
+///
+/// A connection must send a request's headers within `header_read_timeout` of opening or
+/// of its previous answer (hyper's header timer also runs while a keep-alive connection
+/// waits), and at most `max_connections` are open at once (see [`Connections`]).
 pub async fn serve(
     listener: TcpListener,
     hub: Hub,
     settings: HttpSettings,
     shutdown: impl Future<Output = ()>,
 ) {
+    let connections = Arc::new(Connections::new(settings.max_connections));
+    let app_header_read_timeout = settings.header_read_timeout;
     let app = Arc::new(App {
         hub,
         settings,
@@ -53,17 +63,53 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let service = service_fn(move |req| handle(app.clone(), req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades();
+                let connections = connections.clone();
                 let mut stopping = stopping.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
+                    let slot = match connections.admit().await {
+                        Admission::Slot(slot) => slot,
+                        Admission::OverCap(over_cap) => {
+                            serve_over_cap(app, stream).await;
+                            drop(over_cap);
+                            drop(alive);
+                            return;
+                        }
+                        Admission::Refused => {
+                            tracing::debug!("far over the connection cap: refused");
+                            refuse(stream).await;
+                            drop(alive);
+                            return;
+                        }
+                    };
+                    let (tracked, _tracked_guard) = connections.track();
+                    let in_service = tracked.clone();
+                    let service = service_fn(move |req| {
+                        let request = connections.request(&in_service);
+                        let app = app.clone();
+                        async move {
+                            let response = handle(app, req).await;
+                            drop(request);
+                            response
+                        }
+                    });
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(app_header_read_timeout)
+                        .serve_connection(TokioIo::new(SlottedStream::new(stream, slot)), service)
+                        .with_upgrades();
                     tokio::pin!(conn);
+                    // Close when the server stops, or when shed to make room at the cap;
+                    // either way a request in flight is finished first.
+                    let close = async {
+                        tokio::select! {
+                            _ = stopping.wait_for(|s| *s) => {}
+                            _ = tracked.shed.notified() => {}
+                        }
+                    };
                     let result = tokio::select! {
                         result = conn.as_mut() => result,
-                        _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                        _ = close => {
                             conn.as_mut().graceful_shutdown();
                             conn.await
                         }
@@ -88,13 +134,58 @@ pub async fn serve(
     }
 }
 
-async fn handle(app: Arc<App>, req: Request) -> Result<Response, Infallible> {
+/// One request on a connection over the cap: `/health` is answered, anything else gets
+/// 503 `too_many_connections`; then the connection closes.
+async fn serve_over_cap(app: Arc<App>, stream: TcpStream) {
+    let header_read_timeout = app.settings.header_read_timeout.min(Duration::from_secs(5));
+    let service = service_fn(move |req: Request| {
+        let app = app.clone();
+        async move {
+            if req.uri().path() == "/health" && req.method() == http::Method::GET {
+                return handle(app, req).await;
+            }
+            let mut res =
+                hyper::Response::new(Full::new(Bytes::from_static(OVER_CAP_BODY.as_bytes())));
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            let headers = res.headers_mut();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            Ok::<_, Infallible>(res)
+        }
+    });
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection over the cap ended with an error");
+    }
+}
+
+async fn handle(app: Arc<App>, mut req: Request) -> Result<Response, Infallible> {
+    req.extensions_mut()
+        .insert(BodyTimeout(app.settings.body_timeout));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match dispatch(&app, req).await {
+    let mut response = match dispatch(&app, req).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     };
+    if response.status() == http::StatusCode::REQUEST_TIMEOUT {
+        // The rest of a stalled body is not waited for: the connection ends here.
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
     Ok(response)
 }

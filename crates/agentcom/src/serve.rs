@@ -36,8 +36,49 @@ fn spawn_memory_trimmer() {
         .unwrap_or_else(|e| tracing::warn!(error = %e, "memory trimmer not started"));
 }
 
+/// Raise the open-file soft limit to the hard limit: every connection is a file
+/// descriptor, and the common soft limit of 1,024 is reached long before memory runs out.
+/// Returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(
+                soft = limit.rlim_cur,
+                hard = limit.rlim_max,
+                "cannot raise the open-file limit"
+            );
+        }
+    }
+    limit.rlim_cur
+}
+
+/// The default connection cap: three quarters of the open-file limit, leaving the rest to
+/// the store, backups and the runtime.
+fn default_max_connections(open_file_limit: u64) -> usize {
+    (open_file_limit.min(1 << 24) / 4 * 3).max(16) as usize
+}
+
 async fn run(settings: Settings) -> Result<(), String> {
     spawn_memory_trimmer();
+    let open_file_limit = raise_open_file_limit();
+    let max_connections = settings
+        .max_connections
+        .map_or_else(|| default_max_connections(open_file_limit), |n| n as usize);
+    tracing::info!(open_file_limit, max_connections, "connection limits");
     let engine: Arc<dyn Engine> =
         Arc::new(open_store(&settings.data_dir, Some(&settings.backup_dir))?);
     let hub_settings = HubSettings {
@@ -89,6 +130,9 @@ async fn run(settings: Settings) -> Result<(), String> {
 
     let http = HttpSettings {
         max_body_bytes: settings.max_body_bytes as usize,
+        body_timeout: settings.body_timeout,
+        header_read_timeout: settings.header_read_timeout,
+        max_connections,
         max_ws_message_bytes: settings.max_ws_message_bytes as usize,
         ws_idle_timeout: settings.ws_idle_timeout,
         open_registration: settings.open_registration,

@@ -107,6 +107,16 @@ pub struct ServeArgs {
     pub max_body_bytes: Option<u64>,
     #[arg(long, env = "AGENTCOM_MAX_WS_MESSAGE_BYTES", value_parser = parse_size)]
     pub max_ws_message_bytes: Option<u64>,
+    /// A request body must arrive whole within this, else 408.
+    #[arg(long, env = "AGENTCOM_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// A connection must send a request's headers within this of opening or of its
+    /// previous answer, else it is closed.
+    #[arg(long, env = "AGENTCOM_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Connections open at once, websockets included [default: 3/4 of the open-file limit].
+    #[arg(long, env = "AGENTCOM_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -148,6 +158,9 @@ struct FileSettings {
     push_subject: Option<String>,
     max_body_bytes: Option<String>,
     max_ws_message_bytes: Option<String>,
+    body_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<u32>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -179,6 +192,10 @@ pub struct Settings {
     pub push_subject: String,
     pub max_body_bytes: u64,
     pub max_ws_message_bytes: u64,
+    pub body_timeout: Duration,
+    pub header_read_timeout: Duration,
+    /// `None`: sized from the open-file limit at start.
+    pub max_connections: Option<u32>,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -252,6 +269,15 @@ impl Settings {
                     .unwrap_or($default)
             };
         }
+        let body_timeout = dur!(body_timeout, secs(10));
+        let header_read_timeout = dur!(header_read_timeout, secs(30));
+        if body_timeout.is_zero() || header_read_timeout.is_zero() {
+            return Err("body_timeout and header_read_timeout must be positive".into());
+        }
+        let max_connections = args.max_connections.or(file.max_connections);
+        if max_connections == Some(0) {
+            return Err("max_connections must be positive".into());
+        }
         Ok(Settings {
             bind: args
                 .bind
@@ -283,6 +309,9 @@ impl Settings {
             queue_sample_interval: dur!(queue_sample_interval, secs(60)),
             completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
             push_health_interval: dur!(push_health_interval, secs(60)),
+            body_timeout,
+            header_read_timeout,
+            max_connections,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {

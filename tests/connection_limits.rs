@@ -1,0 +1,157 @@
+//! Black-box tests of how many connections the hub keeps, and for how long (issue 9): a
+//! connection that sends no request is closed after `header_read_timeout`; at
+//! `max_connections` the hub sheds its oldest idle connection so that `/health` still
+//! answers; and the hub raises its open-file soft limit to the hard limit at start.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::TestHub;
+
+/// The (soft, hard) open-file limits of a process.
+fn nofile_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap().to_string(),
+        fields.next().unwrap().to_string(),
+    )
+}
+
+fn connect(addr: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Read until the peer closes (or 60 s pass); what was read.
+fn read_to_close(s: &mut std::net::TcpStream) -> Result<String, String> {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Err(e) => Err(format!(
+            "not closed within 60 s ({e}); read so far: {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout() {
+    let hub = TestHub::start_with(&["--header-read-timeout", "1s"]).await;
+    let addr = hub.addr.clone();
+    let (silent, partial) = tokio::task::spawn_blocking(move || {
+        let mut silent = connect(&addr);
+        let mut partial = connect(&addr);
+        partial
+            .write_all(b"GET /health HTTP/1.1\r\nhost: hu")
+            .unwrap();
+        (read_to_close(&mut silent), read_to_close(&mut partial))
+    })
+    .await
+    .unwrap();
+    silent.expect("a silent connection is closed");
+    partial.expect("a connection stuck in its headers is closed");
+    assert_eq!(hub.get("/health", None).await.status, 200);
+}
+
+/// Open up to `n` connections that never send a byte, and keep them. Stops early when a
+/// connection is not accepted within 10 s (the hub's backlog is full).
+async fn idle_connections(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => socks.push(s),
+            _ => break,
+        }
+    }
+    socks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_at_the_connection_cap() {
+    let hub = TestHub::start_with(&["--max-connections", "16"]).await;
+    let _idle = idle_connections(&hub.addr, 64).await;
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(30), hub.get("/health", None))
+            .await
+            .expect("/health answers at the connection cap");
+        assert_eq!(r.status, 200);
+    }
+}
+
+/// Under a low open-file limit that cannot be raised, idle sockets would take every file
+/// descriptor; the default cap stays below the limit and sheds idle connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_when_idle_sockets_outnumber_the_file_limit() {
+    let hub = TestHub::start_wrapped(&["prlimit", "--nofile=256:256", "--"], &[]).await;
+    let _idle = idle_connections(&hub.addr, 400).await;
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(30), hub.get("/health", None))
+        .await
+        .unwrap_or_else(|_| panic!("/health did not answer within {:?}", started.elapsed()));
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+    let hub = TestHub::start_wrapped(&["prlimit", "--nofile=512:", "--"], &[]).await;
+    let (soft, hard) = nofile_limits(hub.pid());
+    assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+}
+
+/// When every slot holds a websocket (nothing idle to shed), a new connection is served
+/// over the cap: `/health` answers, anything else gets 503; a closed websocket gives its
+/// slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_when_every_connection_is_a_websocket() {
+    let hub = TestHub::start_with(&["--max-connections", "4"]).await;
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        tokens.push(hub.token(&format!("agent-{i}"), "agent").await);
+    }
+    let mut sockets = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        sockets.push(
+            hub.identify(&format!("agent-{i}"), token, serde_json::json!({}))
+                .await,
+        );
+    }
+    let health = tokio::time::timeout(Duration::from_secs(30), hub.get("/health", None))
+        .await
+        .expect("/health answers with every slot taken");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json["agents_connected"], 4, "{health:?}");
+    let other = hub.get("/api/agents", Some(common::ADMIN)).await;
+    assert_eq!(other.status, 503, "{other:?}");
+    assert_eq!(other.json["error"], "too_many_connections", "{other:?}");
+
+    drop(sockets.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = hub.get("/api/agents", Some(common::ADMIN)).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed websocket did not give its slot back: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
