@@ -147,7 +147,6 @@ impl Services {
             .await?
     }
 
-    /// End a dashboard session (durably).
     /// End a dashboard session (durably), and close the dashboards opened with it.
     pub async fn dashboard_sign_out(&self, secret: &str) -> Result<(), HubError> {
         let secret = secret.to_string();
