@@ -11,9 +11,12 @@ mod common;
 use std::time::Duration;
 
 use common::{request_with, TestHub};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 /// A client frame (masked with the all-zero key, so the payload is sent as is).
 fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
@@ -72,6 +75,44 @@ async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Finding 6: an unidentified `/ws` socket is closed at the identify deadline even though
+/// it keeps pinging; an identified one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unidentified_socket_is_closed_at_the_identify_deadline_despite_pings() {
+    let hub =
+        TestHub::start_with(&["--ws-identify-timeout", "2s", "--ws-idle-timeout", "4s"]).await;
+    let token = hub.token("alpha", "agent").await;
+    let mut alpha = hub.identify("alpha", &token, json!({})).await;
+    let mut stranger = hub.ws("/ws", None).await.expect("connect");
+    let started = Instant::now();
+    let code = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "an unidentified socket that pings is still open after 20 s"
+        );
+        stranger
+            .inner
+            .send(Message::Ping(b"alive".to_vec().into()))
+            .await
+            .expect("ping");
+        alpha
+            .inner
+            .send(Message::Ping(b"alive".to_vec().into()))
+            .await
+            .expect("ping");
+        match tokio::time::timeout(Duration::from_millis(500), stranger.inner.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(Message::Close(frame)))) => break frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => panic!("the socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    // The identified agent, pinging all along, is still served.
+    alpha.send_json(json!({"type": "ping"})).await;
+    alpha.next_of_type("pong").await;
 }
 
 /// Finding 14: a protocol error closes with 1002, invalid UTF-8 in a text frame with 1007.

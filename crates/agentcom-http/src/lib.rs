@@ -27,6 +27,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
+    /// An agent websocket that has not identified within this long is closed (1008).
+    pub ws_identify_timeout: Duration,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
     pub open_registration: bool,
     /// Base URL handed to onboarded agents; from the `Host` header when `None`.
@@ -39,6 +41,7 @@ impl Default for HttpSettings {
             max_body_bytes: 1 << 20,
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
+            ws_identify_timeout: Duration::from_secs(30),
             open_registration: false,
             public_url: None,
         }

@@ -96,10 +96,17 @@ fn upgrade(
     let hub = app.hub.clone();
     let limit = app.settings.max_ws_message_bytes;
     let idle = app.settings.ws_idle_timeout;
+    let identify_within = (kind == SessionKind::Agent).then_some(app.settings.ws_identify_timeout);
     tokio::spawn(async move {
         // The set-up runs in its own short-lived (boxed) future, so that the task, which
         // lives as long as the connection, holds only what the read side needs.
-        let opened = Box::pin(open_socket(on_upgrade, hub, kind, principal, limit)).await;
+        let setup = OpenArgs {
+            kind,
+            principal,
+            limit,
+            identify_within,
+        };
+        let opened = Box::pin(open_socket(on_upgrade, hub, setup)).await;
         if let Some(socket) = opened {
             run_socket(socket, idle).await;
         }
@@ -124,14 +131,26 @@ struct OpenSocket<S> {
     kind: SessionKind,
 }
 
+/// What a new connection is opened with.
+struct OpenArgs {
+    kind: SessionKind,
+    principal: Option<Principal>,
+    limit: usize,
+    identify_within: Option<Duration>,
+}
+
 /// Complete the upgrade, open the session and start the writer.
 async fn open_socket(
     on_upgrade: OnUpgrade,
     hub: Hub,
-    kind: SessionKind,
-    principal: Option<Principal>,
-    limit: usize,
+    setup: OpenArgs,
 ) -> Option<OpenSocket<TokioIo<Upgraded>>> {
+    let OpenArgs {
+        kind,
+        principal,
+        limit,
+        identify_within,
+    } = setup;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -157,6 +176,7 @@ async fn open_socket(
             outbound: out_tx,
             close: close_tx,
         },
+        identify_within,
     };
     let (mut sink, source) = stream.split();
     let session = match hub.open_session(args).await {
