@@ -10,12 +10,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{request_with, TestHub};
+use common::{eventually, request_with, TestHub, ADMIN};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A client frame (masked with the all-zero key, so the payload is sent as is).
@@ -75,6 +76,115 @@ async fn raw_close_code(stream: &mut TcpStream) -> Option<u16> {
             Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The socket inodes of the hub's side of the connection from the client's `client_port`.
+fn hub_side_inodes(hub: &TestHub, client_port: u16) -> Vec<String> {
+    let hub_port: u16 = hub.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let port_of = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && port_of(cols[1]) == hub_port && port_of(cols[2]) == client_port {
+                inodes.push(cols[9].to_string());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether the hub process still has a descriptor for the connection from `client_port`.
+fn hub_holds(hub: &TestHub, client_port: u16) -> bool {
+    let inodes = hub_side_inodes(hub, client_port);
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", hub.pid())) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy().into_owned();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
+}
+
+async fn health_ok(hub: &TestHub) {
+    let r = tokio::time::timeout(Duration::from_secs(10), hub.get("/health", None))
+        .await
+        .expect("/health answers within 10 s");
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Finding 7: an agent asks for large replies and never reads them, so its session is
+/// closed (outbound queue full, 1008) while the writer cannot send. The hub gives the
+/// writes and the close handshake `ws_send_timeout`, then drops the TCP connection and
+/// its descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_client_stops_reading_releases_its_socket() {
+    let hub = TestHub::start_with(&["--ws-send-timeout", "2s"]).await;
+    let token = hub.token("slowpoke", "agent").await;
+    let r = hub
+        .send_json("POST", "/api/channels", Some(ADMIN), json!({"name": "big"}))
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let mut writer = hub
+        .identify("writer", &hub.token("writer", "agent").await, json!({}))
+        .await;
+    writer
+        .send_json(json!({"type": "channel_subscribe", "channel": "big"}))
+        .await;
+    writer.next_of_type("channel_subscribed").await;
+    writer
+        .send_json(json!({
+            "type": "channel_publish", "channel": "big",
+            "payload": {"text": "x".repeat(200 << 10)}
+        }))
+        .await;
+    writer.next_of_type("channel_published").await;
+
+    // A client with a small receive buffer that identifies, then stops reading.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    let stream = socket.connect(hub.addr.parse().unwrap()).await.unwrap();
+    let port = stream.local_addr().unwrap().port();
+    let req = format!("ws://{}/ws", hub.addr)
+        .into_client_request()
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(Message::Text(
+        json!({"type": "identify", "agent_id": "slowpoke", "token": token})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("identified") => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no identified frame: {other:?}"),
+        }
+    }
+    let history = Message::Text(
+        json!({"type": "channel_history", "channel": "big", "limit": 1})
+            .to_string()
+            .into(),
+    );
+    for _ in 0..400 {
+        if ws.feed(history.clone()).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), ws.flush()).await;
+    assert!(
+        eventually(Duration::from_secs(30), || async { !hub_holds(&hub, port) }).await,
+        "the hub still holds the connection of a client that stopped reading"
+    );
+    health_ok(&hub).await;
+    drop(ws);
 }
 
 /// Finding 6: an unidentified `/ws` socket is closed at the identify deadline even though

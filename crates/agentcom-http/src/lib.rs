@@ -27,6 +27,9 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
+    /// Deadline of one websocket write and of the close handshake; a client that does not
+    /// read within it loses its connection.
+    pub ws_send_timeout: Duration,
     /// An agent websocket that has not identified within this long is closed (1008).
     pub ws_identify_timeout: Duration,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
@@ -41,6 +44,7 @@ impl Default for HttpSettings {
             max_body_bytes: 1 << 20,
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
+            ws_send_timeout: Duration::from_secs(10),
             ws_identify_timeout: Duration::from_secs(30),
             open_registration: false,
             public_url: None,

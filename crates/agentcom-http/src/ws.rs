@@ -19,6 +19,7 @@ use ractor::ActorRef;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -27,6 +28,15 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::api::{caller, ApiError, ApiResult, Request};
 use crate::server::App;
+
+/// The timers of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    /// No inbound frame for this long closes the socket (1000).
+    idle: Duration,
+    /// Deadline of every write and of the close handshake.
+    send: Duration,
+}
 
 /// `GET /ws`: agents authenticate later, with `identify`.
 pub async fn upgrade_agent(app: &App, req: Request) -> ApiResult {
@@ -95,7 +105,10 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = app.hub.clone();
     let limit = app.settings.max_ws_message_bytes;
-    let idle = app.settings.ws_idle_timeout;
+    let timers = Timers {
+        idle: app.settings.ws_idle_timeout,
+        send: app.settings.ws_send_timeout,
+    };
     let identify_within = (kind == SessionKind::Agent).then_some(app.settings.ws_identify_timeout);
     tokio::spawn(async move {
         // The set-up runs in its own short-lived (boxed) future, so that the task, which
@@ -104,11 +117,12 @@ fn upgrade(
             kind,
             principal,
             limit,
+            timers,
             identify_within,
         };
         let opened = Box::pin(open_socket(on_upgrade, hub, setup)).await;
         if let Some(socket) = opened {
-            run_socket(socket, idle).await;
+            run_socket(socket, timers).await;
         }
     });
     let mut res = hyper::Response::new(Full::new(Bytes::new()));
@@ -127,7 +141,7 @@ fn upgrade(
 struct OpenSocket<S> {
     source: SplitStream<WebSocketStream<S>>,
     session: ActorRef<SessionMsg>,
-    writer: JoinHandle<()>,
+    writer: JoinHandle<WriterEnd>,
     kind: SessionKind,
 }
 
@@ -136,6 +150,7 @@ struct OpenArgs {
     kind: SessionKind,
     principal: Option<Principal>,
     limit: usize,
+    timers: Timers,
     identify_within: Option<Duration>,
 }
 
@@ -149,6 +164,7 @@ async fn open_socket(
         kind,
         principal,
         limit,
+        timers,
         identify_within,
     } = setup;
     let upgraded = match on_upgrade.await {
@@ -183,11 +199,11 @@ async fn open_socket(
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not open a session");
-            let _ = sink.send(close(1011, "hub unavailable")).await;
+            let _ = timeout(timers.send, sink.send(close(1011, "hub unavailable"))).await;
             return None;
         }
     };
-    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
+    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, timers.send));
     Some(OpenSocket {
         source,
         session,
@@ -196,22 +212,46 @@ async fn open_socket(
     })
 }
 
-/// Read until the connection ends, then end the session and wait for the writer.
-async fn run_socket<S>(mut socket: OpenSocket<S>, idle: Duration)
+/// Read until the connection ends or the writer gives up, end the session, and drop the
+/// connection once the close handshake is done or its deadline has passed.
+async fn run_socket<S>(socket: OpenSocket<S>, timers: Timers)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let session = &socket.session;
-    match read_loop(&mut socket.source, session, idle, socket.kind).await {
-        // The session closes the socket itself, after the frames it already queued.
-        Some(reason) => {
-            if session.send_message(SessionMsg::Close(reason)).is_err() {
-                session.stop(None);
+    let OpenSocket {
+        mut source,
+        session,
+        mut writer,
+        kind,
+    } = socket;
+    let reading = read_loop(&mut source, &session, timers.idle, kind);
+    tokio::pin!(reading);
+    tokio::select! {
+        end = &mut reading => {
+            match end {
+                // The session closes the socket itself, after the frames it already queued.
+                Some(reason) => {
+                    if session.send_message(SessionMsg::Close(reason)).is_err() {
+                        session.stop(None);
+                    }
+                }
+                None => session.stop(Some("connection closed".into())),
+            }
+            // The writer sends the close frame, each write within its deadline; a session
+            // too busy to answer does not hold the connection either.
+            if timeout(timers.send * 2, &mut writer).await.is_err() {
+                writer.abort();
             }
         }
-        None => session.stop(Some("connection closed".into())),
+        ended = &mut writer => {
+            session.stop(Some("connection closed".into()));
+            if let Ok(WriterEnd::CloseSent) = ended {
+                // The close handshake: the client's close (or its end of the connection)
+                // within the deadline.
+                let _ = timeout(timers.send, &mut reading).await;
+            }
+        }
     }
-    let _ = socket.writer.await;
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -267,14 +307,63 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
     }
 }
 
-/// Encode and send what the session queues; send the close frame it asks for.
+/// How the writer ended.
+enum WriterEnd {
+    /// The close frame went out: the client may still answer it.
+    CloseSent,
+    /// A write failed or missed its deadline: the connection is to be dropped now.
+    Broken,
+}
+
+/// The client did not take a write within its deadline, or the connection failed.
+struct Stalled;
+
+/// Send one message, waiting at most until `deadline`.
+async fn send_by<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    message: Message,
+    deadline: Instant,
+) -> Result<(), Stalled>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match timeout_at(deadline, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Stalled),
+    }
+}
+
+/// Send the close frame and flush (which also sends a close reply tungstenite owes the
+/// client), within `limit`.
+async fn send_close<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    reason: &CloseReason,
+    limit: Duration,
+) -> WriterEnd
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + limit;
+    let sent = send_by(sink, close(reason.code, &reason.reason), deadline).await;
+    let flushed = timeout_at(deadline, sink.flush()).await;
+    match (sent, flushed) {
+        (Ok(()), Ok(Ok(()))) => WriterEnd::CloseSent,
+        _ => WriterEnd::Broken,
+    }
+}
+
+/// Encode and send what the session queues; send the close frame it asks for. Every write
+/// has the deadline `limit`: a client that does not read within it is cut off.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
-) where
+    limit: Duration,
+) -> WriterEnd
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let ended = || CloseReason::new(1011, "session ended");
     loop {
         tokio::select! {
             biased;
@@ -282,28 +371,25 @@ async fn write_loop<S>(
                 // A close was asked for, or the session ended (its sender is gone).
                 let reason = close_rx.borrow().clone();
                 match (changed, reason) {
-                    (_, Some(reason)) => {
-                        let _ = sink.send(close(reason.code, &reason.reason)).await;
-                        return;
-                    }
-                    (Err(_), None) => {
-                        let _ = sink.send(close(1011, "session ended")).await;
-                        return;
-                    }
+                    (_, Some(reason)) => return send_close(&mut sink, &reason, limit).await,
+                    (Err(_), None) => return send_close(&mut sink, &ended(), limit).await,
                     (Ok(()), None) => {}
                 }
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(Message::Text(crate::frames::encode(&frame).into())).await.is_err() {
-                        return;
+                    let text = crate::frames::encode(&frame);
+                    drop(frame);
+                    let message = Message::Text(text.into());
+                    if send_by(&mut sink, message, Instant::now() + limit).await.is_err() {
+                        tracing::debug!("websocket client does not read; dropping it");
+                        return WriterEnd::Broken;
                     }
                 }
                 None => {
                     // The session ended without asking for a close: a crash or a stop.
-                    let reason = close_rx.borrow().clone().unwrap_or_else(|| CloseReason::new(1011, "session ended"));
-                    let _ = sink.send(close(reason.code, &reason.reason)).await;
-                    return;
+                    let reason = close_rx.borrow().clone().unwrap_or_else(ended);
+                    return send_close(&mut sink, &reason, limit).await;
                 }
             },
         }
