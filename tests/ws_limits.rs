@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{eventually, request_with, TestHub, ADMIN};
@@ -111,11 +113,101 @@ fn hub_holds(hub: &TestHub, client_port: u16) -> bool {
     })
 }
 
+/// The hub's resident memory, in bytes.
+fn hub_rss(hub: &TestHub) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).expect("status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
 async fn health_ok(hub: &TestHub) {
     let r = tokio::time::timeout(Duration::from_secs(10), hub.get("/health", None))
         .await
         .expect("/health answers within 10 s");
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// Finding 2: two unidentified sockets send 125-byte pings as fast as they can and never
+/// read. The hub's memory stays bounded (the pongs it cannot send are not queued without
+/// limit) and it drops both sockets once their backlog cannot be written within
+/// `ws_send_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_without_reading_is_bounded_and_cut_off() {
+    const BOUND: u64 = 100 << 20;
+    let hub = TestHub::start_with(&["--ws-send-timeout", "2s"]).await;
+    health_ok(&hub).await;
+    let base = hub_rss(&hub);
+    let batch: Vec<u8> = (0..1000)
+        .flat_map(|_| client_frame(0x89, &[b'p'; 125]))
+        .collect();
+    let batch = Arc::new(batch);
+    let mut ports = Vec::new();
+    let mut flooders = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    for _ in 0..2 {
+        let mut stream = raw_upgrade(&hub, "/ws").await;
+        ports.push(stream.local_addr().unwrap().port());
+        let (batch, stop) = (batch.clone(), stop.clone());
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if stream.write_all(&batch).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the socket (unread) until the test ends.
+            std::future::pending::<()>().await;
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut peak = 0;
+    loop {
+        let grown = hub_rss(&hub).saturating_sub(base);
+        peak = peak.max(grown);
+        assert!(
+            grown < BOUND,
+            "the hub grew by {} MiB under a ping flood (bound {} MiB)",
+            grown >> 20,
+            BOUND >> 20
+        );
+        if ports.iter().all(|p| !hub_holds(&hub, *p)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hub still holds a flooding socket after 60 s (grew {} MiB)",
+            peak >> 20
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    health_ok(&hub).await;
+    for f in flooders {
+        f.abort();
+    }
+}
+
+/// Finding 2, the other side of the bounded write buffer: a message far longer than one
+/// fragment (and full of multi-byte characters) still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_arrives_whole_in_fragments() {
+    let hub = TestHub::start().await;
+    let mut alpha = hub
+        .identify("alpha", &hub.token("alpha", "agent").await, json!({}))
+        .await;
+    let mut beta = hub
+        .identify("beta", &hub.token("beta", "agent").await, json!({}))
+        .await;
+    let text = "é€x".repeat(50_000);
+    alpha
+        .send_json(json!({"type": "message", "to": "beta", "payload": {"text": text}}))
+        .await;
+    alpha.next_of_type("message_sent").await;
+    let got = beta.next_of_type("message").await;
+    assert_eq!(got["payload"]["text"], text);
 }
 
 /// Finding 7: an agent asks for large replies and never reads them, so its session is

@@ -1,6 +1,7 @@
 //! The websocket endpoints: the upgrade handshake, and the two tasks of each connection
 //! (reader → session actor, session's outbound queue → writer).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentcom_hub::sessions::{
@@ -17,11 +18,12 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -29,12 +31,21 @@ use tokio_tungstenite::WebSocketStream;
 use crate::api::{caller, ApiError, ApiResult, Request};
 use crate::server::App;
 
+/// Outbound text goes out in frames of at most this many bytes (a longer message is
+/// fragmented), so that a connection's write buffer never needs more than one of them.
+const FRAGMENT_BYTES: usize = 16 << 10;
+
+/// The most a connection's write buffer holds: one fragment, plus room for the pongs and
+/// the close frame tungstenite queues itself (at most 129 bytes each). A client that
+/// pings without reading fills it, and then its pongs wait instead of piling up.
+const MAX_WRITE_BUFFER: usize = FRAGMENT_BYTES + (4 << 10);
+
 /// The timers of one connection.
 #[derive(Debug, Clone, Copy)]
 struct Timers {
     /// No inbound frame for this long closes the socket (1000).
     idle: Duration,
-    /// Deadline of every write and of the close handshake.
+    /// Deadline of every write, of the pongs owed and of the close handshake.
     send: Duration,
 }
 
@@ -143,6 +154,8 @@ struct OpenSocket<S> {
     session: ActorRef<SessionMsg>,
     writer: JoinHandle<WriterEnd>,
     kind: SessionKind,
+    /// Tells the writer that a ping arrived, so the pong it owes must get out in time.
+    pinged: Arc<Notify>,
 }
 
 /// What a new connection is opened with.
@@ -179,6 +192,7 @@ async fn open_socket(
         // messages still arrive, in more reads.
         .read_buffer_size(1024)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let stream =
@@ -203,12 +217,20 @@ async fn open_socket(
             return None;
         }
     };
-    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, timers.send));
+    let pinged = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        close_rx,
+        pinged.clone(),
+        timers.send,
+    ));
     Some(OpenSocket {
         source,
         session,
         writer,
         kind,
+        pinged,
     })
 }
 
@@ -223,8 +245,9 @@ where
         session,
         mut writer,
         kind,
+        pinged,
     } = socket;
-    let reading = read_loop(&mut source, &session, timers.idle, kind);
+    let reading = read_loop(&mut source, &session, timers.idle, kind, &pinged);
     tokio::pin!(reading);
     tokio::select! {
         end = &mut reading => {
@@ -268,6 +291,7 @@ async fn read_loop<S>(
     session: &ActorRef<SessionMsg>,
     idle: Duration,
     kind: SessionKind,
+    pinged: &Notify,
 ) -> Option<CloseReason>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -282,6 +306,10 @@ where
             Ok(Message::Text(text)) => parse(text.as_str(), kind),
             Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
             Ok(Message::Close(_)) => return None,
+            Ok(Message::Ping(_)) => {
+                pinged.notify_one();
+                continue;
+            }
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return Some(CloseReason::new(1009, "message too big")),
             Err(WsError::Protocol(e)) => {
@@ -318,19 +346,61 @@ enum WriterEnd {
 /// The client did not take a write within its deadline, or the connection failed.
 struct Stalled;
 
-/// Send one message, waiting at most until `deadline`.
+/// Send one message, waiting at most until `deadline`. A write buffer full of pongs
+/// (a client that pings without reading) is flushed first, within the same deadline.
 async fn send_by<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    message: Message,
+    mut message: Message,
     deadline: Instant,
 ) -> Result<(), Stalled>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match timeout_at(deadline, sink.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(Stalled),
+    loop {
+        match timeout_at(deadline, sink.send(message)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(WsError::WriteBufferFull(back))) => {
+                message = *back;
+                if !matches!(timeout_at(deadline, sink.flush()).await, Ok(Ok(()))) {
+                    return Err(Stalled);
+                }
+            }
+            Ok(Err(_)) | Err(_) => return Err(Stalled),
+        }
     }
+}
+
+/// Send a text message in fragments of at most [`FRAGMENT_BYTES`] (cut at character
+/// boundaries), each within `limit`.
+async fn send_text<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    text: String,
+    limit: Duration,
+) -> Result<(), Stalled>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if text.len() <= FRAGMENT_BYTES {
+        return send_by(sink, Message::Text(text.into()), Instant::now() + limit).await;
+    }
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + FRAGMENT_BYTES).min(bytes.len());
+        // Back up to a character boundary: continuation bytes are 0b10xx_xxxx.
+        while end < bytes.len() && bytes[end] & 0xc0 == 0x80 {
+            end -= 1;
+        }
+        let opcode = if start == 0 {
+            OpCode::Data(OpData::Text)
+        } else {
+            OpCode::Data(OpData::Continue)
+        };
+        let frame = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        send_by(sink, Message::Frame(frame), Instant::now() + limit).await?;
+        start = end;
+    }
+    Ok(())
 }
 
 /// Send the close frame and flush (which also sends a close reply tungstenite owes the
@@ -352,12 +422,14 @@ where
     }
 }
 
-/// Encode and send what the session queues; send the close frame it asks for. Every write
-/// has the deadline `limit`: a client that does not read within it is cut off.
+/// Encode and send what the session queues; send the close frame it asks for; get the
+/// pongs owed to the client's pings out. Every write has the deadline `limit`: a client
+/// that does not read within it is cut off.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
+    pinged: Arc<Notify>,
     limit: Duration,
 ) -> WriterEnd
 where
@@ -376,12 +448,17 @@ where
                     (Ok(()), None) => {}
                 }
             }
+            () = pinged.notified() => {
+                if !matches!(timeout(limit, sink.flush()).await, Ok(Ok(()))) {
+                    tracing::debug!("websocket client does not read its pongs; dropping it");
+                    return WriterEnd::Broken;
+                }
+            }
             frame = outbound.recv() => match frame {
                 Some(frame) => {
                     let text = crate::frames::encode(&frame);
                     drop(frame);
-                    let message = Message::Text(text.into());
-                    if send_by(&mut sink, message, Instant::now() + limit).await.is_err() {
+                    if send_text(&mut sink, text, limit).await.is_err() {
                         tracing::debug!("websocket client does not read; dropping it");
                         return WriterEnd::Broken;
                     }
