@@ -313,7 +313,9 @@ where
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return Some(CloseReason::new(1009, "message too big")),
             Err(WsError::Protocol(e)) => {
-                return Some(CloseReason::new(1002, &format!("protocol error: {e}")))
+                // The detail goes to the log: a close reason must fit in 123 bytes.
+                tracing::debug!(error = %e, "websocket protocol error");
+                return Some(CloseReason::new(1002, "protocol error"));
             }
             Err(WsError::Utf8(_)) => return Some(CloseReason::new(1007, "invalid UTF-8 text")),
             Err(_) => return None,
