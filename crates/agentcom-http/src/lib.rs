@@ -36,6 +36,11 @@ pub struct HttpSettings {
     pub max_connections: usize,
     pub max_ws_message_bytes: usize,
     pub ws_idle_timeout: Duration,
+    /// Deadline of one websocket write and of the close handshake; a client that does not
+    /// read within it loses its connection.
+    pub ws_send_timeout: Duration,
+    /// An agent websocket that has not identified within this long is closed (1008).
+    pub ws_identify_timeout: Duration,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
     pub open_registration: bool,
     /// Base URL handed to onboarded agents; from the `Host` header when `None`.
@@ -51,6 +56,8 @@ impl Default for HttpSettings {
             max_connections: 768,
             max_ws_message_bytes: 1 << 20,
             ws_idle_timeout: Duration::from_secs(60),
+            ws_send_timeout: Duration::from_secs(10),
+            ws_identify_timeout: Duration::from_secs(30),
             open_registration: false,
             public_url: None,
         }

@@ -1,6 +1,7 @@
 //! The websocket endpoints: the upgrade handshake, and the two tasks of each connection
 //! (reader → session actor, session's outbound queue → writer).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agentcom_hub::sessions::{
@@ -17,16 +18,36 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::api::{caller, ApiError, ApiResult, Request};
 use crate::server::App;
+
+/// Outbound text goes out in frames of at most this many bytes (a longer message is
+/// fragmented), so that a connection's write buffer never needs more than one of them.
+const FRAGMENT_BYTES: usize = 16 << 10;
+
+/// The most a connection's write buffer holds: one fragment, plus room for the pongs and
+/// the close frame tungstenite queues itself (at most 129 bytes each). A client that
+/// pings without reading fills it, and then its pongs wait instead of piling up.
+const MAX_WRITE_BUFFER: usize = FRAGMENT_BYTES + (4 << 10);
+
+/// The timers of one connection.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    /// No inbound frame for this long closes the socket (1000).
+    idle: Duration,
+    /// Deadline of every write, of the pongs owed and of the close handshake.
+    send: Duration,
+}
 
 /// `GET /ws`: agents authenticate later, with `identify`.
 pub async fn upgrade_agent(app: &App, req: Request) -> ApiResult {
@@ -41,6 +62,17 @@ pub async fn upgrade_dashboard(app: &App, req: Request) -> ApiResult {
             .with("message", "the dashboard needs an admin or viewer token"));
     }
     upgrade(app, req, SessionKind::Dashboard, Some(who))
+}
+
+/// A `Sec-WebSocket-Key` is the base64 form of 16 bytes (RFC 6455 §4.1): 24 characters
+/// ending in `==`.
+fn valid_key(key: &HeaderValue) -> bool {
+    let k = key.as_bytes();
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
 }
 
 fn header_has(req: &Request, name: header::HeaderName, token: &str) -> bool {
@@ -76,17 +108,32 @@ fn upgrade(
     {
         return Err(ApiError::bad_request("unsupported_websocket_version"));
     }
+    if !valid_key(&key) {
+        return Err(ApiError::bad_request("invalid_websocket_key")
+            .with("message", "Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = app.hub.clone();
     let limit = app.settings.max_ws_message_bytes;
-    let idle = app.settings.ws_idle_timeout;
+    let timers = Timers {
+        idle: app.settings.ws_idle_timeout,
+        send: app.settings.ws_send_timeout,
+    };
+    let identify_within = (kind == SessionKind::Agent).then_some(app.settings.ws_identify_timeout);
     tokio::spawn(async move {
         // The set-up runs in its own short-lived (boxed) future, so that the task, which
         // lives as long as the connection, holds only what the read side needs.
-        let opened = Box::pin(open_socket(on_upgrade, hub, kind, principal, limit)).await;
+        let setup = OpenArgs {
+            kind,
+            principal,
+            limit,
+            timers,
+            identify_within,
+        };
+        let opened = Box::pin(open_socket(on_upgrade, hub, setup)).await;
         if let Some(socket) = opened {
-            run_socket(socket, idle).await;
+            run_socket(socket, timers).await;
         }
     });
     let mut res = hyper::Response::new(Full::new(Bytes::new()));
@@ -105,18 +152,34 @@ fn upgrade(
 struct OpenSocket<S> {
     source: SplitStream<WebSocketStream<S>>,
     session: ActorRef<SessionMsg>,
-    writer: JoinHandle<()>,
+    writer: JoinHandle<WriterEnd>,
     kind: SessionKind,
+    /// Tells the writer that a ping arrived, so the pong it owes must get out in time.
+    pinged: Arc<Notify>,
+}
+
+/// What a new connection is opened with.
+struct OpenArgs {
+    kind: SessionKind,
+    principal: Option<Principal>,
+    limit: usize,
+    timers: Timers,
+    identify_within: Option<Duration>,
 }
 
 /// Complete the upgrade, open the session and start the writer.
 async fn open_socket(
     on_upgrade: OnUpgrade,
     hub: Hub,
-    kind: SessionKind,
-    principal: Option<Principal>,
-    limit: usize,
+    setup: OpenArgs,
 ) -> Option<OpenSocket<TokioIo<Upgraded>>> {
+    let OpenArgs {
+        kind,
+        principal,
+        limit,
+        timers,
+        identify_within,
+    } = setup;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -129,6 +192,7 @@ async fn open_socket(
         // messages still arrive, in more reads.
         .read_buffer_size(1024)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let stream =
@@ -142,41 +206,75 @@ async fn open_socket(
             outbound: out_tx,
             close: close_tx,
         },
+        identify_within,
     };
     let (mut sink, source) = stream.split();
     let session = match hub.open_session(args).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not open a session");
-            let _ = sink.send(close(1011, "hub unavailable")).await;
+            let _ = timeout(timers.send, sink.send(close(1011, "hub unavailable"))).await;
             return None;
         }
     };
-    let writer = tokio::spawn(write_loop(sink, out_rx, close_rx));
+    let pinged = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(
+        sink,
+        out_rx,
+        close_rx,
+        pinged.clone(),
+        timers.send,
+    ));
     Some(OpenSocket {
         source,
         session,
         writer,
         kind,
+        pinged,
     })
 }
 
-/// Read until the connection ends, then end the session and wait for the writer.
-async fn run_socket<S>(mut socket: OpenSocket<S>, idle: Duration)
+/// Read until the connection ends or the writer gives up, end the session, and drop the
+/// connection once the close handshake is done or its deadline has passed.
+async fn run_socket<S>(socket: OpenSocket<S>, timers: Timers)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let session = &socket.session;
-    match read_loop(&mut socket.source, session, idle, socket.kind).await {
-        // The session closes the socket itself, after the frames it already queued.
-        Some(reason) => {
-            if session.send_message(SessionMsg::Close(reason)).is_err() {
-                session.stop(None);
+    let OpenSocket {
+        mut source,
+        session,
+        mut writer,
+        kind,
+        pinged,
+    } = socket;
+    let reading = read_loop(&mut source, &session, timers.idle, kind, &pinged);
+    tokio::pin!(reading);
+    tokio::select! {
+        end = &mut reading => {
+            match end {
+                // The session closes the socket itself, after the frames it already queued.
+                Some(reason) => {
+                    if session.send_message(SessionMsg::Close(reason)).is_err() {
+                        session.stop(None);
+                    }
+                }
+                None => session.stop(Some("connection closed".into())),
+            }
+            // The writer sends the close frame, each write within its deadline; a session
+            // too busy to answer does not hold the connection either.
+            if timeout(timers.send * 2, &mut writer).await.is_err() {
+                writer.abort();
             }
         }
-        None => session.stop(Some("connection closed".into())),
+        ended = &mut writer => {
+            session.stop(Some("connection closed".into()));
+            if let Ok(WriterEnd::CloseSent) = ended {
+                // The close handshake: the client's close (or its end of the connection)
+                // within the deadline.
+                let _ = timeout(timers.send, &mut reading).await;
+            }
+        }
     }
-    let _ = socket.writer.await;
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -193,6 +291,7 @@ async fn read_loop<S>(
     session: &ActorRef<SessionMsg>,
     idle: Duration,
     kind: SessionKind,
+    pinged: &Notify,
 ) -> Option<CloseReason>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -207,8 +306,18 @@ where
             Ok(Message::Text(text)) => parse(text.as_str(), kind),
             Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
             Ok(Message::Close(_)) => return None,
+            Ok(Message::Ping(_)) => {
+                pinged.notify_one();
+                continue;
+            }
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return Some(CloseReason::new(1009, "message too big")),
+            Err(WsError::Protocol(e)) => {
+                // The detail goes to the log: a close reason must fit in 123 bytes.
+                tracing::debug!(error = %e, "websocket protocol error");
+                return Some(CloseReason::new(1002, "protocol error"));
+            }
+            Err(WsError::Utf8(_)) => return Some(CloseReason::new(1007, "invalid UTF-8 text")),
             Err(_) => return None,
         };
         if session.send_message(SessionMsg::Inbound(inbound)).is_err() {
@@ -228,14 +337,107 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
     }
 }
 
-/// Encode and send what the session queues; send the close frame it asks for.
+/// How the writer ended.
+enum WriterEnd {
+    /// The close frame went out: the client may still answer it.
+    CloseSent,
+    /// A write failed or missed its deadline: the connection is to be dropped now.
+    Broken,
+}
+
+/// The client did not take a write within its deadline, or the connection failed.
+struct Stalled;
+
+/// Send one message, waiting at most until `deadline`. A write buffer full of pongs
+/// (a client that pings without reading) is flushed first, within the same deadline.
+async fn send_by<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    mut message: Message,
+    deadline: Instant,
+) -> Result<(), Stalled>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match timeout_at(deadline, sink.send(message)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(WsError::WriteBufferFull(back))) => {
+                message = *back;
+                if !matches!(timeout_at(deadline, sink.flush()).await, Ok(Ok(()))) {
+                    return Err(Stalled);
+                }
+            }
+            Ok(Err(_)) | Err(_) => return Err(Stalled),
+        }
+    }
+}
+
+/// Send a text message in fragments of at most [`FRAGMENT_BYTES`] (cut at character
+/// boundaries), each within `limit`.
+async fn send_text<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    text: String,
+    limit: Duration,
+) -> Result<(), Stalled>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if text.len() <= FRAGMENT_BYTES {
+        return send_by(sink, Message::Text(text.into()), Instant::now() + limit).await;
+    }
+    let bytes = Bytes::from(text);
+    let mut start = 0;
+    while start < bytes.len() {
+        let mut end = (start + FRAGMENT_BYTES).min(bytes.len());
+        // Back up to a character boundary: continuation bytes are 0b10xx_xxxx.
+        while end < bytes.len() && bytes[end] & 0xc0 == 0x80 {
+            end -= 1;
+        }
+        let opcode = if start == 0 {
+            OpCode::Data(OpData::Text)
+        } else {
+            OpCode::Data(OpData::Continue)
+        };
+        let frame = Frame::message(bytes.slice(start..end), opcode, end == bytes.len());
+        send_by(sink, Message::Frame(frame), Instant::now() + limit).await?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Send the close frame and flush (which also sends a close reply tungstenite owes the
+/// client), within `limit`.
+async fn send_close<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, Message>,
+    reason: &CloseReason,
+    limit: Duration,
+) -> WriterEnd
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + limit;
+    let sent = send_by(sink, close(reason.code, &reason.reason), deadline).await;
+    let flushed = timeout_at(deadline, sink.flush()).await;
+    match (sent, flushed) {
+        (Ok(()), Ok(Ok(()))) => WriterEnd::CloseSent,
+        _ => WriterEnd::Broken,
+    }
+}
+
+/// Encode and send what the session queues; send the close frame it asks for; get the
+/// pongs owed to the client's pings out. Every write has the deadline `limit`: a client
+/// that does not read within it is cut off.
 async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
-) where
+    pinged: Arc<Notify>,
+    limit: Duration,
+) -> WriterEnd
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let ended = || CloseReason::new(1011, "session ended");
     loop {
         tokio::select! {
             biased;
@@ -243,28 +445,30 @@ async fn write_loop<S>(
                 // A close was asked for, or the session ended (its sender is gone).
                 let reason = close_rx.borrow().clone();
                 match (changed, reason) {
-                    (_, Some(reason)) => {
-                        let _ = sink.send(close(reason.code, &reason.reason)).await;
-                        return;
-                    }
-                    (Err(_), None) => {
-                        let _ = sink.send(close(1011, "session ended")).await;
-                        return;
-                    }
+                    (_, Some(reason)) => return send_close(&mut sink, &reason, limit).await,
+                    (Err(_), None) => return send_close(&mut sink, &ended(), limit).await,
                     (Ok(()), None) => {}
+                }
+            }
+            () = pinged.notified() => {
+                if !matches!(timeout(limit, sink.flush()).await, Ok(Ok(()))) {
+                    tracing::debug!("websocket client does not read its pongs; dropping it");
+                    return WriterEnd::Broken;
                 }
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => {
-                    if sink.send(Message::Text(crate::frames::encode(&frame).into())).await.is_err() {
-                        return;
+                    let text = crate::frames::encode(&frame);
+                    drop(frame);
+                    if send_text(&mut sink, text, limit).await.is_err() {
+                        tracing::debug!("websocket client does not read; dropping it");
+                        return WriterEnd::Broken;
                     }
                 }
                 None => {
                     // The session ended without asking for a close: a crash or a stop.
-                    let reason = close_rx.borrow().clone().unwrap_or_else(|| CloseReason::new(1011, "session ended"));
-                    let _ = sink.send(close(reason.code, &reason.reason)).await;
-                    return;
+                    let reason = close_rx.borrow().clone().unwrap_or_else(ended);
+                    return send_close(&mut sink, &reason, limit).await;
                 }
             },
         }

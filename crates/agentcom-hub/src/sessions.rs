@@ -107,12 +107,17 @@ pub enum SessionMsg {
     Recheck(RpcReplyPort<bool>),
     /// Send the dashboard events gathered since the last flush.
     Flush,
+    /// The identify deadline passed: an agent connection that has not identified yet is
+    /// closed (pings and other frames do not keep it open).
+    IdentifyDeadline,
 }
 
 pub struct SessionArgs {
     pub kind: SessionKind,
     pub principal: Option<Principal>,
     pub io: SessionIo,
+    /// An agent connection must identify within this long (`None`: no deadline).
+    pub identify_within: Option<std::time::Duration>,
 }
 
 pub struct SessionState {
@@ -164,6 +169,9 @@ impl Actor for Session {
             let reason = CloseReason::new(close_code::REVOKED, reason);
             let _ = myself.send_message(SessionMsg::Close(reason));
             return Ok(state);
+        }
+        if let (SessionKind::Agent, Some(within)) = (args.kind, args.identify_within) {
+            myself.send_after(within, || SessionMsg::IdentifyDeadline);
         }
         if args.kind == SessionKind::Dashboard {
             for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
@@ -254,6 +262,13 @@ impl Actor for Session {
                     myself.stop(Some("credential lapsed".into()));
                 }
                 let _ = reply.send(lapsed.is_some());
+            }
+            SessionMsg::IdentifyDeadline => {
+                if state.kind == SessionKind::Agent && state.agent.agent_id.is_none() {
+                    let reason = CloseReason::new(close_code::POLICY, "identify timeout");
+                    state.io.close.send_replace(Some(reason));
+                    myself.stop(Some("identify timeout".into()));
+                }
             }
         }
         Ok(())

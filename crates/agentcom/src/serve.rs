@@ -135,6 +135,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         max_connections,
         max_ws_message_bytes: settings.max_ws_message_bytes as usize,
         ws_idle_timeout: settings.ws_idle_timeout,
+        ws_send_timeout: settings.ws_send_timeout,
+        ws_identify_timeout: settings.ws_identify_timeout,
         open_registration: settings.open_registration,
         public_url: settings.public_url.clone(),
     };

@@ -86,6 +86,13 @@ pub struct ServeArgs {
     pub stuck_task_after: Option<Duration>,
     #[arg(long, env = "AGENTCOM_WS_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub ws_idle_timeout: Option<Duration>,
+    /// How long one websocket write (and the close handshake) may take before the
+    /// connection is dropped.
+    #[arg(long, env = "AGENTCOM_WS_SEND_TIMEOUT", value_parser = parse_duration)]
+    pub ws_send_timeout: Option<Duration>,
+    /// How long an agent websocket may stay open without identifying.
+    #[arg(long, env = "AGENTCOM_WS_IDENTIFY_TIMEOUT", value_parser = parse_duration)]
+    pub ws_identify_timeout: Option<Duration>,
     #[arg(long, env = "AGENTCOM_REAPER_INTERVAL", value_parser = parse_duration)]
     pub reaper_interval: Option<Duration>,
     #[arg(long, env = "AGENTCOM_PRESENCE_TTL", value_parser = parse_duration)]
@@ -149,6 +156,8 @@ struct FileSettings {
     task_sweep_interval: Option<String>,
     stuck_task_after: Option<String>,
     ws_idle_timeout: Option<String>,
+    ws_send_timeout: Option<String>,
+    ws_identify_timeout: Option<String>,
     reaper_interval: Option<String>,
     presence_ttl: Option<String>,
     dashboard_flush_interval: Option<String>,
@@ -183,6 +192,8 @@ pub struct Settings {
     pub task_sweep_interval: Duration,
     pub stuck_task_after: Duration,
     pub ws_idle_timeout: Duration,
+    pub ws_send_timeout: Duration,
+    pub ws_identify_timeout: Duration,
     pub reaper_interval: Duration,
     pub presence_ttl: Duration,
     pub dashboard_flush_interval: Duration,
@@ -303,6 +314,8 @@ impl Settings {
             task_sweep_interval: dur!(task_sweep_interval, secs(30)),
             stuck_task_after: dur!(stuck_task_after, secs(300)),
             ws_idle_timeout: dur!(ws_idle_timeout, secs(60)),
+            ws_send_timeout: dur!(ws_send_timeout, secs(10)),
+            ws_identify_timeout: dur!(ws_identify_timeout, secs(30)),
             reaper_interval: dur!(reaper_interval, secs(30)),
             presence_ttl: dur!(presence_ttl, secs(60)),
             dashboard_flush_interval: dur!(dashboard_flush_interval, Duration::from_millis(100)),
