@@ -187,6 +187,14 @@ impl Actor for Channels {
                     .filter(|s| **s != message.from && !state.args.presence.is_online(s))
                     .cloned()
                     .collect();
+                // The mailbox must be there before anything is written: an error means
+                // "not published" (a crashed mailbox answers at once, see service.rs).
+                if !offline.is_empty() {
+                    if let Err(e) = state.args.mailbox.ready(DEFAULT_WAIT).await {
+                        let _ = reply.send(Err(e.into()));
+                        return Ok(());
+                    }
+                }
                 let written = state
                     .args
                     .store

@@ -130,8 +130,22 @@ impl Hub {
                 )
             }
         });
+        let mut mailbox = ChildSpec::new("mailbox", "service", mailbox_s, {
+            let s = s.clone();
+            move || {
+                (
+                    Mailbox,
+                    MailboxArgs {
+                        reader: s.reader.clone(),
+                        store: s.store.clone(),
+                        config: s.config.clone(),
+                    },
+                )
+            }
+        });
         if settings.test_hooks {
             config = config.with_crash_hook(|| ConfigMsg::Crash);
+            mailbox = mailbox.with_crash_hook(|| MailboxMsg::Crash);
         }
         let children = vec![
             ChildSpec::new("store", "service", store_s, move || {
@@ -200,19 +214,7 @@ impl Hub {
                     )
                 }
             }),
-            ChildSpec::new("mailbox", "service", mailbox_s, {
-                let s = s.clone();
-                move || {
-                    (
-                        Mailbox,
-                        MailboxArgs {
-                            reader: s.reader.clone(),
-                            store: s.store.clone(),
-                            config: s.config.clone(),
-                        },
-                    )
-                }
-            }),
+            mailbox,
             ChildSpec::new("channels", "service", channels_s, {
                 let s = s.clone();
                 move || {

@@ -30,6 +30,8 @@ pub enum MailboxMsg {
     Ack(String, u64, RpcReplyPort<Result<(), HubError>>),
     /// Delete entries older than the configured TTL; answers with how many.
     Evict(Option<RpcReplyPort<Result<usize, HubError>>>),
+    /// Crash (test hook, only with `--test-hooks`).
+    Crash,
 }
 
 pub struct MailboxArgs {
@@ -139,6 +141,7 @@ impl Actor for Mailbox {
                 }
                 write_then(&state.args.store, &state.order, ops, reply, || ()).await;
             }
+            MailboxMsg::Crash => panic!("injected crash (test hook)"),
             MailboxMsg::Evict(reply) => {
                 let ttl = match state
                     .args

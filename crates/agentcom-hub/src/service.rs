@@ -4,6 +4,12 @@
 //! every (re)start and empties it before stopping one. A [`Service`] reads the slot, so a
 //! caller always reaches the newest instance: a message refused by an instance that is
 //! draining for a restart is resent to its successor, never silently dropped.
+//!
+//! A slot emptied because its actor crashed is marked *down* (the supervisor restarts it
+//! only after a backoff that grows with each crash): a caller then waits at most
+//! [`DOWN_WAIT`] for it and fails with [`ServiceError::Unavailable`], instead of holding
+//! its request for the whole call timeout. A slot emptied for a restart on request waits
+//! as before: that restart is quick.
 
 use std::time::Duration;
 
@@ -26,22 +32,47 @@ pub enum ServiceError {
 /// The current instance of a supervised actor, shared between the supervisor (writer) and
 /// every [`Service`] handle (readers).
 pub struct Slot<M: Message> {
-    tx: watch::Sender<Option<ActorRef<M>>>,
+    tx: watch::Sender<Occupant<M>>,
+}
+
+/// What a slot holds.
+enum Occupant<M: Message> {
+    Running(ActorRef<M>),
+    /// Being (re)started, or stopped for a restart on request: worth waiting for.
+    Vacant,
+    /// Crashed, waiting out its restart backoff: callers fail fast.
+    Down,
+}
+
+impl<M: Message> Clone for Occupant<M> {
+    fn clone(&self) -> Self {
+        match self {
+            Occupant::Running(a) => Occupant::Running(a.clone()),
+            Occupant::Vacant => Occupant::Vacant,
+            Occupant::Down => Occupant::Down,
+        }
+    }
 }
 
 impl<M: Message> Slot<M> {
     pub fn new() -> Self {
         Slot {
-            tx: watch::Sender::new(None),
+            tx: watch::Sender::new(Occupant::Vacant),
         }
     }
 
     pub fn fill(&self, actor: ActorRef<M>) {
-        self.tx.send_replace(Some(actor));
+        self.tx.send_replace(Occupant::Running(actor));
     }
 
+    /// Empty the slot for a restart that is about to happen.
     pub fn vacate(&self) {
-        self.tx.send_replace(None);
+        self.tx.send_replace(Occupant::Vacant);
+    }
+
+    /// Empty the slot of an actor that crashed and waits out a backoff.
+    pub fn vacate_down(&self) {
+        self.tx.send_replace(Occupant::Down);
     }
 
     pub fn service(&self, name: &'static str) -> Service<M> {
@@ -61,7 +92,7 @@ impl<M: Message> Default for Slot<M> {
 /// A handle that reaches the current instance of one supervised actor.
 pub struct Service<M: Message> {
     name: &'static str,
-    rx: watch::Receiver<Option<ActorRef<M>>>,
+    rx: watch::Receiver<Occupant<M>>,
 }
 
 impl<M: Message> Clone for Service<M> {
@@ -76,6 +107,9 @@ impl<M: Message> Clone for Service<M> {
 /// How long a caller waits for a restarting actor to come back before giving up.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a caller waits for an actor that is down (crashed, in its restart backoff).
+pub const DOWN_WAIT: Duration = Duration::from_secs(1);
+
 impl<M: Message> Service<M> {
     pub fn name(&self) -> &'static str {
         self.name
@@ -83,10 +117,21 @@ impl<M: Message> Service<M> {
 
     /// The current instance, if one is running now.
     pub fn current(&self) -> Option<ActorRef<M>> {
-        self.rx.borrow().clone()
+        match &*self.rx.borrow() {
+            Occupant::Running(a) => Some(a.clone()),
+            _ => None,
+        }
     }
 
-    /// Wait (until `deadline`) for an instance other than `not`.
+    /// Wait for a running instance, as a call would (at most [`DOWN_WAIT`] if the actor
+    /// is down, `wait` if it is restarting); an error if there is none. Used to check that
+    /// every actor a request needs is there before the request writes anything.
+    pub async fn ready(&self, wait: Duration) -> Result<(), ServiceError> {
+        self.instance(None, Instant::now() + wait).await.map(|_| ())
+    }
+
+    /// Wait (until `deadline`, or [`DOWN_WAIT`] while the actor is down) for an instance
+    /// other than `not`.
     async fn instance(
         &self,
         not: Option<&ActorRef<M>>,
@@ -94,15 +139,18 @@ impl<M: Message> Service<M> {
     ) -> Result<ActorRef<M>, ServiceError> {
         let mut rx = self.rx.clone();
         let not_id = not.map(|a| a.get_id());
-        let wanted = |v: &Option<ActorRef<M>>| match v {
-            Some(a) => Some(a.get_id()) != not_id,
-            None => false,
-        };
-        let found = match tokio::time::timeout_at(deadline, rx.wait_for(wanted)).await {
-            Ok(Ok(actor)) => actor.clone(),
-            _ => None,
-        };
-        found.ok_or(ServiceError::Unavailable(self.name))
+        let down_deadline = deadline.min(Instant::now() + DOWN_WAIT);
+        loop {
+            let until = match &*rx.borrow_and_update() {
+                Occupant::Running(a) if Some(a.get_id()) != not_id => return Ok(a.clone()),
+                Occupant::Down => down_deadline,
+                _ => deadline,
+            };
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(ServiceError::Unavailable(self.name)),
+            }
+        }
     }
 
     /// Deliver a message to the current instance, waiting for one if the actor is

@@ -196,43 +196,87 @@ impl Services {
     /// Route a direct or broadcast message (reference §6.2): stored in history (durable
     /// when this returns), indexed into threads and counted in analytics (F7), pushed to
     /// online recipients and kept in the mailbox of offline ones (one copy per agent).
+    /// Answered with an error, it has no effect (see docs/runtime-semantics.md).
     pub async fn route(&self, message: Message) -> Result<(), HubError> {
         check_keys(&message)?;
-        let m = message.clone();
-        // History and the thread index are written side by side (they may share a flush).
-        let (stored, ()) = tokio::join!(
-            self.history.call(|r| HistoryMsg::Store(m, r), CALL_TIMEOUT),
-            self.index(&message)
-        );
-        stored??;
-        let (mailbox, recipients) = if message.is_broadcast() {
-            let offline: Vec<String> = self
-                .known_agents()?
+        // Who gets a mailbox copy is decided first, so that every actor the message needs
+        // is known to be running before anything is written: an error leaves no trace.
+        let direct_session = match &message.to {
+            Some(to) if !message.is_broadcast() => self.presence_table.session_of(to),
+            _ => None,
+        };
+        let mut mailbox: Vec<String> = if message.is_broadcast() {
+            self.known_agents()?
                 .into_iter()
                 .filter(|a| *a != message.from && !self.presence_table.is_online(a))
-                .collect();
+                .collect()
+        } else if direct_session.is_none() {
+            vec![message.to.clone().unwrap_or_default()]
+        } else {
+            Vec::new()
+        };
+        self.history.ready(CALL_TIMEOUT).await?;
+        if !mailbox.is_empty() {
+            self.mailbox.ready(CALL_TIMEOUT).await?;
+        }
+        let m = message.clone();
+        let seq = self
+            .history
+            .call(|r| HistoryMsg::Store(m, r), CALL_TIMEOUT)
+            .await??;
+        // Pushed to an online recipient only once stored; a push that fails (the
+        // connection just closed) falls back to the mailbox.
+        let recipients = match (&message.to, direct_session) {
+            (Some(to), Some(session)) => {
+                let push = SessionMsg::Push(AgentPush::Message(Arc::new(message.clone())));
+                if session.send_message(push).is_err() {
+                    mailbox.push(to.clone());
+                }
+                vec![to.clone()]
+            }
+            (Some(to), None) if !message.is_broadcast() => vec![to.clone()],
+            _ => Vec::new(),
+        };
+        if !mailbox.is_empty() {
+            let m = message.clone();
+            let copied = self
+                .mailbox
+                .call(|r| MailboxMsg::Enqueue(mailbox, m, r), CALL_TIMEOUT)
+                .await;
+            if let Err(e) = copied.map_err(HubError::from).and_then(|r| r) {
+                self.unstore(seq, &message.id).await;
+                return Err(e);
+            }
+        }
+        if message.is_broadcast() {
             self.publisher.publish(
                 Topic::Messages,
                 HubEvent::Broadcast(Arc::new(message.clone())),
             );
-            (offline, Vec::new())
-        } else {
-            let to = message.to.clone().unwrap_or_default();
-            let pushed = self.presence_table.session_of(&to).is_some_and(|s| {
-                s.send_message(SessionMsg::Push(AgentPush::Message(Arc::new(
-                    message.clone(),
-                ))))
-                .is_ok()
-            });
-            (if pushed { Vec::new() } else { vec![to.clone()] }, vec![to])
-        };
-        self.count(&message.from, recipients).await;
-        if !mailbox.is_empty() {
-            self.mailbox
-                .call(|r| MailboxMsg::Enqueue(mailbox, message, r), CALL_TIMEOUT)
-                .await??;
         }
+        self.index(&message).await;
+        self.count(&message.from, recipients).await;
         Ok(())
+    }
+
+    /// Take back a history entry whose message could not be delivered, so that the error
+    /// the sender gets means "not sent". Best effort: a failure is logged.
+    async fn unstore(&self, seq: u64, message_id: &str) {
+        let ops = vec![agentcom_store::WriteOp::Delete {
+            table: agentcom_store::Table::MessageHistory,
+            key: agentcom_store::seq_key(seq).to_vec(),
+        }];
+        let undone = self
+            .store
+            .call(|r| StoreMsg::Write(ops, r), CALL_TIMEOUT)
+            .await;
+        if !matches!(undone, Ok(Ok(_))) {
+            tracing::error!(
+                message_id,
+                seq,
+                "a message whose delivery failed stays in history"
+            );
+        }
     }
 
     /// Index a message into threads; returns once the index is durable. A failure is

@@ -34,7 +34,8 @@ pub struct ChildSpec {
     kind: &'static str,
     restartable: bool,
     start: StartFn,
-    vacate: Arc<dyn Fn() + Send + Sync>,
+    /// Empty the child's slot; `true` when it crashed (callers fail fast until it is back).
+    vacate: Arc<dyn Fn(bool) + Send + Sync>,
     crash: Option<CrashFn>,
 }
 
@@ -68,7 +69,13 @@ impl ChildSpec {
             kind,
             restartable: true,
             start,
-            vacate: Arc::new(move || slot.vacate()),
+            vacate: Arc::new(move |down| {
+                if down {
+                    slot.vacate_down()
+                } else {
+                    slot.vacate()
+                }
+            }),
             crash: None,
         }
     }
@@ -364,7 +371,7 @@ async fn start_child(myself: &ActorRef<SupervisorMsg>, child: &mut Child) -> Res
 /// Detach and stop a child, letting it process the messages already queued.
 async fn stop_child(child: &mut Child) {
     child.incarnation += 1;
-    (child.spec.vacate)();
+    (child.spec.vacate)(false);
     child.record.status = ChildStatus::Stopped;
     if let Some(cell) = child.cell.take() {
         if cell.drain_and_wait(Some(DRAIN_TIMEOUT)).await.is_err() {
@@ -381,7 +388,7 @@ fn handle_crash(
     publisher: &Publisher,
     error: String,
 ) {
-    (child.spec.vacate)();
+    (child.spec.vacate)(true);
     child.cell = None;
     child.incarnation += 1;
     let delay = child.streak.record_crash(policy, child.started.elapsed());
