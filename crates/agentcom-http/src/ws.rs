@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentcom_hub::sessions::{
     CloseReason, Inbound, QueuedFrame, SessionArgs, SessionIo, SessionKind, SessionMsg,
-    OUTBOUND_QUEUE,
+    INBOUND_IN_FLIGHT, OUTBOUND_QUEUE,
 };
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
@@ -18,7 +18,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -286,6 +286,10 @@ fn close(code: u16, reason: &str) -> Message {
 
 /// Read frames until the client goes away (`None`), the connection idles out or a frame
 /// breaks a limit (the close to send); each understood frame goes to the session actor.
+///
+/// Backpressure: at most [`INBOUND_IN_FLIGHT`] frames are with the session at once. While
+/// they all are, the socket is not read (nor the idle timer run), so a client that sends
+/// faster than its session handles frames fills its TCP window and waits.
 async fn read_loop<S>(
     source: &mut SplitStream<WebSocketStream<S>>,
     session: &ActorRef<SessionMsg>,
@@ -296,7 +300,11 @@ async fn read_loop<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let in_flight = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
     loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return None;
+        };
         let frame = match tokio::time::timeout(idle, source.next()).await {
             Err(_) => return Some(CloseReason::new(1000, "idle timeout")),
             Ok(None) => return None,
@@ -320,7 +328,10 @@ where
             Err(WsError::Utf8(_)) => return Some(CloseReason::new(1007, "invalid UTF-8 text")),
             Err(_) => return None,
         };
-        if session.send_message(SessionMsg::Inbound(inbound)).is_err() {
+        if session
+            .send_message(SessionMsg::Received(inbound, permit))
+            .is_err()
+        {
             return None;
         }
     }

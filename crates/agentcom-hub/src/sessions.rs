@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use crate::agent_session::AgentSession;
 use crate::events::{HubEvent, Topic};
@@ -19,6 +19,13 @@ use crate::Principal;
 
 /// Outbound queue capacity of one connection.
 pub const OUTBOUND_QUEUE: usize = 128;
+
+/// Inbound frames of one connection in flight at once: read from the socket but not yet
+/// handled by its session. The reader takes a permit before it forwards a frame and the
+/// session returns it once the frame is handled, so a client that sends faster than its
+/// session works is held back by TCP flow control instead of queueing frames in the
+/// session's (unbounded) mailbox.
+pub const INBOUND_IN_FLIGHT: usize = 16;
 
 /// How long a revocation waits for one session to check its credential (a session busy
 /// for longer still checks it, when it gets to the message).
@@ -90,7 +97,11 @@ pub enum Inbound {
 }
 
 pub enum SessionMsg {
+    /// A frame the session gives itself (the dashboard's snapshot request).
     Inbound(Inbound),
+    /// A frame read from the socket; the permit goes back once the frame is handled
+    /// ([`INBOUND_IN_FLIGHT`]).
+    Received(Inbound, OwnedSemaphorePermit),
     Deliver(Arc<HubEvent>),
     /// A push addressed to this connection alone (direct messages).
     Push(AgentPush),
@@ -192,21 +203,10 @@ impl Actor for Session {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SessionMsg::Inbound(Inbound::Malformed(code)) => {
-                crate::agent_session::showed_life(&myself, state);
-                state.push(&myself, Outbound::error(code));
-            }
-            SessionMsg::Inbound(Inbound::Agent(request)) => {
-                if state.kind == SessionKind::Agent {
-                    // Boxed: the handler's large state machine lives only while it runs, not
-                    // in every idle connection's task (memory per connection, SPEC §2).
-                    Box::pin(crate::agent_session::handle(&myself, state, request)).await;
-                }
-            }
-            SessionMsg::Inbound(Inbound::Dashboard(request)) => {
-                if state.kind == SessionKind::Dashboard {
-                    Box::pin(dashboard_request(&myself, state, request)).await;
-                }
+            SessionMsg::Inbound(inbound) => handle_inbound(&myself, state, inbound).await,
+            SessionMsg::Received(inbound, permit) => {
+                handle_inbound(&myself, state, inbound).await;
+                drop(permit);
             }
             SessionMsg::Flush => {
                 let events = std::mem::take(&mut state.pending);
@@ -330,6 +330,28 @@ impl SessionState {
                 "outbound queue full (client too slow)",
             )));
             myself.stop(Some("slow consumer".into()));
+        }
+    }
+}
+
+/// One frame from the client (or, for a dashboard's snapshot, from the session itself).
+async fn handle_inbound(myself: &ActorRef<SessionMsg>, state: &mut SessionState, inbound: Inbound) {
+    match inbound {
+        Inbound::Malformed(code) => {
+            crate::agent_session::showed_life(myself, state);
+            state.push(myself, Outbound::error(code));
+        }
+        Inbound::Agent(request) => {
+            if state.kind == SessionKind::Agent {
+                // Boxed: the handler's large state machine lives only while it runs, not
+                // in every idle connection's task (memory per connection, SPEC §2).
+                Box::pin(crate::agent_session::handle(myself, state, request)).await;
+            }
+        }
+        Inbound::Dashboard(request) => {
+            if state.kind == SessionKind::Dashboard {
+                Box::pin(dashboard_request(myself, state, request)).await;
+            }
         }
     }
 }
