@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::TestHub;
+use common::{connect, read_to_close, TestHub};
 
 /// The (soft, hard) open-file limits of a process.
 fn nofile_limits(pid: u32) -> (String, String) {
@@ -22,28 +22,6 @@ fn nofile_limits(pid: u32) -> (String, String) {
         fields.next().unwrap().to_string(),
         fields.next().unwrap().to_string(),
     )
-}
-
-fn connect(addr: &str) -> std::net::TcpStream {
-    let s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// Read until the peer closes (or 60 s pass); what was read.
-fn read_to_close(s: &mut std::net::TcpStream) -> Result<String, String> {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut out = Vec::new();
-    match s.read_to_end(&mut out) {
-        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-            Ok(String::from_utf8_lossy(&out).into_owned())
-        }
-        Err(e) => Err(format!(
-            "not closed within 60 s ({e}); read so far: {:?}",
-            String::from_utf8_lossy(&out)
-        )),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{try_request, Reply, TestHub, ADMIN};
+use common::{try_request, Reply, Rng, TestHub, ADMIN};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -85,32 +85,6 @@ fn config_body(field: &str, value: &Value) -> Value {
 // ---------------------------------------------------------------------------------------
 // Small tools
 // ---------------------------------------------------------------------------------------
-
-/// xorshift64: a tiny deterministic RNG (as in task_stress.rs).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        for _ in 0..8 {
-            r.next();
-        }
-        r
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the socket gave us next.
 enum In {

@@ -3,42 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::Duration;
 
-use common::TestHub;
-
-/// The hub's resident size in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-fn connect(addr: &str) -> std::net::TcpStream {
-    let s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_nodelay(true).unwrap();
-    s
-}
-
-/// Read until the peer closes (or 60 s pass); what was read.
-fn read_to_close(s: &mut std::net::TcpStream) -> Result<String, String> {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut out = Vec::new();
-    match s.read_to_end(&mut out) {
-        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-            Ok(String::from_utf8_lossy(&out).into_owned())
-        }
-        Err(e) => Err(format!(
-            "not closed within 60 s ({e}); read so far: {:?}",
-            String::from_utf8_lossy(&out)
-        )),
-    }
-}
+use common::{connect, read_to_close, TestHub};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_dripped_a_byte_at_a_time_costs_no_more_than_its_bytes() {
@@ -63,7 +31,7 @@ async fn a_body_dripped_a_byte_at_a_time_costs_no_more_than_its_bytes() {
             .unwrap();
         }
         std::thread::sleep(Duration::from_millis(200));
-        let before = rss_kib(pid);
+        let before = common::rss_bytes(pid) >> 10;
         for _ in 0..BYTES {
             for (i, s) in socks.iter_mut().enumerate() {
                 let piece: &[u8] = if i % 2 == 0 { b"1\r\n \r\n" } else { b" " };
@@ -73,7 +41,7 @@ async fn a_body_dripped_a_byte_at_a_time_costs_no_more_than_its_bytes() {
             std::thread::sleep(Duration::from_micros(100));
         }
         std::thread::sleep(Duration::from_millis(500));
-        let after = rss_kib(pid);
+        let after = common::rss_bytes(pid) >> 10;
         drop(socks);
         (before, after)
     })

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestHub;
+use common::{rss_bytes, TestHub};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -28,20 +28,6 @@ const MAX_GROWTH: u64 = 1 << 30;
 
 /// Frames the hub has in flight per connection (`INBOUND_IN_FLIGHT`).
 const IN_FLIGHT: usize = 16;
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("VmRSS in kB");
-    kib << 10
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_flood_is_held_back_not_queued_in_memory() {

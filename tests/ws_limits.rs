@@ -113,17 +113,6 @@ fn hub_holds(hub: &TestHub, client_port: u16) -> bool {
     })
 }
 
-/// The hub's resident memory, in bytes.
-fn hub_rss(hub: &TestHub) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).expect("status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .expect("VmRSS");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 async fn health_ok(hub: &TestHub) {
     let r = tokio::time::timeout(Duration::from_secs(10), hub.get("/health", None))
         .await
@@ -140,7 +129,7 @@ async fn a_ping_flood_without_reading_is_bounded_and_cut_off() {
     const BOUND: u64 = 100 << 20;
     let hub = TestHub::start_with(&["--ws-send-timeout", "2s"]).await;
     health_ok(&hub).await;
-    let base = hub_rss(&hub);
+    let base = hub.rss_bytes();
     let batch: Vec<u8> = (0..1000)
         .flat_map(|_| client_frame(0x89, &[b'p'; 125]))
         .collect();
@@ -165,7 +154,7 @@ async fn a_ping_flood_without_reading_is_bounded_and_cut_off() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut peak = 0;
     loop {
-        let grown = hub_rss(&hub).saturating_sub(base);
+        let grown = hub.rss_bytes().saturating_sub(base);
         peak = peak.max(grown);
         assert!(
             grown < BOUND,

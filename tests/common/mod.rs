@@ -600,3 +600,72 @@ impl Drop for LossyMount {
         let _ = self.detach();
     }
 }
+
+/// The resident memory (VmRSS) of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in kB");
+    kib << 10
+}
+
+impl TestHub {
+    /// The hub's resident memory, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid())
+    }
+}
+
+/// A blocking TCP connection to `addr`, for clients that misbehave byte by byte.
+pub fn connect(addr: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Read until the peer closes (or 60 s pass); what was read.
+pub fn read_to_close(s: &mut std::net::TcpStream) -> Result<String, String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        }
+        Err(e) => Err(format!(
+            "not closed within 60 s ({e}); read so far: {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+    }
+}
+
+/// xorshift64: a tiny deterministic RNG, for seeded test schedules.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // Spread small seeds so neighbouring streams do not start correlated.
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        for _ in 0..8 {
+            r.next();
+        }
+        r
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}

@@ -40,8 +40,9 @@ enum Occupant<M: Message> {
     Running(ActorRef<M>),
     /// Being (re)started, or stopped for a restart on request: worth waiting for.
     Vacant,
-    /// Crashed, waiting out its restart backoff: callers fail fast.
-    Down,
+    /// Crashed, waiting out its restart backoff until the instant given: callers wait
+    /// only if it is due back soon.
+    Down(Instant),
 }
 
 impl<M: Message> Clone for Occupant<M> {
@@ -49,7 +50,7 @@ impl<M: Message> Clone for Occupant<M> {
         match self {
             Occupant::Running(a) => Occupant::Running(a.clone()),
             Occupant::Vacant => Occupant::Vacant,
-            Occupant::Down => Occupant::Down,
+            Occupant::Down(at) => Occupant::Down(*at),
         }
     }
 }
@@ -70,9 +71,10 @@ impl<M: Message> Slot<M> {
         self.tx.send_replace(Occupant::Vacant);
     }
 
-    /// Empty the slot of an actor that crashed and waits out a backoff.
-    pub fn vacate_down(&self) {
-        self.tx.send_replace(Occupant::Down);
+    /// Empty the slot of an actor that crashed and waits out `backoff`.
+    pub fn vacate_down(&self, backoff: Duration) {
+        self.tx
+            .send_replace(Occupant::Down(Instant::now() + backoff));
     }
 
     pub fn service(&self, name: &'static str) -> Service<M> {
@@ -107,8 +109,13 @@ impl<M: Message> Clone for Service<M> {
 /// How long a caller waits for a restarting actor to come back before giving up.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
-/// How long a caller waits for an actor that is down (crashed, in its restart backoff).
+/// How long a caller waits for an actor that is down (crashed, in its restart backoff):
+/// an actor due back within this is waited for (until [`RESTART_GRACE`] after it is due),
+/// one due back later fails the call after this long.
 pub const DOWN_WAIT: Duration = Duration::from_secs(1);
+
+/// How long after its backoff a crashed actor due back soon is waited for (its restart).
+pub const RESTART_GRACE: Duration = Duration::from_secs(5);
 
 impl<M: Message> Service<M> {
     pub fn name(&self) -> &'static str {
@@ -143,7 +150,10 @@ impl<M: Message> Service<M> {
         loop {
             let until = match &*rx.borrow_and_update() {
                 Occupant::Running(a) if Some(a.get_id()) != not_id => return Ok(a.clone()),
-                Occupant::Down => down_deadline,
+                Occupant::Down(back_at) if *back_at <= Instant::now() + DOWN_WAIT => {
+                    deadline.min(*back_at + RESTART_GRACE)
+                }
+                Occupant::Down(_) => down_deadline,
                 _ => deadline,
             };
             match tokio::time::timeout_at(until, rx.changed()).await {

@@ -35,7 +35,8 @@ pub struct ChildSpec {
     restartable: bool,
     start: StartFn,
     /// Empty the child's slot; `true` when it crashed (callers fail fast until it is back).
-    vacate: Arc<dyn Fn(bool) + Send + Sync>,
+    /// Empty the slot: `None` for a restart about to happen, `Some(backoff)` for a crash.
+    vacate: Arc<dyn Fn(Option<Duration>) + Send + Sync>,
     crash: Option<CrashFn>,
 }
 
@@ -69,12 +70,9 @@ impl ChildSpec {
             kind,
             restartable: true,
             start,
-            vacate: Arc::new(move |down| {
-                if down {
-                    slot.vacate_down()
-                } else {
-                    slot.vacate()
-                }
+            vacate: Arc::new(move |down| match down {
+                Some(backoff) => slot.vacate_down(backoff),
+                None => slot.vacate(),
             }),
             crash: None,
         }
@@ -371,7 +369,7 @@ async fn start_child(myself: &ActorRef<SupervisorMsg>, child: &mut Child) -> Res
 /// Detach and stop a child, letting it process the messages already queued.
 async fn stop_child(child: &mut Child) {
     child.incarnation += 1;
-    (child.spec.vacate)(false);
+    (child.spec.vacate)(None);
     child.record.status = ChildStatus::Stopped;
     if let Some(cell) = child.cell.take() {
         if cell.drain_and_wait(Some(DRAIN_TIMEOUT)).await.is_err() {
@@ -388,10 +386,10 @@ fn handle_crash(
     publisher: &Publisher,
     error: String,
 ) {
-    (child.spec.vacate)(true);
+    let delay = child.streak.record_crash(policy, child.started.elapsed());
+    (child.spec.vacate)(Some(delay));
     child.cell = None;
     child.incarnation += 1;
-    let delay = child.streak.record_crash(policy, child.started.elapsed());
     tracing::error!(actor = child.spec.name, %error, backoff_ms = delay.as_millis() as u64, "actor crashed; restarting after backoff");
     child.record.status = ChildStatus::Restarting;
     child.record.crashes += 1;
