@@ -220,7 +220,7 @@ fn file_name(table: Table) -> String {
     format!("{}.rec", table.name())
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

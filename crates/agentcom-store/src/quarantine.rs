@@ -14,6 +14,7 @@ use agentcom_core::task::Task;
 use agentcom_core::Millis;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::hex;
 use crate::codec::{body_intact, check_readable};
 use crate::{
     decode, encode, ChannelRecord, Engine, HistoryEntry, MailboxEntry, StoreError, Table,
@@ -102,10 +103,6 @@ pub fn sweep(engine: &dyn Engine, now: Millis) -> Result<Vec<QuarantinedRecord>,
         engine.flush()?;
     }
     Ok(found)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
