@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{now_ms, Frame, Reply, TestHub, Ws, ADMIN};
+use common::{now_ms, request_json, Frame, TestHub, Ws, ADMIN};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -55,17 +55,6 @@ async fn get_ok(addr: &str, path: &str, token: Option<&str>) -> Value {
     let r = common::request(addr, "GET", path, token, None).await;
     assert_eq!(r.status, 200, "GET {path}: {r:?}");
     r.json
-}
-
-async fn send(addr: &str, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
-    common::request(
-        addr,
-        method,
-        path,
-        token,
-        Some(("application/json", body.to_string().into_bytes())),
-    )
-    .await
 }
 
 /// `POST /api/admin/backup` as admin; 200 and the body.
@@ -235,13 +224,13 @@ async fn dm(addr: &str, token: &str, to: &str, payload: Value, reply_to: Option<
     if let Some(r) = reply_to {
         body["reply_to"] = r.into();
     }
-    let r = send(addr, "POST", "/api/message", Some(token), body).await;
+    let r = request_json(addr, "POST", "/api/message", Some(token), body).await;
     assert_eq!(r.status, 200, "{r:?}");
     r.json["id"].as_str().unwrap().to_string()
 }
 
 async fn publish(addr: &str, token: &str, channel: &str, payload: Value) -> u64 {
-    let r = send(
+    let r = request_json(
         addr,
         "POST",
         &format!("/api/channels/{channel}/publish"),
@@ -254,7 +243,7 @@ async fn publish(addr: &str, token: &str, channel: &str, payload: Value) -> u64 
 }
 
 async fn create_channel(addr: &str, token: &str, name: &str) {
-    let r = send(
+    let r = request_json(
         addr,
         "POST",
         "/api/channels",
@@ -916,14 +905,14 @@ async fn round_trip_backup_wipe_restore_yields_identical_tables() {
             json!({"url": "https://example.com/repo.git"}),
         ),
     ] {
-        let r = send(&addr, "PUT", path, Some(ADMIN), body).await;
+        let r = request_json(&addr, "PUT", path, Some(ADMIN), body).await;
         assert_eq!(r.status, 200, "{path}: {r:?}");
     }
     // Tasks: one dead-lettered over a websocket agent, one completed, one queued.
     let mut worker = identify(&hub, "worker", json!(["dl"])).await;
     let mut task_ids = Vec::new();
     for (desc, fail) in [("doomed", true), ("done", false)] {
-        let r = send(
+        let r = request_json(
             &addr,
             "POST",
             "/api/tasks",
@@ -958,7 +947,7 @@ async fn round_trip_backup_wipe_restore_yields_identical_tables() {
     }
     let _ = futures_util::SinkExt::close(&mut worker.inner).await;
     drop(worker);
-    let r = send(
+    let r = request_json(
         &addr,
         "POST",
         "/api/tasks",
@@ -973,7 +962,7 @@ async fn round_trip_backup_wipe_restore_yields_identical_tables() {
     let m2 = dm(&addr, &beta, "alpha", json!({"text": "hi back"}), Some(&m1)).await;
     // Channels, a subscription and channel history (with a mailbox copy for beta).
     create_channel(&addr, &alpha, "ops").await;
-    let r = send(
+    let r = request_json(
         &addr,
         "POST",
         "/api/channels/ops/subscribe",
@@ -1096,7 +1085,7 @@ async fn verify_names_the_damaged_table_and_restore_refuses_damaged_backups() {
     for i in 0..5 {
         dm(&hub.addr, &alpha, "beta", json!({ "i": i }), None).await;
     }
-    let r = send(
+    let r = request_json(
         &hub.addr,
         "PUT",
         "/api/config/heartbeat-interval",
@@ -1105,7 +1094,7 @@ async fn verify_names_the_damaged_table_and_restore_refuses_damaged_backups() {
     )
     .await;
     assert_eq!(r.status, 200);
-    let r = send(
+    let r = request_json(
         &hub.addr,
         "POST",
         "/api/tasks",
@@ -1418,7 +1407,7 @@ async fn restore_refuses_a_held_directory_and_keeps_the_replaced_db_aside() {
     let put = |v: u64| {
         let addr = hub.addr.clone();
         async move {
-            let r = send(
+            let r = request_json(
                 &addr,
                 "PUT",
                 "/api/config/heartbeat-interval",
@@ -1510,7 +1499,7 @@ async fn restore_refuses_a_held_directory_and_keeps_the_replaced_db_aside() {
 async fn a_damaged_store_stops_serve_with_the_exact_restore_command() {
     let bdir = tempfile::tempdir().unwrap();
     let mut hub = hub_with_backups(bdir.path(), &[]).await;
-    let r = send(
+    let r = request_json(
         &hub.addr,
         "PUT",
         "/api/config/default-repo",

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Reply, ADMIN};
-use serde_json::{json, Value};
+use common::{request_json, ADMIN};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// sled 0.34.7's log segment size (its default, which the store keeps).
@@ -145,19 +145,8 @@ async fn must_serve(data: &Path) -> Served {
     }
 }
 
-async fn send(addr: &str, method: &str, path: &str, token: Option<&str>, body: Value) -> Reply {
-    common::request(
-        addr,
-        method,
-        path,
-        token,
-        Some(("application/json", body.to_string().into_bytes())),
-    )
-    .await
-}
-
 async fn publish(addr: &str, token: &str, phase: char, i: usize) {
-    let r = send(
+    let r = request_json(
         addr,
         "POST",
         "/api/channels/drill/publish",
@@ -226,7 +215,7 @@ struct Prepared {
 async fn prepare(stop_with_kill9: bool) -> Prepared {
     let data = tempfile::tempdir().unwrap();
     let hub = must_serve(data.path()).await;
-    let r = send(
+    let r = request_json(
         &hub.addr,
         "POST",
         "/admin/tokens",
@@ -236,7 +225,7 @@ async fn prepare(stop_with_kill9: bool) -> Prepared {
     .await;
     assert_eq!(r.status, 201, "{r:?}");
     let token = r.json["token"].as_str().unwrap().to_string();
-    let r = send(
+    let r = request_json(
         &hub.addr,
         "POST",
         "/api/channels",

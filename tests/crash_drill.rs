@@ -34,15 +34,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{try_request, Reply, Rng, TestHub, ADMIN};
-use futures_util::{SinkExt, StreamExt};
+use common::{recv, send, try_request, In, Reply, Rng, TestHub, WsStream, ADMIN};
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type WsStream = WebSocketStream<TcpStream>;
 
 /// Trials run one after the other on one data directory before a fresh hub takes over.
 const TRIALS_PER_HUB: usize = 10;
@@ -85,31 +81,6 @@ fn config_body(field: &str, value: &Value) -> Value {
 // ---------------------------------------------------------------------------------------
 // Small tools
 // ---------------------------------------------------------------------------------------
-
-/// What the socket gave us next.
-enum In {
-    Json(Value),
-    Timeout,
-    Closed,
-}
-
-async fn recv(ws: &mut WsStream, within: Duration) -> In {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return In::Timeout,
-            Ok(Some(Ok(Message::Text(t)))) => {
-                return In::Json(serde_json::from_str(t.as_str()).unwrap_or(Value::Null))
-            }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return In::Closed,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
-}
-
-async fn send(ws: &mut WsStream, v: Value) -> bool {
-    ws.send(Message::Text(v.to_string().into())).await.is_ok()
-}
 
 /// Connect to `/ws` and identify; `task_assign` pushes that come early go to `stash`.
 /// Only agents with the `drill` capability (the workers) are offered the drill's tasks.

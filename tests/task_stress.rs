@@ -9,39 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{try_request, Reply, Rng, TestHub, ADMIN};
-use futures_util::{SinkExt, StreamExt};
+use common::{recv, send, try_request, In, Reply, Rng, TestHub, WsStream, ADMIN};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type WsStream = WebSocketStream<TcpStream>;
-
-/// What the socket gave us next.
-enum In {
-    Json(Value),
-    Timeout,
-    Closed,
-}
-
-async fn recv(ws: &mut WsStream, within: Duration) -> In {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return In::Timeout,
-            Ok(Some(Ok(Message::Text(t)))) => {
-                return In::Json(serde_json::from_str(t.as_str()).unwrap_or(Value::Null))
-            }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return In::Closed,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
-}
-
-async fn send(ws: &mut WsStream, v: Value) -> bool {
-    ws.send(Message::Text(v.to_string().into())).await.is_ok()
-}
 
 async fn get(addr: &str, path: &str) -> Reply {
     try_request(addr, "GET", path, Some(ADMIN), None)

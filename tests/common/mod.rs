@@ -155,13 +155,7 @@ impl TestHub {
         token: Option<&str>,
         body: Value,
     ) -> Reply {
-        self.request(
-            method,
-            path,
-            token,
-            Some(("application/json", body.to_string().into_bytes())),
-        )
-        .await
+        request_json(&self.addr, method, path, token, body).await
     }
 
     /// Mint a token through the admin API.
@@ -668,4 +662,52 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// One request with a JSON body, on a fresh connection.
+pub async fn request_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> Reply {
+    request(
+        addr,
+        method,
+        path,
+        token,
+        Some(("application/json", body.to_string().into_bytes())),
+    )
+    .await
+}
+
+/// A bare client websocket, for tests that drive many agents frame by frame.
+pub type WsStream = WebSocketStream<TcpStream>;
+
+/// What a bare websocket gave next.
+pub enum In {
+    Json(Value),
+    Timeout,
+    Closed,
+}
+
+/// The next text frame as JSON (within `within`), skipping other frames.
+pub async fn recv(ws: &mut WsStream, within: Duration) -> In {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return In::Timeout,
+            Ok(Some(Ok(Message::Text(t)))) => {
+                return In::Json(serde_json::from_str(t.as_str()).unwrap_or(Value::Null))
+            }
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => return In::Closed,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Send `v` as a text frame; false if the socket is gone.
+pub async fn send(ws: &mut WsStream, v: Value) -> bool {
+    ws.send(Message::Text(v.to_string().into())).await.is_ok()
 }
