@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Every table, in the order the health report and the backup response list them: the
-/// original nine first, in the reference's order, then the three new ones.
-const TABLES: [&str; 12] = [
+/// original nine first, in the reference's order, then the four new ones.
+const TABLES: [&str; 13] = [
     "task_queue",
     "task_dead_letter",
     "agent_mailbox",
@@ -31,6 +31,7 @@ const TABLES: [&str; 12] = [
     "auth_tokens",
     "hub_meta",
     "quarantine",
+    "mailbox_bodies",
 ];
 
 const HOUR_MS: u64 = 3_600_000;
@@ -466,7 +467,7 @@ async fn seed_a_backup_creates_one_file_per_table_and_an_honest_manifest() {
     assert!(m["hub_version"].is_string(), "{m}");
     assert_eq!(m["created_at"], b["created_at"], "{m}");
     let tables = manifest_tables(&m);
-    assert_eq!(tables.len(), 12, "{m}");
+    assert_eq!(tables.len(), 13, "{m}");
     for t in TABLES {
         let e = &tables[t];
         let size = std::fs::metadata(dir.join(format!("{t}.rec")))
@@ -562,8 +563,8 @@ async fn manual_backup_answers_the_seed_shape_plus_id_time_and_verification() {
     let b = backup_now(&hub.addr).await;
     let after = now_ms();
     assert_eq!(b["status"], "complete", "{b}");
-    assert_eq!(b["tables_total"], 12, "{b}");
-    assert_eq!(b["tables_success"], 12, "{b}");
+    assert_eq!(b["tables_total"], 13, "{b}");
+    assert_eq!(b["tables_success"], 13, "{b}");
     assert_eq!(b["verified"], true, "{b}");
     let id = b["backup_id"].as_str().expect("backup_id");
     let created_at = b["created_at"].as_u64().expect("created_at");

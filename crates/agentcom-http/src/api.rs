@@ -114,6 +114,11 @@ impl From<HubError> for ApiError {
                 return ApiError::new(StatusCode::NOT_FOUND, "task_not_found")
             }
             HubError::Task(e) => ApiError::new(StatusCode::CONFLICT, &e.to_string()),
+            HubError::QuotaExceeded { quota, limit } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+                    .with("quota", quota)
+                    .with("limit", limit)
+            }
         }
         .with("message", message)
     }

@@ -2,8 +2,9 @@
 
 use agentcom_core::analytics::AgentStats;
 use agentcom_core::message::Message;
+use agentcom_hub::mailbox::Delivery;
 use agentcom_hub::presence::PresenceEntry;
-use agentcom_store::{ChannelRecord, HistoryEntry, MailboxEntry};
+use agentcom_store::{ChannelRecord, HistoryEntry};
 use serde_json::{json, Value};
 
 /// `MessageJSON`.
@@ -26,7 +27,7 @@ pub fn message_with_seq(m: &Message, seq: u64) -> Value {
     v
 }
 
-pub fn mailbox_entry(e: &MailboxEntry) -> Value {
+pub fn mailbox_entry(e: &Delivery) -> Value {
     message_with_seq(&e.message, e.seq)
 }
 

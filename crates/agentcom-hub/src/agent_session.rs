@@ -39,6 +39,11 @@ fn hub_error(e: &HubError) -> Outbound {
             field: None,
             message: Some(message.clone()),
         },
+        HubError::QuotaExceeded { .. } => Outbound::Error {
+            code: "quota_exceeded".into(),
+            field: None,
+            message: Some(e.to_string()),
+        },
         other => Outbound::Error {
             code: "internal_error".into(),
             field: None,

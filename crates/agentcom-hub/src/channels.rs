@@ -2,7 +2,7 @@
 //! the channel's history (newest [`HISTORY_KEEP`]), pushed to online subscribers' attached
 //! connections, and copied to the mailbox of subscribers that are offline (F15).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use agentcom_core::channel::HISTORY_KEEP;
@@ -35,6 +35,23 @@ pub enum ChannelsMsg {
     Unsubscribe(String, String, RpcReplyPort<Result<(), HubError>>),
     /// Publish on a channel; answers with the channel sequence number once durable.
     Publish(String, Message, RpcReplyPort<Result<u64, HubError>>),
+    /// Take back a publish whose mailbox copies failed: its entry goes, the entries it
+    /// trimmed come back (sent by the actor to itself).
+    Undo(Undo),
+}
+
+/// What one publish changed in a channel's history.
+pub struct Undo {
+    channel: String,
+    seq: u64,
+    trimmed: Vec<(u64, Kept, Vec<u8>)>,
+}
+
+/// What the actor knows of one history entry: who sent it, and its size.
+#[derive(Clone)]
+struct Kept {
+    sender: String,
+    bytes: u64,
 }
 
 pub struct ChannelsArgs {
@@ -43,6 +60,8 @@ pub struct ChannelsArgs {
     pub mailbox: Service<MailboxMsg>,
     pub presence: Arc<PresenceTable>,
     pub publisher: Publisher,
+    /// Bytes of history one sender may hold over every channel (0: no limit).
+    pub quota_bytes: u64,
 }
 
 pub struct ChannelsState {
@@ -50,6 +69,24 @@ pub struct ChannelsState {
     args: ChannelsArgs,
     channels: HashMap<String, ChannelRecord>,
     last_seq: HashMap<String, u64>,
+    /// Per channel, its history entries by sequence number.
+    kept: HashMap<String, BTreeMap<u64, Kept>>,
+    /// Bytes of history per sender, for the quota.
+    stored_by: HashMap<String, u64>,
+}
+
+impl ChannelsState {
+    fn account(&mut self, kept: &Kept, add: bool) {
+        let total = self.stored_by.entry(kept.sender.clone()).or_default();
+        *total = if add {
+            total.saturating_add(kept.bytes)
+        } else {
+            total.saturating_sub(kept.bytes)
+        };
+        if *total == 0 {
+            self.stored_by.remove(&kept.sender);
+        }
+    }
 }
 
 pub struct Channels;
@@ -71,14 +108,29 @@ impl Actor for Channels {
             .await?;
         let mut channels = HashMap::new();
         let mut seqs = HashMap::new();
+        let mut state_kept: HashMap<String, BTreeMap<u64, Kept>> = HashMap::new();
+        let mut stored_by: HashMap<String, u64> = HashMap::new();
         for record in list(&args.reader)? {
-            let seq = last_seq(
-                &args.reader,
-                None,
-                Table::ChannelHistory,
-                &owner_prefix(&record.name),
-            )?;
+            let prefix = owner_prefix(&record.name);
+            let seq = last_seq(&args.reader, None, Table::ChannelHistory, &prefix)?;
+            let mut kept = BTreeMap::new();
+            for (key, bytes) in args.reader.scan_prefix(Table::ChannelHistory, &prefix)? {
+                let Some(entry) =
+                    decode_or_skip::<HistoryEntry>(Table::ChannelHistory, &key, &bytes)
+                else {
+                    continue;
+                };
+                *stored_by.entry(entry.message.from.clone()).or_default() += bytes.len() as u64;
+                kept.insert(
+                    entry.seq,
+                    Kept {
+                        sender: entry.message.from,
+                        bytes: bytes.len() as u64,
+                    },
+                );
+            }
             seqs.insert(record.name.clone(), seq);
+            state_kept.insert(record.name.clone(), kept);
             channels.insert(record.name.clone(), record);
         }
         Ok(ChannelsState {
@@ -86,12 +138,14 @@ impl Actor for Channels {
             args,
             channels,
             last_seq: seqs,
+            kept: state_kept,
+            stored_by,
         })
     }
 
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -162,24 +216,6 @@ impl Actor for Channels {
                     let _ = reply.send(Err(NOT_FOUND));
                     return Ok(());
                 };
-                let seq = state.last_seq.get(&name).copied().unwrap_or(0) + 1;
-                state.last_seq.insert(name.clone(), seq);
-                let entry = HistoryEntry {
-                    seq,
-                    message: message.clone(),
-                    stored_at: now_ms(),
-                };
-                let mut ops = vec![WriteOp::Put {
-                    table: Table::ChannelHistory,
-                    key: channel_history_key(&name, seq),
-                    value: encode(&entry),
-                }];
-                if seq > HISTORY_KEEP as u64 {
-                    ops.push(WriteOp::Delete {
-                        table: Table::ChannelHistory,
-                        key: channel_history_key(&name, seq - HISTORY_KEEP as u64),
-                    });
-                }
                 // Offline subscribers (not the sender) get a mailbox copy tagged with the channel.
                 let offline: Vec<String> = record
                     .subscribers
@@ -187,6 +223,26 @@ impl Actor for Channels {
                     .filter(|s| **s != message.from && !state.args.presence.is_online(s))
                     .cloned()
                     .collect();
+                let seq = state.last_seq.get(&name).copied().unwrap_or(0) + 1;
+                let entry = HistoryEntry {
+                    seq,
+                    message: message.clone(),
+                    stored_at: now_ms(),
+                };
+                let value = encode(&entry);
+                let new = Kept {
+                    sender: message.from.clone(),
+                    bytes: value.len() as u64,
+                };
+                let quota = state.args.quota_bytes;
+                let used = state.stored_by.get(&new.sender).copied().unwrap_or(0);
+                if quota > 0 && used.saturating_add(new.bytes) > quota {
+                    let _ = reply.send(Err(HubError::QuotaExceeded {
+                        quota: "channel_quota",
+                        limit: quota,
+                    }));
+                    return Ok(());
+                }
                 // The mailbox must be there before anything is written: an error means
                 // "not published" (a crashed mailbox answers at once, see service.rs).
                 if !offline.is_empty() {
@@ -194,6 +250,39 @@ impl Actor for Channels {
                         let _ = reply.send(Err(e.into()));
                         return Ok(());
                     }
+                }
+                let mut ops = vec![WriteOp::Put {
+                    table: Table::ChannelHistory,
+                    key: channel_history_key(&name, seq),
+                    value,
+                }];
+                state.last_seq.insert(name.clone(), seq);
+                state.account(&new, true);
+                let kept = state.kept.entry(name.clone()).or_default();
+                kept.insert(seq, new);
+                let mut trimmed = Vec::new();
+                while kept.len() > HISTORY_KEEP {
+                    let (old, k) = kept.pop_first().expect("non-empty");
+                    trimmed.push((old, k));
+                }
+                // What the trimmed entries were, should this publish be taken back.
+                let mut undo = Undo {
+                    channel: name.clone(),
+                    seq,
+                    trimmed: Vec::new(),
+                };
+                for (old, k) in trimmed {
+                    state.account(&k, false);
+                    let key = channel_history_key(&name, old);
+                    if !offline.is_empty() {
+                        if let Some(raw) = state.args.reader.get(Table::ChannelHistory, &key)? {
+                            undo.trimmed.push((old, k, raw));
+                        }
+                    }
+                    ops.push(WriteOp::Delete {
+                        table: Table::ChannelHistory,
+                        key,
+                    });
                 }
                 let written = state
                     .args
@@ -218,23 +307,73 @@ impl Actor for Channels {
                             .await,
                     )
                 };
-                state.args.publisher.publish(
-                    Topic::Channel(name.clone()),
-                    HubEvent::ChannelMessage {
-                        channel: name,
-                        message: Arc::new(message),
-                    },
-                );
+                // Subscribers hear of it once it is durable, and only if it stands.
+                let publisher = state.args.publisher.clone();
                 state.order.then(async move {
                     let result = async {
                         written?.wait(WRITE_TIMEOUT).await??;
                         if let Some(copied) = copied {
-                            copied?.wait(WRITE_TIMEOUT).await??;
+                            let copied: Result<(), HubError> = async {
+                                copied?.wait(WRITE_TIMEOUT).await??;
+                                Ok(())
+                            }
+                            .await;
+                            if let Err(e) = copied {
+                                let _ = myself.send_message(ChannelsMsg::Undo(undo));
+                                return Err(e);
+                            }
                         }
                         Ok::<u64, HubError>(seq)
                     }
                     .await;
+                    if result.is_ok() {
+                        publisher.publish(
+                            Topic::Channel(name.clone()),
+                            HubEvent::ChannelMessage {
+                                channel: name,
+                                message: Arc::new(message),
+                            },
+                        );
+                    }
                     let _ = reply.send(result);
+                });
+            }
+            ChannelsMsg::Undo(undo) => {
+                let mut ops = vec![WriteOp::Delete {
+                    table: Table::ChannelHistory,
+                    key: channel_history_key(&undo.channel, undo.seq),
+                }];
+                if let Some(gone) = state
+                    .kept
+                    .get_mut(&undo.channel)
+                    .and_then(|kept| kept.remove(&undo.seq))
+                {
+                    state.account(&gone, false);
+                }
+                for (seq, k, raw) in undo.trimmed {
+                    state.account(&k, true);
+                    state
+                        .kept
+                        .entry(undo.channel.clone())
+                        .or_default()
+                        .insert(seq, k);
+                    ops.push(WriteOp::Put {
+                        table: Table::ChannelHistory,
+                        key: channel_history_key(&undo.channel, seq),
+                        value: raw,
+                    });
+                }
+                let (tx, rx) = ractor::concurrency::oneshot();
+                write_then(&state.args.store, &state.order, ops, tx.into(), || ()).await;
+                let channel = undo.channel;
+                state.order.then(async move {
+                    if !matches!(rx.await, Ok(Ok(()))) {
+                        tracing::error!(
+                            channel,
+                            seq = undo.seq,
+                            "a publish whose mailbox copies failed stays in the channel's history"
+                        );
+                    }
                 });
             }
         }

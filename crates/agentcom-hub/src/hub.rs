@@ -139,6 +139,7 @@ impl Hub {
                         reader: s.reader.clone(),
                         store: s.store.clone(),
                         config: s.config.clone(),
+                        quota_bytes: s.settings.mailbox_quota_bytes,
                     },
                 )
             }
@@ -224,6 +225,7 @@ impl Hub {
                         mailbox: s.mailbox.clone(),
                         presence: s.presence_table.clone(),
                         publisher: s.publisher.clone(),
+                        quota_bytes: s.settings.channel_quota_bytes,
                     };
                     (Channels, args)
                 }

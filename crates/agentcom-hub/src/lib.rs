@@ -115,6 +115,9 @@ pub enum HubError {
     /// A task transition was refused.
     #[error(transparent)]
     Task(#[from] agentcom_core::task::TaskError),
+    /// What the sender already stores is at its quota (`quota` names the setting).
+    #[error("quota exceeded: {quota} is {limit}")]
+    QuotaExceeded { quota: &'static str, limit: u64 },
 }
 
 /// Settings the actors need.
@@ -147,6 +150,10 @@ pub struct HubSettings {
     pub push_health_interval: Duration,
     /// The VAPID `sub` claim (`mailto:` or `https:`).
     pub push_subject: String,
+    /// Bytes of messages one sender may have waiting in mailboxes (0: no limit).
+    pub mailbox_quota_bytes: u64,
+    /// Bytes of channel history one sender may hold, over every channel (0: no limit).
+    pub channel_quota_bytes: u64,
 }
 
 impl Default for HubSettings {
@@ -172,6 +179,8 @@ impl Default for HubSettings {
             dashboard_flush_interval: Duration::from_millis(100),
             push_health_interval: Duration::from_secs(60),
             push_subject: "mailto:agentcom@localhost".into(),
+            mailbox_quota_bytes: 64 << 20,
+            channel_quota_bytes: 64 << 20,
         }
     }
 }

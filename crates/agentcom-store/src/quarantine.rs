@@ -43,7 +43,7 @@ pub fn unreadable(table: Table, value: &[u8]) -> Option<String> {
         Table::AgentMailbox => typed::<MailboxEntry>(table, value),
         Table::MessageHistory | Table::ChannelHistory => typed::<HistoryEntry>(table, value),
         Table::AgentChannels => typed::<ChannelRecord>(table, value),
-        Table::ThreadMessages => typed::<Message>(table, value),
+        Table::ThreadMessages | Table::MailboxBodies => typed::<Message>(table, value),
         Table::ThreadReplies => typed::<Vec<String>>(table, value),
         Table::AuthTokens => typed::<TokenRecord>(table, value),
         Table::AgentcomConfig | Table::HubMeta | Table::Quarantine => check_readable(table, value),

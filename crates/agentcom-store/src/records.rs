@@ -22,12 +22,18 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-/// A record of `agent_mailbox`, keyed by [`mailbox_key`].
+/// A record of `agent_mailbox`, keyed by [`mailbox_key`]: one agent's copy of a message.
+/// The message itself is stored once in `mailbox_bodies` (keyed by [`seq_key`] of `body`),
+/// however many mailboxes hold it; entries written before bodies were shared carry it
+/// inline in `message`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MailboxEntry {
     pub seq: u64,
     pub agent_id: String,
-    pub message: Message,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Message>,
     pub stored_at: Millis,
 }
 

@@ -18,11 +18,13 @@ pub enum Table {
     HubMeta,
     /// Records that could not be read back, moved aside at start-up (see `quarantine`).
     Quarantine,
+    /// The messages mailbox entries refer to, each stored once (see `MailboxEntry`).
+    MailboxBodies,
 }
 
 impl Table {
     /// Every table, in report order.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::TaskQueue,
         Table::TaskDeadLetter,
         Table::AgentMailbox,
@@ -35,6 +37,7 @@ impl Table {
         Table::AuthTokens,
         Table::HubMeta,
         Table::Quarantine,
+        Table::MailboxBodies,
     ];
 
     /// The table's name: the tree name on disk and the name in every report.
@@ -52,6 +55,7 @@ impl Table {
             Table::AuthTokens => "auth_tokens",
             Table::HubMeta => "hub_meta",
             Table::Quarantine => "quarantine",
+            Table::MailboxBodies => "mailbox_bodies",
         }
     }
 
@@ -59,7 +63,14 @@ impl Table {
         Table::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// Position in [`Table::ALL`].
+    /// A table added after the first backup format: a backup written before it existed
+    /// lacks it, and it was empty then.
+    pub fn added_later(self) -> bool {
+        matches!(self, Table::Quarantine | Table::MailboxBodies)
+    }
+
+    /// Position in [`Table::ALL`], also the table's number in the persisted counters: new
+    /// tables go at the end.
     pub fn index(self) -> usize {
         self as usize
     }

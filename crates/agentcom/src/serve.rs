@@ -96,6 +96,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         backup_interval: settings.backup_interval,
         backup_stale_after: settings.backup_stale_after,
         fragmentation_floor: settings.fragmentation_floor,
+        mailbox_quota_bytes: settings.mailbox_quota,
+        channel_quota_bytes: settings.channel_quota,
         queue_sample_interval: settings.queue_sample_interval,
         dashboard_flush_interval: settings.dashboard_flush_interval,
         push_health_interval: settings.push_health_interval,

@@ -67,6 +67,12 @@ pub struct ServeArgs {
     pub backup_stale_after: Option<Duration>,
     #[arg(long, env = "AGENTCOM_FRAGMENTATION_FLOOR", value_parser = parse_size)]
     pub fragmentation_floor: Option<u64>,
+    /// Bytes of messages one sender may have waiting in mailboxes (0: no limit).
+    #[arg(long, env = "AGENTCOM_MAILBOX_QUOTA", value_parser = parse_size)]
+    pub mailbox_quota: Option<u64>,
+    /// Bytes of channel history one sender may hold over every channel (0: no limit).
+    #[arg(long, env = "AGENTCOM_CHANNEL_QUOTA", value_parser = parse_size)]
+    pub channel_quota: Option<u64>,
     /// Let anyone register an agent (never re-mints for an existing id).
     #[arg(long, env = "AGENTCOM_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true")]
     pub open_registration: Option<bool>,
@@ -148,6 +154,8 @@ struct FileSettings {
     backup_keep: Option<u32>,
     backup_stale_after: Option<String>,
     fragmentation_floor: Option<String>,
+    mailbox_quota: Option<String>,
+    channel_quota: Option<String>,
     open_registration: Option<bool>,
     public_url: Option<String>,
     admin_token: Option<String>,
@@ -184,6 +192,8 @@ pub struct Settings {
     pub backup_keep: u32,
     pub backup_stale_after: Duration,
     pub fragmentation_floor: u64,
+    pub mailbox_quota: u64,
+    pub channel_quota: u64,
     pub open_registration: bool,
     pub public_url: Option<String>,
     pub admin_token: Option<String>,
@@ -301,6 +311,14 @@ impl Settings {
                 .fragmentation_floor
                 .or(file_size(file.fragmentation_floor, "fragmentation_floor")?)
                 .unwrap_or(64 << 20),
+            mailbox_quota: args
+                .mailbox_quota
+                .or(file_size(file.mailbox_quota, "mailbox_quota")?)
+                .unwrap_or(64 << 20),
+            channel_quota: args
+                .channel_quota
+                .or(file_size(file.channel_quota, "channel_quota")?)
+                .unwrap_or(64 << 20),
             open_registration: args
                 .open_registration
                 .or(file.open_registration)
@@ -379,6 +397,7 @@ mod tests {
         assert_eq!(s.backup_dir, PathBuf::from("./data/backups"));
         assert_eq!(s.backup_keep, 3);
         assert_eq!(s.fragmentation_floor, 64 << 20);
+        assert_eq!((s.mailbox_quota, s.channel_quota), (64 << 20, 64 << 20));
         assert_eq!(s.max_body_bytes, 1 << 20);
         assert_eq!(s.dashboard_flush_interval, Duration::from_millis(100));
     }
