@@ -133,3 +133,39 @@ async fn health_answers_when_every_connection_is_a_websocket() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Agent websockets that never identify cannot hold the connection slots: at most
+/// `max_unidentified` are open, a new one sheds the one waiting the longest (1013), and a
+/// real agent still connects and identifies while the flood goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_identify_cannot_hold_the_connection_slots() {
+    let hub = TestHub::start_with(&["--max-connections", "24", "--max-unidentified", "4"]).await;
+    let token = hub.token("real", "agent").await;
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(10), hub.ws("/ws", None)).await {
+            Ok(Ok(ws)) => flood.push(ws),
+            Ok(Err(e)) => panic!("an agent websocket is refused during the flood: {e}"),
+            Err(_) => panic!("an agent websocket upgrade hangs during the flood"),
+        }
+    }
+    // The 36 oldest were shed with "try again later"; the newest 4 are still open.
+    let (head, tail) = flood.split_at_mut(36);
+    for ws in head.iter_mut() {
+        assert_eq!(ws.closed(Duration::from_secs(10)).await, Some(1013));
+    }
+    for ws in tail.iter_mut() {
+        // Still open: answered (not identified yet), not closed.
+        ws.send_json(serde_json::json!({"type": "ping"})).await;
+        assert_eq!(ws.next_json().await["error"], "not_identified");
+    }
+    let mut real = hub.identify("real", &token, serde_json::json!({})).await;
+    real.send_json(serde_json::json!({"type": "ping"})).await;
+    assert_eq!(real.next_of_type("pong").await["type"], "pong");
+    // Identified, it has left the room: four more unidentified sockets do not shed it.
+    for _ in 0..4 {
+        flood.push(hub.ws("/ws", None).await.expect("upgrade"));
+    }
+    real.send_json(serde_json::json!({"type": "ping"})).await;
+    assert_eq!(real.next_of_type("pong").await["type"], "pong");
+}

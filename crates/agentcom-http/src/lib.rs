@@ -41,6 +41,9 @@ pub struct HttpSettings {
     pub ws_send_timeout: Duration,
     /// An agent websocket that has not identified within this long is closed (1008).
     pub ws_identify_timeout: Duration,
+    /// Agent websockets open at once that have not identified; one more sheds the one
+    /// waiting the longest (1013).
+    pub max_unidentified: usize,
     /// Let anyone register an agent (`POST /api/onboard/register` without a token).
     pub open_registration: bool,
     /// Base URL handed to onboarded agents; from the `Host` header when `None`.
@@ -58,6 +61,7 @@ impl Default for HttpSettings {
             ws_idle_timeout: Duration::from_secs(60),
             ws_send_timeout: Duration::from_secs(10),
             ws_identify_timeout: Duration::from_secs(30),
+            max_unidentified: 64,
             open_registration: false,
             public_url: None,
         }

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentcom_hub::waiting::WaitingRoom;
 use agentcom_hub::Hub;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,6 +24,8 @@ pub struct App {
     pub hub: Hub,
     pub settings: HttpSettings,
     pub router: Router,
+    /// Agent websockets that have not identified yet (at most `max_unidentified`).
+    pub waiting_room: Arc<WaitingRoom>,
 }
 
 /// Serve HTTP and websockets on an already-bound listener until `shutdown` completes;
@@ -42,6 +45,7 @@ pub async fn serve(
     let app_header_read_timeout = settings.header_read_timeout;
     let app = Arc::new(App {
         hub,
+        waiting_room: WaitingRoom::new(settings.max_unidentified),
         settings,
         router: Router::new(),
     });

@@ -8,6 +8,7 @@ use agentcom_hub::sessions::{
     CloseReason, Inbound, QueuedFrame, SessionArgs, SessionIo, SessionKind, SessionMsg,
     INBOUND_IN_FLIGHT, OUTBOUND_QUEUE,
 };
+use agentcom_hub::waiting::{WaitingRoom, TRY_AGAIN_LATER};
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -121,6 +122,7 @@ fn upgrade(
         send: app.settings.ws_send_timeout,
     };
     let identify_within = (kind == SessionKind::Agent).then_some(app.settings.ws_identify_timeout);
+    let waiting_room = (kind == SessionKind::Agent).then(|| app.waiting_room.clone());
     tokio::spawn(async move {
         // The set-up runs in its own short-lived (boxed) future, so that the task, which
         // lives as long as the connection, holds only what the read side needs.
@@ -130,6 +132,7 @@ fn upgrade(
             limit,
             timers,
             identify_within,
+            waiting_room,
         };
         let opened = Box::pin(open_socket(on_upgrade, hub, setup)).await;
         if let Some(socket) = opened {
@@ -165,6 +168,7 @@ struct OpenArgs {
     limit: usize,
     timers: Timers,
     identify_within: Option<Duration>,
+    waiting_room: Option<Arc<WaitingRoom>>,
 }
 
 /// Complete the upgrade, open the session and start the writer.
@@ -179,6 +183,7 @@ async fn open_socket(
         limit,
         timers,
         identify_within,
+        waiting_room,
     } = setup;
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
@@ -207,6 +212,7 @@ async fn open_socket(
             close: close_tx,
         },
         identify_within,
+        waiting_room,
     };
     let (mut sink, source) = stream.split();
     let session = match hub.open_session(args).await {
@@ -352,6 +358,9 @@ fn parse(text: &str, kind: SessionKind) -> Inbound {
 enum WriterEnd {
     /// The close frame went out: the client may still answer it.
     CloseSent,
+    /// The close frame went out to a connection shed to make room (1013): its answer is
+    /// not waited for, so that its slot is free at once.
+    Shed,
     /// A write failed or missed its deadline: the connection is to be dropped now.
     Broken,
 }
@@ -430,6 +439,7 @@ where
     let sent = send_by(sink, close(reason.code, &reason.reason), deadline).await;
     let flushed = timeout_at(deadline, sink.flush()).await;
     match (sent, flushed) {
+        (Ok(()), Ok(Ok(()))) if reason.code == TRY_AGAIN_LATER => WriterEnd::Shed,
         (Ok(()), Ok(Ok(()))) => WriterEnd::CloseSent,
         _ => WriterEnd::Broken,
     }

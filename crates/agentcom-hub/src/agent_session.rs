@@ -392,6 +392,7 @@ async fn identify(
     }
     // Kept, so that revoking the token closes this connection (SessionMsg::Recheck).
     state.principal = Some(principal);
+    state.waiting = None;
     if state
         .agent
         .agent_id

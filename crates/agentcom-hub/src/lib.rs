@@ -33,6 +33,7 @@ pub mod supervisor;
 pub mod task_queue;
 pub mod threads;
 pub mod tokens;
+pub mod waiting;
 pub mod webpush;
 
 pub use hub::Hub;

@@ -15,6 +15,7 @@ use crate::events::{HubEvent, Topic};
 use crate::protocol::{AgentPush, AgentRequest, DashboardRequest, Outbound};
 use crate::pubsub::Subscribed;
 use crate::services::Services;
+use crate::waiting::{Waiting, WaitingRoom};
 use crate::Principal;
 
 /// Outbound queue capacity of one connection.
@@ -129,6 +130,8 @@ pub struct SessionArgs {
     pub io: SessionIo,
     /// An agent connection must identify within this long (`None`: no deadline).
     pub identify_within: Option<std::time::Duration>,
+    /// Where an agent connection waits until it identifies (`None`: no cap).
+    pub waiting_room: Option<Arc<WaitingRoom>>,
 }
 
 pub struct SessionState {
@@ -141,6 +144,8 @@ pub struct SessionState {
     pub(crate) principal: Option<Principal>,
     /// Dashboard events waiting for the next flush.
     pending: Vec<Arc<HubEvent>>,
+    /// An agent connection's place among those not identified yet; dropped at identify.
+    pub(crate) waiting: Option<Waiting>,
 }
 
 /// One websocket connection.
@@ -169,6 +174,7 @@ impl Actor for Session {
             agent: AgentSession::default(),
             principal: args.principal,
             pending: Vec::new(),
+            waiting: None,
         };
         // A credential that lapsed between the upgrade and now (a revocation that listed
         // the open sessions before this one) closes the connection before any snapshot.
@@ -183,6 +189,9 @@ impl Actor for Session {
         }
         if let (SessionKind::Agent, Some(within)) = (args.kind, args.identify_within) {
             myself.send_after(within, || SessionMsg::IdentifyDeadline);
+        }
+        if let (SessionKind::Agent, Some(room)) = (args.kind, &args.waiting_room) {
+            state.waiting = Some(room.enter(myself.clone()));
         }
         if args.kind == SessionKind::Dashboard {
             for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {

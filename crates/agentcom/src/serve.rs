@@ -135,6 +135,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         body_timeout: settings.body_timeout,
         header_read_timeout: settings.header_read_timeout,
         max_connections,
+        max_unidentified: settings
+            .max_unidentified
+            .map_or((max_connections / 8).max(1), |n| n as usize),
         max_ws_message_bytes: settings.max_ws_message_bytes as usize,
         ws_idle_timeout: settings.ws_idle_timeout,
         ws_send_timeout: settings.ws_send_timeout,

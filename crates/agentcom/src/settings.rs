@@ -130,6 +130,9 @@ pub struct ServeArgs {
     /// Connections open at once, websockets included [default: 3/4 of the open-file limit].
     #[arg(long, env = "AGENTCOM_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Agent websockets open at once that have not identified [default: max_connections / 8].
+    #[arg(long, env = "AGENTCOM_MAX_UNIDENTIFIED")]
+    pub max_unidentified: Option<u32>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -178,6 +181,7 @@ struct FileSettings {
     body_timeout: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<u32>,
+    max_unidentified: Option<u32>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -217,6 +221,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// `None`: sized from the open-file limit at start.
     pub max_connections: Option<u32>,
+    /// `None`: an eighth of the connection cap.
+    pub max_unidentified: Option<u32>,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -296,8 +302,9 @@ impl Settings {
             return Err("body_timeout and header_read_timeout must be positive".into());
         }
         let max_connections = args.max_connections.or(file.max_connections);
-        if max_connections == Some(0) {
-            return Err("max_connections must be positive".into());
+        let max_unidentified = args.max_unidentified.or(file.max_unidentified);
+        if max_connections == Some(0) || max_unidentified == Some(0) {
+            return Err("max_connections and max_unidentified must be positive".into());
         }
         Ok(Settings {
             bind: args
@@ -343,6 +350,7 @@ impl Settings {
             body_timeout,
             header_read_timeout,
             max_connections,
+            max_unidentified,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
