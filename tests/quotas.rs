@@ -299,3 +299,26 @@ async fn a_publish_refused_after_it_was_written_is_taken_back() {
     assert_eq!(channel_markers(&hub, "news").await, vec!["first", "third"]);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Tiny messages to ever new recipients count too: each mailbox entry is charged to the
+/// sender, so a sender cannot fill the store with entries for made-up agent ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tiny_messages_to_made_up_recipients_meet_the_quota() {
+    let hub = TestHub::start_with(&["--mailbox-quota", "16KiB"]).await;
+    let alice = hub.token("alice", "agent").await;
+    let mut sent = 0;
+    for i in 0..200 {
+        let r = message(&hub, &alice, &format!("nobody{i}"), "t", 1).await;
+        if r.status == 429 {
+            assert_quota(&r, "mailbox_quota");
+            break;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        sent += 1;
+    }
+    assert!(
+        (10..100).contains(&sent),
+        "{sent} tiny messages fit in 16 KiB"
+    );
+    assert_eq!(table(&hub, "agent_mailbox").await.0, sent);
+}

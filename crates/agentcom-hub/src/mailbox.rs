@@ -60,8 +60,23 @@ pub struct MailboxState {
     /// entry written before bodies were shared, which carries its message).
     held: HashMap<String, BTreeMap<u64, Option<u64>>>,
     bodies: HashMap<u64, Body>,
-    /// Bytes of bodies per sender, for the quota.
+    /// What each sender stores in mailboxes, for the quota: its bodies and one
+    /// [`entry_cost`] per entry that refers to them.
     stored_by: HashMap<String, u64>,
+}
+
+/// What one mailbox entry costs its sender's quota: about its size on disk (key and
+/// record), so that many tiny messages to many mailboxes count too.
+pub fn entry_cost(agent_id: &str) -> u64 {
+    96 + 2 * agent_id.len() as u64
+}
+
+fn charge(stored_by: &mut HashMap<String, u64>, sender: &str, add: u64, sub: u64) {
+    let total = stored_by.entry(sender.to_string()).or_default();
+    *total = total.saturating_add(add).saturating_sub(sub);
+    if *total == 0 {
+        stored_by.remove(sender);
+    }
 }
 
 impl MailboxState {
@@ -75,6 +90,7 @@ impl MailboxState {
             return;
         };
         b.refs = b.refs.saturating_sub(1);
+        charge(&mut self.stored_by, &b.sender, 0, entry_cost(agent_id));
         if b.refs == 0 {
             self.drop_body(body.expect("found"), ops);
         }
@@ -85,12 +101,7 @@ impl MailboxState {
         let Some(b) = self.bodies.remove(&id) else {
             return;
         };
-        if let Some(total) = self.stored_by.get_mut(&b.sender) {
-            *total = total.saturating_sub(b.bytes);
-            if *total == 0 {
-                self.stored_by.remove(&b.sender);
-            }
-        }
+        charge(&mut self.stored_by, &b.sender, 0, b.bytes);
         ops.push(WriteOp::Delete {
             table: Table::MailboxBodies,
             key: seq_key(id).to_vec(),
@@ -144,6 +155,7 @@ impl Actor for Mailbox {
             max_seq = max_seq.max(entry.seq);
             if let Some(b) = entry.body.and_then(|id| bodies.get_mut(&id)) {
                 b.refs += 1;
+                charge(&mut stored_by, &b.sender, entry_cost(&entry.agent_id), 0);
             }
             held.entry(entry.agent_id)
                 .or_default()
@@ -198,9 +210,10 @@ impl Actor for Mailbox {
                 }
                 let value = encode(&message);
                 let bytes = value.len() as u64;
+                let entries: u64 = agents.iter().map(|a| entry_cost(a)).sum();
                 let quota = state.args.quota_bytes;
                 let used = state.stored_by.get(&message.from).copied().unwrap_or(0);
-                if quota > 0 && used.saturating_add(bytes) > quota {
+                if quota > 0 && used.saturating_add(bytes + entries) > quota {
                     let _ = reply.send(Err(HubError::QuotaExceeded {
                         quota: "mailbox_quota",
                         limit: quota,
@@ -222,7 +235,7 @@ impl Actor for Mailbox {
                         bytes,
                     },
                 );
-                *state.stored_by.entry(message.from.clone()).or_default() += bytes;
+                charge(&mut state.stored_by, &message.from, bytes + entries, 0);
                 for agent_id in agents {
                     state.last_seq += 1;
                     let seq = state.last_seq;
