@@ -322,3 +322,19 @@ async fn many_tiny_messages_to_made_up_recipients_meet_the_quota() {
     );
     assert_eq!(table(&hub, "agent_mailbox").await.0, sent);
 }
+
+/// The message history keeps its newest messages within `history_max_bytes`, however
+/// large each one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_message_history_is_bounded_in_bytes() {
+    let hub = TestHub::start_with(&["--history-max-bytes", "100KiB"]).await;
+    let alice = hub.token("alice", "agent").await;
+    for i in 0..10 {
+        let r = message(&hub, &alice, "bob", &format!("h{i}"), 30_000).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(history_markers(&hub).await, vec!["h7", "h8", "h9"]);
+    let (count, bytes) = table(&hub, "message_history").await;
+    assert_eq!(count, 3);
+    assert!(bytes <= 100 * 1024, "{bytes}");
+}

@@ -1,6 +1,8 @@
 //! Message history (reference §6.5): every routed direct and broadcast message, under a
 //! global sequence number that only grows (it is stored, not recovered from the entries).
 
+use std::collections::BTreeMap;
+
 use agentcom_core::message::Message;
 use agentcom_core::Millis;
 use agentcom_store::{
@@ -12,7 +14,7 @@ use crate::service::Service;
 use crate::store::{write_then, InOrder, StoreMsg};
 use crate::{now_ms, HubError};
 
-/// Messages kept; the oldest are trimmed.
+/// Messages kept; the oldest are trimmed (also beyond `history_max_bytes`).
 pub const HISTORY_KEEP: u64 = 10_000;
 
 pub enum HistoryMsg {
@@ -23,12 +25,18 @@ pub enum HistoryMsg {
 pub struct HistoryArgs {
     pub reader: StoreReader,
     pub store: Service<StoreMsg>,
+    /// The oldest entries are trimmed while the history holds more bytes than this.
+    pub max_bytes: u64,
 }
 
 pub struct HistoryState {
     order: InOrder,
     last_seq: u64,
     store: Service<StoreMsg>,
+    /// The size of each entry held, by sequence number, and their sum.
+    sizes: BTreeMap<u64, u64>,
+    total: u64,
+    max_bytes: u64,
 }
 
 pub struct MessageHistory;
@@ -64,6 +72,14 @@ impl Actor for MessageHistory {
         args.store
             .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
             .await?;
+        let mut sizes = BTreeMap::new();
+        args.reader
+            .for_each(Table::MessageHistory, &mut |key: &[u8], value: &[u8]| {
+                if let Some(seq) = agentcom_store::seq_of_key(key) {
+                    sizes.insert(seq, (key.len() + value.len()) as u64);
+                }
+                Ok(())
+            })?;
         Ok(HistoryState {
             order: InOrder::new(),
             last_seq: last_seq(
@@ -73,6 +89,9 @@ impl Actor for MessageHistory {
                 b"",
             )?,
             store: args.store,
+            total: sizes.values().sum(),
+            sizes,
+            max_bytes: args.max_bytes,
         })
     }
 
@@ -90,11 +109,16 @@ impl Actor for MessageHistory {
             message,
             stored_at: now_ms(),
         };
+        let key = seq_key(seq).to_vec();
+        let value = encode(&entry);
+        let size = (key.len() + value.len()) as u64;
+        state.sizes.insert(seq, size);
+        state.total += size;
         let mut ops = vec![
             WriteOp::Put {
                 table: Table::MessageHistory,
-                key: seq_key(seq).to_vec(),
-                value: encode(&entry),
+                key,
+                value,
             },
             WriteOp::Put {
                 table: Table::HubMeta,
@@ -102,10 +126,15 @@ impl Actor for MessageHistory {
                 value: encode(&seq),
             },
         ];
-        if seq > HISTORY_KEEP {
+        // The newest entry always stays, however large.
+        while state.sizes.len() > 1
+            && (state.sizes.len() as u64 > HISTORY_KEEP || state.total > state.max_bytes)
+        {
+            let (old, size) = state.sizes.pop_first().expect("non-empty");
+            state.total -= size;
             ops.push(WriteOp::Delete {
                 table: Table::MessageHistory,
-                key: seq_key(seq - HISTORY_KEEP).to_vec(),
+                key: seq_key(old).to_vec(),
             });
         }
         write_then(&state.store, &state.order, ops, reply, move || seq).await;

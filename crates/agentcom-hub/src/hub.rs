@@ -199,6 +199,7 @@ impl Hub {
                         HistoryArgs {
                             reader: s.reader.clone(),
                             store: s.store.clone(),
+                            max_bytes: s.settings.history_max_bytes,
                         },
                     )
                 }

@@ -155,6 +155,8 @@ pub struct HubSettings {
     pub mailbox_quota_bytes: u64,
     /// Bytes of channel history one sender may hold, over every channel (0: no limit).
     pub channel_quota_bytes: u64,
+    /// The message history's oldest entries are trimmed beyond this many bytes.
+    pub history_max_bytes: u64,
 }
 
 impl Default for HubSettings {
@@ -182,6 +184,7 @@ impl Default for HubSettings {
             push_subject: "mailto:agentcom@localhost".into(),
             mailbox_quota_bytes: 64 << 20,
             channel_quota_bytes: 64 << 20,
+            history_max_bytes: 256 << 20,
         }
     }
 }

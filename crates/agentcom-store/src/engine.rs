@@ -94,6 +94,11 @@ impl StoreReader {
         self.engine.scan_prefix(table, prefix)
     }
 
+    /// Visit every record of `table` in key order without holding them all in memory.
+    pub fn for_each(&self, table: Table, f: &mut Visitor<'_>) -> Result<(), StoreError> {
+        self.engine.for_each(table, f)
+    }
+
     pub fn range(
         &self,
         table: Table,

@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// Bytes of channel history one sender may hold over every channel (0: no limit).
     #[arg(long, env = "AGENTCOM_CHANNEL_QUOTA", value_parser = parse_size)]
     pub channel_quota: Option<u64>,
+    /// The message history's oldest entries are trimmed beyond this many bytes.
+    #[arg(long, env = "AGENTCOM_HISTORY_MAX_BYTES", value_parser = parse_size)]
+    pub history_max_bytes: Option<u64>,
     /// Let anyone register an agent (never re-mints for an existing id).
     #[arg(long, env = "AGENTCOM_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true")]
     pub open_registration: Option<bool>,
@@ -159,6 +162,7 @@ struct FileSettings {
     fragmentation_floor: Option<String>,
     mailbox_quota: Option<String>,
     channel_quota: Option<String>,
+    history_max_bytes: Option<String>,
     open_registration: Option<bool>,
     public_url: Option<String>,
     admin_token: Option<String>,
@@ -198,6 +202,7 @@ pub struct Settings {
     pub fragmentation_floor: u64,
     pub mailbox_quota: u64,
     pub channel_quota: u64,
+    pub history_max_bytes: u64,
     pub open_registration: bool,
     pub public_url: Option<String>,
     pub admin_token: Option<String>,
@@ -326,6 +331,10 @@ impl Settings {
                 .channel_quota
                 .or(file_size(file.channel_quota, "channel_quota")?)
                 .unwrap_or(64 << 20),
+            history_max_bytes: args
+                .history_max_bytes
+                .or(file_size(file.history_max_bytes, "history_max_bytes")?)
+                .unwrap_or(256 << 20),
             open_registration: args
                 .open_registration
                 .or(file.open_registration)
