@@ -1,9 +1,12 @@
 //! Agent and dashboard websocket frames: JSON text ⇄ the hub's typed protocol.
 
-use agentcom_core::message::check_keys;
+use std::sync::{Arc, Mutex, Weak};
+
+use agentcom_core::message::{check_keys, Message};
 use agentcom_hub::events::HubEvent;
 use agentcom_hub::protocol::{AgentPush, AgentReply, AgentRequest, DashboardRequest, Outbound};
 use serde_json::{json, Map, Value};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::wire;
 
@@ -176,6 +179,33 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
         },
         _ => AgentRequest::Unknown,
     })
+}
+
+/// The last message push encoded: the message, whether as a channel message, and its text.
+type LastPush = Option<(Weak<Message>, bool, Utf8Bytes)>;
+static LAST_PUSH: Mutex<LastPush> = Mutex::new(None);
+
+/// The text of an outbound frame, ready to send. A message push is the same frame for
+/// every recipient of one broadcast or channel publish, so its text is made once and
+/// shared by every connection it goes to (the connections write it, in turn, from one
+/// buffer): a 1 MiB broadcast to 1,000 agents that read slowly holds 1 MiB, not 1 GiB.
+pub fn encode_shared(frame: &Outbound) -> Utf8Bytes {
+    let (message, channel) = match frame {
+        Outbound::Push(AgentPush::Message(m)) => (m, false),
+        Outbound::Push(AgentPush::ChannelMessage { message, .. }) => (message, true),
+        _ => return encode(frame).into(),
+    };
+    // While `message` is held, no other message can have its address.
+    let same = |(last, was_channel, _): &(Weak<Message>, bool, Utf8Bytes)| {
+        *was_channel == channel && Weak::as_ptr(last) == Arc::as_ptr(message)
+    };
+    let mut last = LAST_PUSH.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(entry) = last.as_ref().filter(|e| same(e)) {
+        return entry.2.clone();
+    }
+    let text: Utf8Bytes = encode(frame).into();
+    *last = Some((Arc::downgrade(message), channel, text.clone()));
+    text
 }
 
 /// The JSON text of an outbound frame.

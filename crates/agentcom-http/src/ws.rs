@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::api::{caller, ApiError, ApiResult, Request};
@@ -396,14 +396,14 @@ where
 /// boundaries), each within `limit`.
 async fn send_text<S>(
     sink: &mut SplitSink<WebSocketStream<S>, Message>,
-    text: String,
+    text: Utf8Bytes,
     limit: Duration,
 ) -> Result<(), Stalled>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if text.len() <= FRAGMENT_BYTES {
-        return send_by(sink, Message::Text(text.into()), Instant::now() + limit).await;
+        return send_by(sink, Message::Text(text), Instant::now() + limit).await;
     }
     let bytes = Bytes::from(text);
     let mut start = 0;
@@ -479,7 +479,7 @@ where
             }
             frame = outbound.recv() => match frame {
                 Some(frame) => {
-                    let text = crate::frames::encode(&frame);
+                    let text = crate::frames::encode_shared(&frame);
                     drop(frame);
                     if send_text(&mut sink, text, limit).await.is_err() {
                         tracing::debug!("websocket client does not read; dropping it");
