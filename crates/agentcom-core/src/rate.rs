@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 /// How fast a bucket refills and how much it holds.
@@ -183,6 +184,22 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
+    }
+}
+
+/// The key a peer's address is limited by: an IPv4 address (also when written as an
+/// IPv4-mapped IPv6 address), or the /64 network of an IPv6 address: one host is usually
+/// given a whole /64, and could otherwise take a fresh bucket per address.
+pub fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -396,5 +413,19 @@ mod tests {
         assert!(buckets.is_empty());
         assert!(buckets.take(&7, ms(5_000)).is_ok());
         assert_eq!(buckets.len(), 1);
+    }
+
+    #[test]
+    fn peers_are_keyed_by_ipv4_address_or_ipv6_network() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(peer_key(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(peer_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(peer_key(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            peer_key(ip("2001:db8:1:2:ffff:1:2:3")),
+            peer_key(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(peer_key(ip("2001:db8:1:3::1")), peer_key(ip("2001:db8:1:2::1")));
+        assert_eq!(peer_key(ip("::1")), ip("::"));
     }
 }

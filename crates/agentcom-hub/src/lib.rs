@@ -23,6 +23,7 @@ pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod push_client;
+pub mod rate;
 pub mod reaper;
 pub mod scheduler;
 pub mod service;
@@ -147,7 +148,14 @@ pub struct HubSettings {
     pub push_health_interval: Duration,
     /// The VAPID `sub` claim (`mailto:` or `https:`).
     pub push_subject: String,
+    /// Requests (HTTP) and frames (websocket) one caller may make; `None`: unlimited.
+    pub rate_limit: Option<agentcom_core::rate::Limit>,
+    /// Whether admin callers are rate limited too.
+    pub rate_limit_admin: bool,
 }
+
+/// The default rate limit of a caller: 500 requests a second, 1,000 at once.
+pub const DEFAULT_RATE_LIMIT: (f64, u32) = (500.0, 1000);
 
 impl Default for HubSettings {
     fn default() -> Self {
@@ -172,6 +180,11 @@ impl Default for HubSettings {
             dashboard_flush_interval: Duration::from_millis(100),
             push_health_interval: Duration::from_secs(60),
             push_subject: "mailto:agentcom@localhost".into(),
+            rate_limit: agentcom_core::rate::Limit::per_second(
+                DEFAULT_RATE_LIMIT.0,
+                DEFAULT_RATE_LIMIT.1,
+            ),
+            rate_limit_admin: false,
         }
     }
 }
