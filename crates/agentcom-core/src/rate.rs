@@ -425,7 +425,10 @@ mod tests {
             peer_key(ip("2001:db8:1:2:ffff:1:2:3")),
             peer_key(ip("2001:db8:1:2::9"))
         );
-        assert_ne!(peer_key(ip("2001:db8:1:3::1")), peer_key(ip("2001:db8:1:2::1")));
+        assert_ne!(
+            peer_key(ip("2001:db8:1:3::1")),
+            peer_key(ip("2001:db8:1:2::1"))
+        );
         assert_eq!(peer_key(ip("::1")), ip("::"));
     }
 }

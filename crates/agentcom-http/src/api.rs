@@ -89,8 +89,10 @@ impl ApiError {
         let retry_after = self.body.get("retry_after_ms").and_then(Value::as_u64);
         let mut res = json(self.status, Value::Object(self.body));
         if let Some(ms) = retry_after {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from(ms.div_ceil(1000)));
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(ms.div_ceil(1000)),
+            );
         }
         res
     }

@@ -233,14 +233,8 @@ pub async fn metrics(app: &App, req: Request) -> ApiResult {
         "HTTP requests and websocket frames refused by a rate limit, by limit.",
         "counter",
         &[
-            (
-                "limit=\"caller\"".into(),
-                hub.rate_limits.refused() as f64,
-            ),
-            (
-                "limit=\"peer\"".into(),
-                app.peer_limits.refused() as f64,
-            ),
+            ("limit=\"caller\"".into(), hub.rate_limits.refused() as f64),
+            ("limit=\"peer\"".into(), app.peer_limits.refused() as f64),
         ],
     );
     let subscriptions = hub

@@ -164,7 +164,9 @@ pub enum Outbound {
     },
     /// A frame over the caller's rate limit, which was not acted on: an `error` frame
     /// with `error: "rate_limited"` and when to try again.
-    RateLimited { retry_after_ms: u64 },
+    RateLimited {
+        retry_after_ms: u64,
+    },
 }
 
 impl Outbound {

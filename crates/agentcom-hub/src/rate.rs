@@ -132,7 +132,9 @@ mod tests {
         assert!(limits.check(&first).is_err());
         assert!(limits.check(&second).is_err());
         // Another role of the same id is another caller.
-        assert!(limits.check(&principal("bob", Role::Viewer, b"three")).is_ok());
+        assert!(limits
+            .check(&principal("bob", Role::Viewer, b"three"))
+            .is_ok());
         assert_eq!(limits.refused(), 2);
         assert_eq!(limits.tracked(), 2);
     }

@@ -337,7 +337,9 @@ impl Settings {
             args.rate_limit_per_sec
                 .or(file.rate_limit_per_sec)
                 .unwrap_or(per_sec),
-            args.rate_limit_burst.or(file.rate_limit_burst).unwrap_or(burst),
+            args.rate_limit_burst
+                .or(file.rate_limit_burst)
+                .unwrap_or(burst),
             "rate_limit",
         )?;
         let (per_sec, burst) = agentcom_http::DEFAULT_ANONYMOUS_RATE_LIMIT;
