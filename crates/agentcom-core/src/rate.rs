@@ -29,8 +29,7 @@ impl Limit {
     /// `per_sec` requests a second on average, at most `burst` at once. `None` (no limit)
     /// when either is zero, or `per_sec` is not a positive number.
     pub fn per_second(per_sec: f64, burst: u32) -> Option<Limit> {
-        // Written so that NaN is refused too.
-        if !(per_sec > 0.0) || burst == 0 {
+        if per_sec.is_nan() || per_sec <= 0.0 || burst == 0 {
             return None;
         }
         // A float-to-int `as` saturates: a tiny rate gives u64::MAX, an infinite one 0.
