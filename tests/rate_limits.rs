@@ -5,13 +5,13 @@
 //! an `error` frame of the same shape) and has no effect.
 //!
 //! The limits here are small and slow (one token every two seconds) so that a burst sent
-//! as fast as the test can is refused whatever the machine's load; assertions that could
-//! depend on timing allow a token to come back during the burst.
+//! as fast as the test can is refused whatever the machine's load; assertions on how many
+//! got through allow for the tokens that came back while the burst was being sent.
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Frame, Reply, TestHub, Ws, ADMIN};
 use serde_json::{json, Value};
@@ -24,6 +24,12 @@ fn caller_limit(burst: u32) -> Vec<String> {
         "--rate-limit-burst".into(),
         burst.to_string(),
     ]
+}
+
+/// The most requests that can have got through since `started` under `caller_limit`:
+/// the burst, and one token per 2 s since (one more for a token partly refilled).
+fn most_through(burst: usize, started: Instant) -> usize {
+    burst + (started.elapsed().as_millis() / 2000) as usize + 1
 }
 
 fn args(v: &[String]) -> Vec<&str> {
@@ -90,6 +96,7 @@ async fn an_agent_flooding_http_gets_429_and_its_refused_requests_have_no_effect
 
     let mut sent = BTreeSet::new();
     let mut refused = Vec::new();
+    let started = Instant::now();
     for n in 0..10 {
         let r = hub
             .send_json(
@@ -104,10 +111,13 @@ async fn an_agent_flooding_http_gets_429_and_its_refused_requests_have_no_effect
             _ => refused.push(assert_rate_limited(&r)),
         }
     }
-    // The burst of five goes through; the rest (but for a token that came back during a
-    // slow burst) is refused.
-    assert!((5..=6).contains(&sent.len()), "sent {sent:?}");
-    assert_eq!(sent.len() + refused.len(), 10);
+    // The burst of five goes through; the rest (but for tokens that came back while the
+    // burst was sent) is refused.
+    assert!(
+        (5..=most_through(5, started)).contains(&sent.len()),
+        "sent {sent:?}"
+    );
+    assert!(!refused.is_empty());
     // Only what was answered 200 was delivered; bob's bucket is his own.
     assert_eq!(mailbox_ids(&hub, "bob", &bob).await, sent);
 
@@ -137,6 +147,7 @@ async fn a_websocket_flood_gets_rate_limited_frames_and_refused_frames_have_no_e
     // Identifying is not counted: the connection has no caller until it has identified.
     let mut ws = hub.identify("alice", &alice, json!({})).await;
 
+    let started = Instant::now();
     for n in 0..10 {
         ws.send_json(json!({"type": "message", "to": "bob", "payload": {"n": n}}))
             .await;
@@ -151,7 +162,11 @@ async fn a_websocket_flood_gets_rate_limited_frames_and_refused_frames_have_no_e
             _ => {}
         }
     }
-    assert!((5..=6).contains(&sent.len()), "sent {sent:?}");
+    assert!(
+        (5..=most_through(5, started)).contains(&sent.len()),
+        "sent {sent:?}"
+    );
+    assert!(!refused.is_empty());
     // Refused messages were neither delivered nor stored: bob's mailbox holds exactly the
     // ones answered message_sent.
     assert_eq!(mailbox_ids(&hub, "bob", &bob).await, sent);
@@ -185,6 +200,7 @@ async fn snapshot_answer(ws: &mut Ws) -> Value {
 async fn several_sockets_of_one_caller_share_its_bucket() {
     let hub = TestHub::start_with(&args(&caller_limit(6))).await;
     let viewer = hub.token("screen", "viewer").await;
+    let started = Instant::now();
     // Each upgrade request is one of the caller's HTTP requests (2 of 6); each socket
     // gets the snapshot it opens with without asking.
     let mut a = hub.ws("/ws/dashboard", Some(&viewer)).await.expect("ws");
@@ -203,8 +219,12 @@ async fn several_sockets_of_one_caller_share_its_bucket() {
     for v in answers.iter().filter(|v| v["type"] == "error") {
         assert_rate_limited_frame(v);
     }
-    // Four tokens left for eight requests over two sockets (five if one came back).
-    assert!((4..=5).contains(&snapshots), "{answers:?}");
+    // Four tokens left for eight requests over two sockets.
+    assert!(
+        (4..=most_through(4, started)).contains(&snapshots),
+        "{answers:?}"
+    );
+    assert!(snapshots < 8, "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,6 +270,7 @@ async fn registration_and_sign_in_from_one_address_are_limited() {
     .await;
     let mut registered = Vec::new();
     let mut refused = Vec::new();
+    let started = Instant::now();
     for i in 0..8 {
         let id = format!("newbie-{i}");
         let r = hub
@@ -268,7 +289,11 @@ async fn registration_and_sign_in_from_one_address_are_limited() {
             }
         }
     }
-    assert!((3..=4).contains(&registered.len()), "{registered:?}");
+    assert!(
+        (3..=most_through(3, started)).contains(&registered.len()),
+        "{registered:?}"
+    );
+    assert!(!refused.is_empty());
     assert_eq!(&registered[..3], &["newbie-0", "newbie-1", "newbie-2"]);
     // A refused registration minted nothing.
     for id in &refused {
@@ -365,5 +390,35 @@ async fn a_busy_agent_is_not_limited_at_the_default_limits() {
                 pongs += 1;
             }
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_turns_the_limits_off() {
+    let hub = TestHub::start_with(&[
+        "--open-registration",
+        "--rate-limit-per-sec",
+        "0",
+        "--rate-limit-burst",
+        "1",
+        "--anonymous-rate-limit-per-sec",
+        "0",
+        "--anonymous-rate-limit-burst",
+        "1",
+    ])
+    .await;
+    let alice = hub.token("alice", "agent").await;
+    for i in 0..30 {
+        let r = hub.get("/api/mailbox/alice", Some(&alice)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = hub
+            .send_json(
+                "POST",
+                "/api/onboard/register",
+                None,
+                json!({"agent_id": format!("n-{i}")}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
     }
 }

@@ -38,12 +38,14 @@ pub enum Metering {
 
 /// Take a token for `req`, or the 429 to answer it with.
 pub fn check(app: &App, metering: Metering, req: &Request) -> Result<(), ApiError> {
-    if metering == Metering::Free {
+    let by_peer = metering == Metering::CallerOrPeer && app.peer_limits.is_on();
+    if metering == Metering::Free || !(app.hub.rate_limits.is_on() || by_peer) {
+        // Nothing to check: spare the credential lookup.
         return Ok(());
     }
     let result = match known_caller(&app.hub, req.headers(), req.uri()) {
         Some(who) => app.hub.rate_limits.check(&who),
-        None if metering == Metering::CallerOrPeer => match req.extensions().get::<PeerAddr>() {
+        None if by_peer => match req.extensions().get::<PeerAddr>() {
             Some(PeerAddr(ip)) => app.peer_limits.check(&agentcom_core::rate::peer_key(*ip)),
             None => Ok(()),
         },

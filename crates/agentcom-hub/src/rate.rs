@@ -40,6 +40,11 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Is there a limit at all?
+    pub fn is_on(&self) -> bool {
+        self.buckets.is_some()
+    }
+
     /// Take a token from `key`'s bucket now.
     pub fn check(&self, key: &K) -> Result<(), Limited> {
         let Some(buckets) = &self.buckets else {
@@ -88,6 +93,11 @@ impl CallerLimits {
             limiter: RateLimiter::new(limit, MAX_CALLERS),
             admins,
         }
+    }
+
+    /// Is any caller limited at all?
+    pub fn is_on(&self) -> bool {
+        self.limiter.is_on()
     }
 
     /// Take a token for one request or frame of `who`.
@@ -152,6 +162,7 @@ mod tests {
     #[test]
     fn no_limit_lets_everything_through_and_keeps_nothing() {
         let limits = CallerLimits::new(None, true);
+        assert!(!limits.is_on());
         let bob = principal("bob", Role::Agent, b"one");
         assert!((0..1000).all(|_| limits.check(&bob).is_ok()));
         assert_eq!(limits.tracked(), 0);
