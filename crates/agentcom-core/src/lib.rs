@@ -15,6 +15,7 @@ pub mod health;
 pub mod json;
 pub mod message;
 pub mod metrics;
+pub mod rate;
 pub mod scheduler;
 pub mod supervision;
 pub mod task;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use agentcom_core::json::{client_depth_ok, MAX_CLIENT_DEPTH};
+use agentcom_core::rate::Limited;
 use agentcom_core::task::TaskError;
 use agentcom_hub::service::ServiceError;
 use agentcom_hub::supervisor::SupervisorError;
@@ -74,9 +75,32 @@ impl ApiError {
             .with("message", "this route needs an admin token")
     }
 
-    pub fn into_response(self) -> Response {
-        json(self.status, Value::Object(self.body))
+    /// `429 {"error":"rate_limited","retry_after_ms",…}`: over a rate limit, not acted on.
+    pub fn rate_limited(limited: Limited) -> Self {
+        let ms = limited.retry_after_ms();
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            .with("retry_after_ms", ms)
+            .with("message", rate_limited_message(ms))
     }
+
+    /// The answer; an error that says when to retry (`retry_after_ms`) also carries a
+    /// `Retry-After` header, in whole seconds rounded up.
+    pub fn into_response(self) -> Response {
+        let retry_after = self.body.get("retry_after_ms").and_then(Value::as_u64);
+        let mut res = json(self.status, Value::Object(self.body));
+        if let Some(ms) = retry_after {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(ms.div_ceil(1000)),
+            );
+        }
+        res
+    }
+}
+
+/// The message of a `rate_limited` error, on HTTP and on websockets.
+pub fn rate_limited_message(retry_after_ms: u64) -> String {
+    format!("too many requests: retry in {retry_after_ms} ms")
 }
 
 /// The one place where hub errors become status codes and error codes.
@@ -321,6 +345,16 @@ fn authenticate(hub: &Hub, credential: Option<Credential>) -> Result<Option<Prin
         Some(Credential::Session(secret)) => hub.authenticate_session(secret)?,
         None => None,
     })
+}
+
+/// The caller a request's credential resolves to, if any: the Bearer header or session
+/// cookie, else a `token` query parameter. For rate limits, before routing: an unknown
+/// credential, or one that cannot be checked now, is `None` (the route answers for it).
+pub fn known_caller(hub: &Hub, headers: &HeaderMap, uri: &http::Uri) -> Option<Principal> {
+    match credential(headers) {
+        Some(c) => authenticate(hub, Some(c)).ok().flatten(),
+        None => hub.authenticate(&query_param(uri, "token")?).ok().flatten(),
+    }
 }
 
 /// Resolve the caller from the Bearer header or a `token` query parameter (A2).

@@ -230,6 +230,12 @@ pub fn encode(frame: &Outbound) -> String {
         Outbound::Events(events) => json!({"type": "events", "data": events.iter().map(|e| event_json(e)).collect::<Vec<_>>()}),
         Outbound::Snapshot(snapshot) => json!({"type": "snapshot", "data": wire::snapshot(snapshot)}),
         Outbound::RetryResult { task_id, status } => json!({"type": "retry_result", "task_id": task_id, "status": status}),
+        Outbound::RateLimited { retry_after_ms } => json!({
+            "type": "error",
+            "error": "rate_limited",
+            "retry_after_ms": retry_after_ms,
+            "message": crate::api::rate_limited_message(*retry_after_ms),
+        }),
     }
     .to_string()
 }

@@ -11,6 +11,7 @@ mod handlers;
 mod messaging;
 mod metrics;
 mod push;
+mod rate;
 mod routes;
 mod server;
 mod storage;
@@ -48,7 +49,14 @@ pub struct HttpSettings {
     pub open_registration: bool,
     /// Base URL handed to onboarded agents; from the `Host` header when `None`.
     pub public_url: Option<String>,
+    /// Unauthenticated sign-ins and registrations one peer address may make; `None`:
+    /// unlimited.
+    pub anonymous_rate_limit: Option<agentcom_core::rate::Limit>,
 }
+
+/// The default limit of unauthenticated sign-ins and registrations per peer address: one
+/// a second, 20 at once.
+pub const DEFAULT_ANONYMOUS_RATE_LIMIT: (f64, u32) = (1.0, 20);
 
 impl Default for HttpSettings {
     fn default() -> Self {
@@ -64,6 +72,10 @@ impl Default for HttpSettings {
             max_unidentified: 64,
             open_registration: false,
             public_url: None,
+            anonymous_rate_limit: agentcom_core::rate::Limit::per_second(
+                DEFAULT_ANONYMOUS_RATE_LIMIT.0,
+                DEFAULT_ANONYMOUS_RATE_LIMIT.1,
+            ),
         }
     }
 }

@@ -227,6 +227,16 @@ pub async fn metrics(app: &App, req: Request) -> ApiResult {
         "gauge",
         &records,
     );
+    gauge(
+        &mut out,
+        "agentcom_rate_limited_total",
+        "HTTP requests and websocket frames refused by a rate limit, by limit.",
+        "counter",
+        &[
+            ("limit=\"caller\"".into(), hub.rate_limits.refused() as f64),
+            ("limit=\"peer\"".into(), app.peer_limits.refused() as f64),
+        ],
+    );
     let subscriptions = hub
         .notifier
         .call(agentcom_hub::notifier::NotifierMsg::Count, CALL_TIMEOUT)

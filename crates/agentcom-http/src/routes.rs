@@ -8,6 +8,7 @@ use crate::handlers;
 use crate::messaging as m;
 use crate::metrics;
 use crate::push;
+use crate::rate::{self, Metering};
 use crate::server::App;
 use crate::storage;
 use crate::tasks;
@@ -161,10 +162,22 @@ impl Router {
     }
 }
 
-/// Answer one request.
+/// Which rate limit a request to `endpoint` (`None`: no route) draws on.
+fn metering(endpoint: Option<Endpoint>) -> Metering {
+    match endpoint {
+        Some(Endpoint::Health | Endpoint::Metrics) => Metering::Free,
+        Some(Endpoint::Login | Endpoint::Register) => Metering::CallerOrPeer,
+        _ => Metering::Caller,
+    }
+}
+
+/// Answer one request: rate limits first (a refused request reaches no handler), then
+/// the route.
 pub async fn dispatch(app: &App, req: Request) -> ApiResult {
     let path = req.uri().path().to_string();
-    let Ok(matched) = app.router.inner.at(&path) else {
+    let matched = app.router.inner.at(&path).ok();
+    rate::check(app, metering(matched.as_ref().map(|m| *m.value)), &req)?;
+    let Some(matched) = matched else {
         return Err(ApiError::not_found());
     };
     let endpoint = *matched.value;

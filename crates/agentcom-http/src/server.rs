@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::api::{BodyTimeout, Request, Response};
 use crate::connections::{refuse, Admission, Connections, SlottedStream, OVER_CAP_BODY};
+use crate::rate::{PeerAddr, PeerLimits, MAX_PEERS};
 use crate::routes::{dispatch, Router};
 use crate::HttpSettings;
 
@@ -26,6 +28,8 @@ pub struct App {
     pub router: Router,
     /// Agent websockets that have not identified yet (at most `max_unidentified`).
     pub waiting_room: Arc<WaitingRoom>,
+    /// Unauthenticated requests that cost something, per peer address.
+    pub peer_limits: PeerLimits,
 }
 
 /// Serve HTTP and websockets on an already-bound listener until `shutdown` completes;
@@ -46,6 +50,7 @@ pub async fn serve(
     let app = Arc::new(App {
         hub,
         waiting_room: WaitingRoom::new(settings.max_unidentified),
+        peer_limits: PeerLimits::new(settings.anonymous_rate_limit, MAX_PEERS),
         settings,
         router: Router::new(),
     });
@@ -57,7 +62,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -74,7 +79,7 @@ pub async fn serve(
                     let slot = match connections.admit().await {
                         Admission::Slot(slot) => slot,
                         Admission::OverCap(over_cap) => {
-                            serve_over_cap(app, stream).await;
+                            serve_over_cap(app, stream, peer.ip()).await;
                             drop(over_cap);
                             drop(alive);
                             return;
@@ -92,7 +97,7 @@ pub async fn serve(
                         let request = connections.request(&in_service);
                         let app = app.clone();
                         async move {
-                            let response = handle(app, req).await;
+                            let response = handle(app, req, peer.ip()).await;
                             drop(request);
                             response
                         }
@@ -140,13 +145,13 @@ pub async fn serve(
 
 /// One request on a connection over the cap: `/health` is answered, anything else gets
 /// 503 `too_many_connections`; then the connection closes.
-async fn serve_over_cap(app: Arc<App>, stream: TcpStream) {
+async fn serve_over_cap(app: Arc<App>, stream: TcpStream, peer: IpAddr) {
     let header_read_timeout = app.settings.header_read_timeout.min(Duration::from_secs(5));
     let service = service_fn(move |req: Request| {
         let app = app.clone();
         async move {
             if req.uri().path() == "/health" && req.method() == http::Method::GET {
-                return handle(app, req).await;
+                return handle(app, req, peer).await;
             }
             let mut res =
                 hyper::Response::new(Full::new(Bytes::from_static(OVER_CAP_BODY.as_bytes())));
@@ -174,9 +179,10 @@ async fn serve_over_cap(app: Arc<App>, stream: TcpStream) {
     }
 }
 
-async fn handle(app: Arc<App>, mut req: Request) -> Result<Response, Infallible> {
+async fn handle(app: Arc<App>, mut req: Request, peer: IpAddr) -> Result<Response, Infallible> {
     req.extensions_mut()
         .insert(BodyTimeout(app.settings.body_timeout));
+    req.extensions_mut().insert(PeerAddr(peer));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let mut response = match dispatch(&app, req).await {

@@ -114,6 +114,10 @@ impl Hub {
             supervisor: Arc::new(std::sync::OnceLock::new()),
             engine: engine.clone(),
             shutting_down: Arc::default(),
+            rate_limits: Arc::new(crate::rate::CallerLimits::new(
+                settings.rate_limit,
+                settings.rate_limit_admin,
+            )),
         });
 
         let s = services.clone();

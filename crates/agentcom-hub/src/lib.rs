@@ -23,6 +23,7 @@ pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod push_client;
+pub mod rate;
 pub mod reaper;
 pub mod scheduler;
 pub mod service;
@@ -157,7 +158,14 @@ pub struct HubSettings {
     pub channel_quota_bytes: u64,
     /// The message history's oldest entries are trimmed beyond this many bytes.
     pub history_max_bytes: u64,
+    /// Requests (HTTP) and frames (websocket) one caller may make; `None`: unlimited.
+    pub rate_limit: Option<agentcom_core::rate::Limit>,
+    /// Whether admin callers are rate limited too.
+    pub rate_limit_admin: bool,
 }
+
+/// The default rate limit of a caller: 500 requests a second, 1,000 at once.
+pub const DEFAULT_RATE_LIMIT: (f64, u32) = (500.0, 1000);
 
 impl Default for HubSettings {
     fn default() -> Self {
@@ -185,6 +193,11 @@ impl Default for HubSettings {
             mailbox_quota_bytes: 64 << 20,
             channel_quota_bytes: 64 << 20,
             history_max_bytes: 256 << 20,
+            rate_limit: agentcom_core::rate::Limit::per_second(
+                DEFAULT_RATE_LIMIT.0,
+                DEFAULT_RATE_LIMIT.1,
+            ),
+            rate_limit_admin: false,
         }
     }
 }

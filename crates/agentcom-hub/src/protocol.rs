@@ -162,6 +162,11 @@ pub enum Outbound {
         task_id: String,
         status: &'static str,
     },
+    /// A frame over the caller's rate limit, which was not acted on: an `error` frame
+    /// with `error: "rate_limited"` and when to try again.
+    RateLimited {
+        retry_after_ms: u64,
+    },
 }
 
 impl Outbound {

@@ -64,6 +64,8 @@ pub struct Services {
     pub engine: Arc<dyn agentcom_store::Engine>,
     /// Set when the hub begins to shut down (agents leaving then are not news).
     pub shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    /// The per-caller rate limit, shared by the HTTP layer and every session.
+    pub rate_limits: Arc<crate::rate::CallerLimits>,
 }
 
 /// How long an HTTP (un)subscription waits for the agent's live connection to follow.

@@ -214,7 +214,16 @@ impl Actor for Session {
         match msg {
             SessionMsg::Inbound(inbound) => handle_inbound(&myself, state, inbound).await,
             SessionMsg::Received(inbound, permit) => {
-                handle_inbound(&myself, state, inbound).await;
+                match state.rate_check() {
+                    Ok(()) => handle_inbound(&myself, state, inbound).await,
+                    // Over the limit: answered, not acted on (not even as a sign of life).
+                    Err(limited) => state.push(
+                        &myself,
+                        Outbound::RateLimited {
+                            retry_after_ms: limited.retry_after_ms(),
+                        },
+                    ),
+                }
                 drop(permit);
             }
             SessionMsg::Flush => {
@@ -324,6 +333,16 @@ impl SessionState {
 
     pub(crate) fn unsubscribe_all(&mut self) {
         self.subscribed.clear();
+    }
+
+    /// Take a token from the caller's bucket for one frame read from the socket. Frames of
+    /// a connection that has not identified yet are not counted: it has no caller yet,
+    /// and it is closed at the identify deadline.
+    fn rate_check(&self) -> Result<(), agentcom_core::rate::Limited> {
+        match &self.principal {
+            Some(who) => self.services.rate_limits.check(who),
+            None => Ok(()),
+        }
     }
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.

@@ -103,6 +103,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         dashboard_flush_interval: settings.dashboard_flush_interval,
         push_health_interval: settings.push_health_interval,
         push_subject: settings.push_subject.clone(),
+        rate_limit: settings.rate_limit,
+        rate_limit_admin: settings.rate_limit_admin,
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)
@@ -145,6 +147,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         ws_identify_timeout: settings.ws_identify_timeout,
         open_registration: settings.open_registration,
         public_url: settings.public_url.clone(),
+        anonymous_rate_limit: settings.anonymous_rate_limit,
     };
     agentcom_http::serve(listener, hub.clone(), http, shutdown).await;
     tracing::info!("shutting down");

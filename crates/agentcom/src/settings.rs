@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use agentcom_core::rate::Limit;
 use clap::Args;
 use serde::Deserialize;
 
@@ -136,6 +137,23 @@ pub struct ServeArgs {
     /// Agent websockets open at once that have not identified [default: max_connections / 8].
     #[arg(long, env = "AGENTCOM_MAX_UNIDENTIFIED")]
     pub max_unidentified: Option<u32>,
+    /// Requests (HTTP) and websocket frames one caller (agent id and role) may make a
+    /// second, on average; 0 turns the limit off.
+    #[arg(long, env = "AGENTCOM_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<f64>,
+    /// Requests and frames one caller may make at once (the bucket's size).
+    #[arg(long, env = "AGENTCOM_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+    /// Rate limit admin callers too (by default they are not limited).
+    #[arg(long, env = "AGENTCOM_RATE_LIMIT_ADMIN", num_args = 0..=1, default_missing_value = "true")]
+    pub rate_limit_admin: Option<bool>,
+    /// Unauthenticated sign-ins and registrations one peer address may make a second, on
+    /// average; 0 turns the limit off.
+    #[arg(long, env = "AGENTCOM_ANONYMOUS_RATE_LIMIT_PER_SEC")]
+    pub anonymous_rate_limit_per_sec: Option<f64>,
+    /// Unauthenticated sign-ins and registrations one peer address may make at once.
+    #[arg(long, env = "AGENTCOM_ANONYMOUS_RATE_LIMIT_BURST")]
+    pub anonymous_rate_limit_burst: Option<u32>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -186,6 +204,11 @@ struct FileSettings {
     header_read_timeout: Option<String>,
     max_connections: Option<u32>,
     max_unidentified: Option<u32>,
+    rate_limit_per_sec: Option<f64>,
+    rate_limit_burst: Option<u32>,
+    rate_limit_admin: Option<bool>,
+    anonymous_rate_limit_per_sec: Option<f64>,
+    anonymous_rate_limit_burst: Option<u32>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -228,6 +251,11 @@ pub struct Settings {
     pub max_connections: Option<u32>,
     /// `None`: an eighth of the connection cap.
     pub max_unidentified: Option<u32>,
+    /// Per caller, HTTP requests and websocket frames together; `None`: off.
+    pub rate_limit: Option<Limit>,
+    pub rate_limit_admin: bool,
+    /// Per peer address, unauthenticated sign-ins and registrations; `None`: off.
+    pub anonymous_rate_limit: Option<Limit>,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -235,6 +263,25 @@ pub struct Settings {
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// A rate limit from its two settings (`name` is their common prefix): a `per_sec` of 0
+/// turns it off; otherwise it must be a positive number and `burst` at least 1.
+fn resolve_rate_limit(per_sec: f64, burst: u32, name: &str) -> Result<Option<Limit>, String> {
+    if !per_sec.is_finite() || per_sec < 0.0 {
+        return Err(format!(
+            "{name}_per_sec must be a number of requests a second, 0 to turn the limit off (not {per_sec})"
+        ));
+    }
+    if per_sec == 0.0 {
+        return Ok(None);
+    }
+    if burst == 0 {
+        return Err(format!(
+            "{name}_burst must be at least 1 (set {name}_per_sec to 0 to turn the limit off)"
+        ));
+    }
+    Ok(Limit::per_second(per_sec, burst))
 }
 
 fn file_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
@@ -306,6 +353,26 @@ impl Settings {
         if body_timeout.is_zero() || header_read_timeout.is_zero() {
             return Err("body_timeout and header_read_timeout must be positive".into());
         }
+        let (per_sec, burst) = agentcom_hub::DEFAULT_RATE_LIMIT;
+        let rate_limit = resolve_rate_limit(
+            args.rate_limit_per_sec
+                .or(file.rate_limit_per_sec)
+                .unwrap_or(per_sec),
+            args.rate_limit_burst
+                .or(file.rate_limit_burst)
+                .unwrap_or(burst),
+            "rate_limit",
+        )?;
+        let (per_sec, burst) = agentcom_http::DEFAULT_ANONYMOUS_RATE_LIMIT;
+        let anonymous_rate_limit = resolve_rate_limit(
+            args.anonymous_rate_limit_per_sec
+                .or(file.anonymous_rate_limit_per_sec)
+                .unwrap_or(per_sec),
+            args.anonymous_rate_limit_burst
+                .or(file.anonymous_rate_limit_burst)
+                .unwrap_or(burst),
+            "anonymous_rate_limit",
+        )?;
         let max_connections = args.max_connections.or(file.max_connections);
         let max_unidentified = args.max_unidentified.or(file.max_unidentified);
         if max_connections == Some(0) || max_unidentified == Some(0) {
@@ -360,6 +427,12 @@ impl Settings {
             header_read_timeout,
             max_connections,
             max_unidentified,
+            rate_limit,
+            rate_limit_admin: args
+                .rate_limit_admin
+                .or(file.rate_limit_admin)
+                .unwrap_or(false),
+            anonymous_rate_limit,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
@@ -475,6 +548,80 @@ mod tests {
         );
         let err = subject(Some("ops@example.org"), None).unwrap_err();
         assert!(err.contains("push_subject"), "{err}");
+    }
+
+    #[test]
+    fn rate_limits_default_on_for_callers_and_peers_and_zero_turns_them_off() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.rate_limit, Limit::per_second(500.0, 1000));
+        assert!(!s.rate_limit_admin);
+        assert_eq!(s.anonymous_rate_limit, Limit::per_second(1.0, 20));
+        let s = Settings::resolve(ServeArgs {
+            rate_limit_per_sec: Some(0.0),
+            anonymous_rate_limit_per_sec: Some(0.0),
+            rate_limit_admin: Some(true),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!((s.rate_limit, s.anonymous_rate_limit), (None, None));
+        assert!(s.rate_limit_admin);
+    }
+
+    #[test]
+    fn rate_limits_come_from_the_file_as_integers_or_decimals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(
+            &path,
+            "rate_limit_per_sec = 20\nrate_limit_burst = 40\nrate_limit_admin = true\n\
+             anonymous_rate_limit_per_sec = 0.5\nanonymous_rate_limit_burst = 3\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.rate_limit, Limit::per_second(20.0, 40));
+        assert!(s.rate_limit_admin);
+        assert_eq!(s.anonymous_rate_limit, Limit::per_second(0.5, 3));
+    }
+
+    #[test]
+    fn nonsense_rate_limits_are_refused_with_the_setting_named() {
+        for (args, named) in [
+            (
+                ServeArgs {
+                    rate_limit_per_sec: Some(-1.0),
+                    ..ServeArgs::default()
+                },
+                "rate_limit_per_sec",
+            ),
+            (
+                ServeArgs {
+                    rate_limit_per_sec: Some(f64::NAN),
+                    ..ServeArgs::default()
+                },
+                "rate_limit_per_sec",
+            ),
+            (
+                ServeArgs {
+                    rate_limit_burst: Some(0),
+                    ..ServeArgs::default()
+                },
+                "rate_limit_burst",
+            ),
+            (
+                ServeArgs {
+                    anonymous_rate_limit_burst: Some(0),
+                    ..ServeArgs::default()
+                },
+                "anonymous_rate_limit_burst",
+            ),
+        ] {
+            let err = Settings::resolve(args).unwrap_err();
+            assert!(err.starts_with(named), "{err}");
+        }
     }
 
     #[test]
