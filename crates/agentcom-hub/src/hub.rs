@@ -210,6 +210,7 @@ impl Hub {
                         ThreadsArgs {
                             reader: s.reader.clone(),
                             store: s.store.clone(),
+                            limits: s.settings.thread_limits,
                         },
                     )
                 }

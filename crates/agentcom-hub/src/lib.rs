@@ -147,6 +147,8 @@ pub struct HubSettings {
     pub push_health_interval: Duration,
     /// The VAPID `sub` claim (`mailto:` or `https:`).
     pub push_subject: String,
+    /// How much the thread index holds.
+    pub thread_limits: crate::threads::ThreadLimits,
 }
 
 impl Default for HubSettings {
@@ -172,6 +174,7 @@ impl Default for HubSettings {
             dashboard_flush_interval: Duration::from_millis(100),
             push_health_interval: Duration::from_secs(60),
             push_subject: "mailto:agentcom@localhost".into(),
+            thread_limits: Default::default(),
         }
     }
 }

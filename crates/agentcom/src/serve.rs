@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use agentcom_core::auth::Role;
 use agentcom_http::HttpSettings;
+use agentcom_hub::threads::ThreadLimits;
 use agentcom_hub::{tokens, Hub, HubSettings};
 use agentcom_store::Engine;
 
@@ -100,6 +101,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         dashboard_flush_interval: settings.dashboard_flush_interval,
         push_health_interval: settings.push_health_interval,
         push_subject: settings.push_subject.clone(),
+        thread_limits: ThreadLimits {
+            keep: settings.thread_index_keep,
+            max_replies: settings.thread_max_replies,
+        },
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)

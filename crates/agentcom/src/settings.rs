@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// Connections open at once, websockets included [default: 3/4 of the open-file limit].
     #[arg(long, env = "AGENTCOM_MAX_CONNECTIONS")]
     pub max_connections: Option<u32>,
+    /// Messages kept in the thread index; the oldest leave first [default: 10000].
+    #[arg(long, env = "AGENTCOM_THREAD_INDEX_KEEP")]
+    pub thread_index_keep: Option<u64>,
+    /// Replies indexed per parent message; later ones are not listed [default: 1000].
+    #[arg(long, env = "AGENTCOM_THREAD_MAX_REPLIES")]
+    pub thread_max_replies: Option<u64>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -170,6 +176,8 @@ struct FileSettings {
     body_timeout: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<u32>,
+    thread_index_keep: Option<u64>,
+    thread_max_replies: Option<u64>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -207,6 +215,8 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// `None`: sized from the open-file limit at start.
     pub max_connections: Option<u32>,
+    pub thread_index_keep: u64,
+    pub thread_max_replies: u64,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -289,6 +299,17 @@ impl Settings {
         if max_connections == Some(0) {
             return Err("max_connections must be positive".into());
         }
+        let thread_index_keep = args
+            .thread_index_keep
+            .or(file.thread_index_keep)
+            .unwrap_or(10_000);
+        let thread_max_replies = args
+            .thread_max_replies
+            .or(file.thread_max_replies)
+            .unwrap_or(1_000);
+        if thread_index_keep == 0 || thread_max_replies == 0 {
+            return Err("thread_index_keep and thread_max_replies must be positive".into());
+        }
         Ok(Settings {
             bind: args
                 .bind
@@ -325,6 +346,8 @@ impl Settings {
             body_timeout,
             header_read_timeout,
             max_connections,
+            thread_index_keep,
+            thread_max_replies,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
@@ -379,6 +402,7 @@ mod tests {
         assert_eq!(s.backup_dir, PathBuf::from("./data/backups"));
         assert_eq!(s.backup_keep, 3);
         assert_eq!(s.fragmentation_floor, 64 << 20);
+        assert_eq!((s.thread_index_keep, s.thread_max_replies), (10_000, 1_000));
         assert_eq!(s.max_body_bytes, 1 << 20);
         assert_eq!(s.dashboard_flush_interval, Duration::from_millis(100));
     }
