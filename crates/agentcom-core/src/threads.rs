@@ -158,24 +158,19 @@ mod tests {
             ],
             2,
         );
-        let got: Vec<(u64, &str, Option<(&str, u64)>)> = numbered
-            .iter()
-            .map(|n| {
-                (
-                    n.seq,
-                    n.id.as_str(),
-                    n.reply.as_ref().map(|(p, k)| (p.as_str(), *k)),
-                )
-            })
-            .collect();
+        let n = |seq, id: &str, reply: Option<(&str, u64)>| Numbered {
+            seq,
+            id: id.into(),
+            reply: reply.map(|(p, k)| (p.into(), k)),
+        };
         assert_eq!(
-            got,
+            numbered,
             vec![
-                (1, "p", None),
-                (2, "r1", Some(("p", 1))),
-                (3, "r2", Some(("p", 2))),
-                (4, "r3", None),
-                (5, "q1", Some(("q", 1))),
+                n(1, "p", None),
+                n(2, "r1", Some(("p", 1))),
+                n(3, "r2", Some(("p", 2))),
+                n(4, "r3", None),
+                n(5, "q1", Some(("q", 1))),
             ]
         );
     }

@@ -59,11 +59,12 @@ fn index_key(role: Role, agent_id: &str, token_key: &[u8]) -> Vec<u8> {
     key
 }
 
-/// The agent id of a key under `index_prefix(role, None)` (`rest` is the part after it).
-fn indexed_agent(rest: &[u8]) -> Option<String> {
+/// The agent id and token key of an index key under `index_prefix(role, None)` (`rest`
+/// is the part after it).
+fn indexed_token(rest: &[u8]) -> Option<(String, &[u8])> {
     let (len, rest) = rest.split_first_chunk::<4>()?;
-    let id = rest.get(..u32::from_be_bytes(*len) as usize)?;
-    String::from_utf8(id.to_vec()).ok()
+    let (id, token_key) = rest.split_at_checked(u32::from_be_bytes(*len) as usize)?;
+    Some((String::from_utf8(id.to_vec()).ok()?, token_key))
 }
 
 /// The writes that store a new token and its index entry.
@@ -228,11 +229,17 @@ pub fn bootstrap(
     Ok(ops)
 }
 
-/// Does any admin token exist?
+/// Does any admin token exist? Reads the admin tokens' index entries (admins are few).
 pub fn has_admin(reader: &StoreReader) -> Result<bool, StoreError> {
-    Ok(reader
-        .last_with_prefix(Table::HubMeta, &index_prefix(Role::Admin, None))?
-        .is_some())
+    let prefix = index_prefix(Role::Admin, None);
+    for (key, _) in reader.scan_prefix(Table::HubMeta, &prefix)? {
+        if let Some((_, token_key)) = indexed_token(&key[prefix.len()..]) {
+            if reader.get(Table::AuthTokens, token_key)?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The agent ids that hold a token of `role` (for `agent`: the agents a broadcast is
@@ -242,7 +249,7 @@ pub fn agents_with_role(reader: &StoreReader, role: Role) -> Result<BTreeSet<Str
     Ok(reader
         .scan_prefix(Table::HubMeta, &prefix)?
         .into_iter()
-        .filter_map(|(key, _)| indexed_agent(&key[prefix.len()..]))
+        .filter_map(|(key, _)| Some(indexed_token(&key[prefix.len()..])?.0))
         .collect())
 }
 
