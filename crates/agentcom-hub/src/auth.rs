@@ -1,5 +1,7 @@
-//! The auth actor: creates and revokes tokens. Checking a presented token is a read and
-//! does not go through the actor (see [`crate::Hub::authenticate`]).
+//! The auth actor: creates and revokes tokens, opens and closes dashboard sessions.
+//! Checking a presented token is a read and does not go through the actor (see
+//! [`crate::Hub::authenticate`]). Each operation reads a few index entries, never every
+//! token or session (see [`crate::tokens`]).
 
 use agentcom_core::auth::Role;
 use agentcom_store::{StoreReader, TokenRecord};
@@ -7,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::service::Service;
 use crate::store::{write_then, InOrder, StoreMsg};
-use crate::{now_ms, tokens, HubError};
+use crate::{now_ms, tokens, HubError, CALL_TIMEOUT};
 
 pub enum AuthMsg {
     /// Mint a token; answers with the raw token once it is durable.
@@ -44,6 +46,16 @@ pub struct AuthState {
     order: InOrder,
 }
 
+impl AuthState {
+    /// Wait until every write this actor sent is applied, so that a read sees them.
+    async fn settled(&self) -> Result<(), HubError> {
+        Ok(self.store.call(StoreMsg::Barrier, CALL_TIMEOUT).await?)
+    }
+}
+
+/// Writes per batch when indexing a store written before the indexes existed.
+const INDEX_BATCH: usize = 4096;
+
 pub struct AuthActor;
 
 impl Actor for AuthActor {
@@ -56,6 +68,20 @@ impl Actor for AuthActor {
         _myself: ActorRef<Self::Msg>,
         args: AuthArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // See what an earlier instance wrote, then complete the indexes of a store written
+        // before they existed (a no-op once they are complete).
+        args.store.call(StoreMsg::Barrier, CALL_TIMEOUT).await?;
+        let ops = tokens::index_ops(&args.reader)?;
+        if !ops.is_empty() {
+            tracing::info!(writes = ops.len(), "indexing tokens and dashboard sessions");
+        }
+        // The completion mark is the last write: an interrupted run is redone whole.
+        for chunk in ops.chunks(INDEX_BATCH) {
+            let batch = chunk.to_vec();
+            args.store
+                .call(|r| StoreMsg::Write(batch, r), crate::store::WRITE_TIMEOUT)
+                .await??;
+        }
         Ok(AuthState {
             reader: args.reader,
             store: args.store,
@@ -72,40 +98,49 @@ impl Actor for AuthActor {
         match msg {
             AuthMsg::Create(agent_id, role, reply) => {
                 let token = tokens::mint();
-                let (record, op) = tokens::create(&agent_id, role, &token, false, now_ms());
-                write_then(&state.store, &state.order, vec![op], reply, move || {
+                let (record, ops) = tokens::create(&agent_id, role, &token, false, now_ms());
+                write_then(&state.store, &state.order, ops, reply, move || {
                     (token, record)
                 })
                 .await;
             }
             AuthMsg::Register(agent_id, reply) => {
-                // Serialised here, so two concurrent registrations cannot both mint.
-                match tokens::list(&state.reader) {
-                    Ok(all) if all.iter().any(|(_, r)| r.agent_id == agent_id) => {
+                // Serialised here, and read after this actor's earlier writes are applied
+                // (`settled`), so two concurrent registrations cannot both mint.
+                let registered = match state.settled().await {
+                    Ok(()) => tokens::is_registered(&state.reader, &agent_id).map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+                match registered {
+                    Ok(true) => {
                         let _ = reply.send(Err(HubError::Conflict("agent_id already registered")));
                     }
-                    Ok(_) => {
+                    Ok(false) => {
                         let token = tokens::mint();
-                        let (record, op) =
+                        let (record, ops) =
                             tokens::create(&agent_id, Role::Agent, &token, false, now_ms());
-                        write_then(&state.store, &state.order, vec![op], reply, move || {
+                        write_then(&state.store, &state.order, ops, reply, move || {
                             (token, record)
                         })
                         .await;
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
             AuthMsg::Revoke(agent_id, only, reply) => {
-                match tokens::revoke(&state.reader, &agent_id, only) {
+                let ops = match state.settled().await {
+                    Ok(()) => tokens::revoke(&state.reader, &agent_id, only).map_err(Into::into),
+                    Err(e) => Err(e),
+                };
+                match ops {
                     Ok(ops) => {
-                        let n = ops.len();
+                        let n = tokens::revoked_count(&ops);
                         write_then(&state.store, &state.order, ops, reply, move || n).await;
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.into()));
+                        let _ = reply.send(Err(e));
                     }
                 }
             }
@@ -120,14 +155,24 @@ impl Actor for AuthActor {
                 }
             }
             AuthMsg::CloseSession(secret, reply) => {
-                let ops = vec![tokens::close_session(&secret)];
-                write_then(&state.store, &state.order, ops, reply, || ()).await;
-            }
-            AuthMsg::Bootstrap(token, reply) => {
-                match tokens::bootstrap(&state.reader, &token, now_ms()) {
+                match tokens::close_session(&state.reader, &secret) {
                     Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            AuthMsg::Bootstrap(token, reply) => {
+                let ops = match state.settled().await {
+                    Ok(()) => {
+                        tokens::bootstrap(&state.reader, &token, now_ms()).map_err(Into::into)
+                    }
+                    Err(e) => Err(e),
+                };
+                match ops {
+                    Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
                     }
                 }
             }

@@ -216,6 +216,7 @@ impl Hub {
                         ThreadsArgs {
                             reader: s.reader.clone(),
                             store: s.store.clone(),
+                            limits: s.settings.thread_limits,
                         },
                     )
                 }

@@ -162,6 +162,8 @@ pub struct HubSettings {
     pub rate_limit: Option<agentcom_core::rate::Limit>,
     /// Whether admin callers are rate limited too.
     pub rate_limit_admin: bool,
+    /// How much the thread index holds.
+    pub thread_limits: crate::threads::ThreadLimits,
 }
 
 /// The default rate limit of a caller: 500 requests a second, 1,000 at once.
@@ -198,6 +200,7 @@ impl Default for HubSettings {
                 DEFAULT_RATE_LIMIT.1,
             ),
             rate_limit_admin: false,
+            thread_limits: Default::default(),
         }
     }
 }

@@ -186,13 +186,10 @@ impl Services {
         }
     }
 
-    /// Agent ids that hold a token of role `agent`: the agents a broadcast is meant for.
+    /// Agent ids that hold a token of role `agent`: the agents a broadcast is meant for
+    /// (read from the token index, without decoding a token record).
     fn known_agents(&self) -> Result<BTreeSet<String>, HubError> {
-        Ok(tokens::list(&self.reader)?
-            .into_iter()
-            .filter(|(_, r): &(Vec<u8>, TokenRecord)| r.role == Role::Agent)
-            .map(|(_, r)| r.agent_id)
-            .collect())
+        Ok(tokens::agents_with_role(&self.reader, Role::Agent)?)
     }
 
     /// Route a direct or broadcast message (reference §6.2): stored in history (durable

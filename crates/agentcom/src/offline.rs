@@ -127,14 +127,20 @@ pub fn token(cmd: TokenCommand) -> Result<(), String> {
     let engine = Arc::new(open_store(&data_dir, None)?);
     let reader = StoreReader::new(engine.clone());
     let err = |e: StoreError| e.to_string();
+    // A store written before the token index existed gets it first, as at hub start.
+    let index = tokens::index_ops(&reader).map_err(err)?;
+    if !index.is_empty() {
+        engine.apply(&index).map_err(err)?;
+        engine.flush().map_err(err)?;
+    }
     match cmd {
         TokenCommand::Create { agent_id, role, .. } => {
             if !agentcom_core::auth::is_valid_agent_id(&agent_id) {
                 return Err("agent id must be non-empty, without spaces or slashes".into());
             }
             let token = tokens::mint();
-            let (_, op) = tokens::create(&agent_id, role, &token, false, now_ms());
-            engine.apply(&[op]).map_err(err)?;
+            let (_, ops) = tokens::create(&agent_id, role, &token, false, now_ms());
+            engine.apply(&ops).map_err(err)?;
             engine.flush().map_err(err)?;
             println!("{token}");
         }
@@ -153,7 +159,10 @@ pub fn token(cmd: TokenCommand) -> Result<(), String> {
             let ops = tokens::revoke(&reader, &agent_id, None).map_err(err)?;
             engine.apply(&ops).map_err(err)?;
             engine.flush().map_err(err)?;
-            println!("revoked {} token(s) of {agent_id}", ops.len());
+            println!(
+                "revoked {} token(s) of {agent_id}",
+                tokens::revoked_count(&ops)
+            );
         }
     }
     Ok(())

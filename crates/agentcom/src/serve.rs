@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use agentcom_core::auth::Role;
 use agentcom_http::HttpSettings;
+use agentcom_hub::threads::ThreadLimits;
 use agentcom_hub::{tokens, Hub, HubSettings};
 use agentcom_store::Engine;
 
@@ -105,6 +106,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         push_subject: settings.push_subject.clone(),
         rate_limit: settings.rate_limit,
         rate_limit_admin: settings.rate_limit_admin,
+        thread_limits: ThreadLimits {
+            keep: settings.thread_index_keep,
+            max_replies: settings.thread_max_replies,
+        },
         ..HubSettings::default()
     };
     let hub = Hub::start(engine, hub_settings)

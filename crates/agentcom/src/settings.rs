@@ -154,6 +154,12 @@ pub struct ServeArgs {
     /// Unauthenticated sign-ins and registrations one peer address may make at once.
     #[arg(long, env = "AGENTCOM_ANONYMOUS_RATE_LIMIT_BURST")]
     pub anonymous_rate_limit_burst: Option<u32>,
+    /// Messages kept in the thread index; the oldest leave first [default: 10000].
+    #[arg(long, env = "AGENTCOM_THREAD_INDEX_KEEP")]
+    pub thread_index_keep: Option<u64>,
+    /// Replies indexed per parent message; later ones are not listed [default: 1000].
+    #[arg(long, env = "AGENTCOM_THREAD_MAX_REPLIES")]
+    pub thread_max_replies: Option<u64>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -209,6 +215,8 @@ struct FileSettings {
     rate_limit_admin: Option<bool>,
     anonymous_rate_limit_per_sec: Option<f64>,
     anonymous_rate_limit_burst: Option<u32>,
+    thread_index_keep: Option<u64>,
+    thread_max_replies: Option<u64>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -256,6 +264,8 @@ pub struct Settings {
     pub rate_limit_admin: bool,
     /// Per peer address, unauthenticated sign-ins and registrations; `None`: off.
     pub anonymous_rate_limit: Option<Limit>,
+    pub thread_index_keep: u64,
+    pub thread_max_replies: u64,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -378,6 +388,17 @@ impl Settings {
         if max_connections == Some(0) || max_unidentified == Some(0) {
             return Err("max_connections and max_unidentified must be positive".into());
         }
+        let thread_index_keep = args
+            .thread_index_keep
+            .or(file.thread_index_keep)
+            .unwrap_or(10_000);
+        let thread_max_replies = args
+            .thread_max_replies
+            .or(file.thread_max_replies)
+            .unwrap_or(1_000);
+        if thread_index_keep == 0 || thread_max_replies == 0 {
+            return Err("thread_index_keep and thread_max_replies must be positive".into());
+        }
         Ok(Settings {
             bind: args
                 .bind
@@ -433,6 +454,8 @@ impl Settings {
                 .or(file.rate_limit_admin)
                 .unwrap_or(false),
             anonymous_rate_limit,
+            thread_index_keep,
+            thread_max_replies,
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
@@ -488,6 +511,7 @@ mod tests {
         assert_eq!(s.backup_keep, 3);
         assert_eq!(s.fragmentation_floor, 64 << 20);
         assert_eq!((s.mailbox_quota, s.channel_quota), (64 << 20, 64 << 20));
+        assert_eq!((s.thread_index_keep, s.thread_max_replies), (10_000, 1_000));
         assert_eq!(s.max_body_bytes, 1 << 20);
         assert_eq!(s.dashboard_flush_interval, Duration::from_millis(100));
     }
