@@ -224,3 +224,37 @@ async fn the_cookie_is_secure_when_the_hub_is_published_over_https() {
         "{set_cookie}"
     );
 }
+
+/// A dashboard socket opened with a sign-in closes (4003) when the sign-in expires, as at
+/// sign-out, instead of streaming on with a credential that no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_dashboard_closes_when_its_sign_in_expires() {
+    let hub = TestHub::start_with(&["--dashboard-session-ttl", "2s"]).await;
+    let viewer = hub.token("screen", "viewer").await;
+    let (status, _, signed_in) = login(&hub, &viewer).await;
+    assert_eq!(status, 200);
+    let cookie = signed_in.expect("a session cookie").cookie;
+    let mut req = format!("ws://{}/ws/dashboard", hub.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("upgrade with the session cookie");
+    let opened = std::time::Instant::now();
+    let code = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed within 10 s");
+        match frame {
+            Some(Ok(Message::Close(Some(c)))) => break u16::from(c.code),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4003);
+    assert!(opened.elapsed() < std::time::Duration::from_secs(5));
+    let r = with_cookie(&hub, "GET", "/api/dashboard/whoami", &cookie).await;
+    assert_eq!(r.status, 401, "{r:?}");
+}

@@ -151,7 +151,7 @@ pub async fn login(app: &App, req: Request) -> ApiResult {
     let secret = app.hub.dashboard_sign_in(&token).await?;
     let mut res =
         ok(json!({"status": "signed_in", "agent_id": who.agent_id, "role": who.role.as_str()}));
-    let max_age = agentcom_hub::tokens::SESSION_TTL_MS / 1000;
+    let max_age = app.hub.settings().dashboard_session_ttl.as_secs();
     res.headers_mut().insert(
         header::SET_COOKIE,
         set_session_cookie(app, &secret, max_age),

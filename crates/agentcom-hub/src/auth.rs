@@ -4,6 +4,7 @@
 //! token or session (see [`crate::tokens`]).
 
 use agentcom_core::auth::Role;
+use agentcom_core::Millis;
 use agentcom_store::{StoreReader, TokenRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -38,12 +39,15 @@ pub enum AuthMsg {
 pub struct AuthArgs {
     pub reader: StoreReader,
     pub store: Service<StoreMsg>,
+    /// How long a dashboard session lasts.
+    pub session_ttl: Millis,
 }
 
 pub struct AuthState {
     reader: StoreReader,
     store: Service<StoreMsg>,
     order: InOrder,
+    session_ttl: Millis,
 }
 
 impl AuthState {
@@ -86,6 +90,7 @@ impl Actor for AuthActor {
             reader: args.reader,
             store: args.store,
             order: InOrder::new(),
+            session_ttl: args.session_ttl,
         })
     }
 
@@ -145,7 +150,7 @@ impl Actor for AuthActor {
                 }
             }
             AuthMsg::OpenSession(token, reply) => {
-                match tokens::open_session(&state.reader, &token, now_ms()) {
+                match tokens::open_session(&state.reader, &token, now_ms(), state.session_ttl) {
                     Ok((secret, ops)) => {
                         write_then(&state.store, &state.order, ops, reply, move || secret).await
                     }

@@ -175,6 +175,7 @@ impl Hub {
                         AuthArgs {
                             reader: s.reader.clone(),
                             store: s.store.clone(),
+                            session_ttl: s.settings.dashboard_session_ttl.as_millis() as u64,
                         },
                     )
                 }

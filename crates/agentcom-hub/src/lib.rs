@@ -158,6 +158,9 @@ pub struct HubSettings {
     pub channel_quota_bytes: u64,
     /// The message history's oldest entries are trimmed beyond this many bytes.
     pub history_max_bytes: u64,
+    /// How long a dashboard sign-in lasts; an open dashboard socket closes (4003) when
+    /// its session expires.
+    pub dashboard_session_ttl: Duration,
     /// Requests (HTTP) and frames (websocket) one caller may make; `None`: unlimited.
     pub rate_limit: Option<agentcom_core::rate::Limit>,
     /// Whether admin callers are rate limited too.
@@ -195,6 +198,7 @@ impl Default for HubSettings {
             mailbox_quota_bytes: 64 << 20,
             channel_quota_bytes: 64 << 20,
             history_max_bytes: 256 << 20,
+            dashboard_session_ttl: Duration::from_millis(tokens::SESSION_TTL_MS),
             rate_limit: agentcom_core::rate::Limit::per_second(
                 DEFAULT_RATE_LIMIT.0,
                 DEFAULT_RATE_LIMIT.1,

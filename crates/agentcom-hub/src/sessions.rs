@@ -6,6 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+use agentcom_store::Table;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -15,8 +18,9 @@ use crate::events::{HubEvent, Topic};
 use crate::protocol::{AgentPush, AgentRequest, DashboardRequest, Outbound};
 use crate::pubsub::Subscribed;
 use crate::services::Services;
+use crate::tokens::DashboardSession;
 use crate::waiting::{Waiting, WaitingRoom};
-use crate::Principal;
+use crate::{Principal, Proof};
 
 /// Outbound queue capacity of one connection.
 pub const OUTBOUND_QUEUE: usize = 128;
@@ -186,6 +190,20 @@ impl Actor for Session {
             let reason = CloseReason::new(close_code::REVOKED, reason);
             let _ = myself.send_message(SessionMsg::Close(reason));
             return Ok(state);
+        }
+        // A dashboard opened with a sign-in closes when the sign-in expires, as at sign-out.
+        if let Some(Proof::DashboardSession(key)) = state.principal.as_ref().map(|p| &p.proof) {
+            let session = state
+                .services
+                .reader
+                .get_record::<DashboardSession>(Table::HubMeta, key);
+            if let Ok(Some(session)) = session {
+                let left = session.expires_at.saturating_sub(crate::now_ms());
+                myself.send_after(Duration::from_millis(left), || {
+                    let (tx, _) = ractor::concurrency::oneshot();
+                    SessionMsg::Recheck(tx.into())
+                });
+            }
         }
         if let (SessionKind::Agent, Some(within)) = (args.kind, args.identify_within) {
             myself.send_after(within, || SessionMsg::IdentifyDeadline);

@@ -284,7 +284,7 @@ pub fn index_ops(reader: &StoreReader) -> Result<Vec<WriteOp>, StoreError> {
     Ok(ops)
 }
 
-/// How long a dashboard sign-in lasts.
+/// The default lifetime of a dashboard session (`dashboard_session_ttl`).
 pub const SESSION_TTL_MS: Millis = 7 * 24 * 3600 * 1000;
 /// Dashboard sessions live in `hub_meta` under this prefix, keyed by their secret's hash
 /// (the session's id).
@@ -334,6 +334,7 @@ pub fn open_session(
     reader: &StoreReader,
     token: &str,
     now: Millis,
+    ttl: Millis,
 ) -> Result<(String, Vec<WriteOp>), StoreError> {
     let mut ops = Vec::new();
     let expired_before = by_expiry_key(now.saturating_add(1), b"");
@@ -352,7 +353,7 @@ pub fn open_session(
     let session = DashboardSession {
         token_key: String::from_utf8(token_key(token)).expect("hex is UTF-8"),
         created_at: now,
-        expires_at: now.saturating_add(SESSION_TTL_MS),
+        expires_at: now.saturating_add(ttl),
     };
     let key = session_key(&secret);
     ops.push(WriteOp::Put {
@@ -561,7 +562,7 @@ mod tests {
             let token = mint();
             batch.extend(create(&format!("agent-{i}"), Role::Viewer, &token, false, 1).1);
             let at = if i % 2 == 0 { 1 } else { now };
-            batch.extend(open_session(&reader, &token, at).unwrap().1);
+            batch.extend(open_session(&reader, &token, at, SESSION_TTL_MS).unwrap().1);
         }
         engine.apply(&batch).unwrap();
 
@@ -583,7 +584,7 @@ mod tests {
         });
         let mut secret = String::new();
         measure(&mut || {
-            let (s, ops) = open_session(&reader, &token, now).unwrap();
+            let (s, ops) = open_session(&reader, &token, now, SESSION_TTL_MS).unwrap();
             secret = s;
             ops
         });
@@ -669,7 +670,7 @@ mod tests {
                 create("screen", Role::Viewer, &viewer, false, 2).1,
             ))
             .unwrap();
-        let (secret, ops) = open_session(&reader, &viewer, 1_000).unwrap();
+        let (secret, ops) = open_session(&reader, &viewer, 1_000, SESSION_TTL_MS).unwrap();
         engine.apply(&unindexed(ops)).unwrap();
         assert!(!is_registered(&reader, "a1").unwrap());
 
@@ -684,7 +685,8 @@ mod tests {
         // The old session is indexed: it is dropped once expired.
         assert!(session_lookup(&reader, &secret, 2_000).unwrap().is_some());
         assert_eq!(session_records(&reader).len(), 2);
-        let (_, ops) = open_session(&reader, &agent, 1_000 + SESSION_TTL_MS).unwrap();
+        let (_, ops) =
+            open_session(&reader, &agent, 1_000 + SESSION_TTL_MS, SESSION_TTL_MS).unwrap();
         engine.apply(&ops).unwrap();
         assert!(reader
             .get(Table::HubMeta, &session_key(&secret))
@@ -747,7 +749,7 @@ mod tests {
         engine
             .apply(&create("screen", Role::Viewer, &token, false, 1).1)
             .unwrap();
-        let (secret, ops) = open_session(&reader, &token, 1_000).unwrap();
+        let (secret, ops) = open_session(&reader, &token, 1_000, SESSION_TTL_MS).unwrap();
         assert_eq!(sessions_written(&ops), 1);
         engine.apply(&ops).unwrap();
         assert_ne!(secret, token);
@@ -776,7 +778,7 @@ mod tests {
             .unwrap();
         assert!(session_lookup(&reader, &secret, 2_000).unwrap().is_none());
         // Revoking the token ends its sessions.
-        let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
+        let (second, ops) = open_session(&reader, &token, 3_000, SESSION_TTL_MS).unwrap();
         engine.apply(&ops).unwrap();
         engine
             .apply(&revoke(&reader, "screen", None).unwrap())
@@ -787,9 +789,10 @@ mod tests {
         engine
             .apply(&create("ops", Role::Admin, &other, false, 4).1)
             .unwrap();
-        let (old, ops) = open_session(&reader, &other, 5_000).unwrap();
+        let (old, ops) = open_session(&reader, &other, 5_000, SESSION_TTL_MS).unwrap();
         engine.apply(&ops).unwrap();
-        let (_, ops) = open_session(&reader, &other, 5_000 + SESSION_TTL_MS).unwrap();
+        let (_, ops) =
+            open_session(&reader, &other, 5_000 + SESSION_TTL_MS, SESSION_TTL_MS).unwrap();
         assert_eq!(
             sessions_written(&ops),
             3,
@@ -815,7 +818,7 @@ mod tests {
         engine
             .apply(&create("screen", Role::Viewer, &token, false, 1).1)
             .unwrap();
-        let (secret, ops) = open_session(&reader, &token, 1_000).unwrap();
+        let (secret, ops) = open_session(&reader, &token, 1_000, SESSION_TTL_MS).unwrap();
         engine.apply(&ops).unwrap();
         let by_token = Proof::Token(token_key(&token));
         let by_session = Proof::DashboardSession(session_key(&secret));
@@ -833,7 +836,7 @@ mod tests {
             lapsed(&reader, &by_session, 2_000).unwrap(),
             Some("signed out")
         );
-        let (second, ops) = open_session(&reader, &token, 3_000).unwrap();
+        let (second, ops) = open_session(&reader, &token, 3_000, SESSION_TTL_MS).unwrap();
         engine.apply(&ops).unwrap();
         engine
             .apply(&revoke(&reader, "screen", None).unwrap())

@@ -100,6 +100,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         mailbox_quota_bytes: settings.mailbox_quota,
         channel_quota_bytes: settings.channel_quota,
         history_max_bytes: settings.history_max_bytes,
+        dashboard_session_ttl: settings.dashboard_session_ttl,
         queue_sample_interval: settings.queue_sample_interval,
         dashboard_flush_interval: settings.dashboard_flush_interval,
         push_health_interval: settings.push_health_interval,

@@ -77,6 +77,9 @@ pub struct ServeArgs {
     /// The message history's oldest entries are trimmed beyond this many bytes.
     #[arg(long, env = "AGENTCOM_HISTORY_MAX_BYTES", value_parser = parse_size)]
     pub history_max_bytes: Option<u64>,
+    /// How long a dashboard sign-in lasts.
+    #[arg(long, env = "AGENTCOM_DASHBOARD_SESSION_TTL", value_parser = parse_duration)]
+    pub dashboard_session_ttl: Option<Duration>,
     /// Let anyone register an agent (never re-mints for an existing id).
     #[arg(long, env = "AGENTCOM_OPEN_REGISTRATION", num_args = 0..=1, default_missing_value = "true")]
     pub open_registration: Option<bool>,
@@ -187,6 +190,7 @@ struct FileSettings {
     mailbox_quota: Option<String>,
     channel_quota: Option<String>,
     history_max_bytes: Option<String>,
+    dashboard_session_ttl: Option<String>,
     open_registration: Option<bool>,
     public_url: Option<String>,
     admin_token: Option<String>,
@@ -234,6 +238,7 @@ pub struct Settings {
     pub mailbox_quota: u64,
     pub channel_quota: u64,
     pub history_max_bytes: u64,
+    pub dashboard_session_ttl: Duration,
     pub open_registration: bool,
     pub public_url: Option<String>,
     pub admin_token: Option<String>,
@@ -444,6 +449,7 @@ impl Settings {
             queue_sample_interval: dur!(queue_sample_interval, secs(60)),
             completed_task_ttl: dur!(completed_task_ttl, secs(7 * 24 * 3600)),
             push_health_interval: dur!(push_health_interval, secs(60)),
+            dashboard_session_ttl: dur!(dashboard_session_ttl, secs(7 * 24 * 3600)).max(secs(1)),
             body_timeout,
             header_read_timeout,
             max_connections,
