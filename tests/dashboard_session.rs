@@ -88,7 +88,10 @@ async fn the_cookie_holds_a_session_secret_that_works_like_the_token() {
     let r = with_cookie(&hub, "GET", "/api/dashboard/whoami", &cookie).await;
     assert_eq!(
         (r.status, r.json),
-        (200, json!({"agent_id": "screen", "role": "viewer"}))
+        (
+            200,
+            json!({"signed_in": true, "agent_id": "screen", "role": "viewer"})
+        )
     );
     let r = with_cookie(&hub, "GET", "/api/dashboard/state", &cookie).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -120,11 +123,21 @@ async fn the_cookie_holds_a_session_secret_that_works_like_the_token() {
     for fake in [
         format!("agentcom_session={viewer}"),
         format!("agentcom_session={ADMIN}"),
-        format!("agentcom_token={viewer}"),
-        "agentcom_session=".to_string(),
     ] {
         let r = with_cookie(&hub, "GET", "/api/dashboard/whoami", &fake).await;
         assert_eq!(r.status, 401, "{fake}: {r:?}");
+    }
+    // Another cookie, or an empty one, is no credential at all: not signed in.
+    for fake in [
+        format!("agentcom_token={viewer}"),
+        "agentcom_session=".into(),
+    ] {
+        let r = with_cookie(&hub, "GET", "/api/dashboard/whoami", &fake).await;
+        assert_eq!(
+            (r.status, r.json),
+            (200, json!({"signed_in": false})),
+            "{fake}"
+        );
     }
 
     // Neither the token nor the session secret is in any file of the data directory.
@@ -210,8 +223,10 @@ async fn only_admin_and_viewer_tokens_sign_in() {
         .send_json("POST", "/api/dashboard/login", None, json!({"token": 5}))
         .await;
     assert_eq!(r.status, 401, "{r:?}");
+    // No credential at all (a signed-out page load): answered, not an error.
     let r = hub.get("/api/dashboard/whoami", None).await;
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json, json!({"signed_in": false}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

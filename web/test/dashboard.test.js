@@ -123,6 +123,11 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
     const pageErrors = [];
     page.on('request', (r) => requested.push(r.url()));
     page.on('pageerror', (e) => pageErrors.push(String(e)));
+    const consoleErrors = [];
+    const failed = [];
+    page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') consoleErrors.push(m.text()); });
+    page.on('response', (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
+    page.on('requestfailed', (r) => failed.push(`failed ${r.url()}`));
     page.on('websocket', (ws) => {
       ws.on('framesent', (f) => sent.push(String(f.payload)));
       ws.on('framereceived', (f) => { try { received.push(JSON.parse(String(f.payload)).type); } catch (e) { /* binary */ } });
@@ -140,6 +145,10 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       await page.goto(base + '/dashboard');
       assert.equal(await page.title(), 'AgentCom Command Center');
       await page.locator('#signin').waitFor({ state: 'visible' });
+      // A signed-out first load logs nothing: no 401 from whoami, no favicon 404.
+      await page.waitForLoadState('networkidle');
+      assert.deepEqual(consoleErrors, [], 'console errors on a signed-out load');
+      assert.deepEqual(failed, [], 'failed requests on a signed-out load');
       await page.fill('#token', 'f'.repeat(64));
       await page.click('#signin-button');
       await expectText('#signin-error', /not valid/);

@@ -45,8 +45,12 @@ pub const PRIORITY_NAMES: [&str; 4] = ["urgent", "high", "normal", "low"];
 pub const DEFAULT_PRIORITY: u8 = 2;
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
-/// A priority given by name or as its integer.
+/// A priority given by name. `critical`, which the original's `agentcom-submit.js` offers,
+/// is `urgent`: what the person typing it means.
 pub fn parse_priority_name(name: &str) -> Option<u8> {
+    if name == "critical" {
+        return Some(0);
+    }
     PRIORITY_NAMES
         .iter()
         .position(|p| *p == name)

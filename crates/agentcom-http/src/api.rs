@@ -416,6 +416,27 @@ pub fn query_int(uri: &http::Uri, name: &str, min: i64, max: i64) -> Result<Opti
     }
 }
 
+/// A `limit` query parameter: at least 1, and one above `max` is taken as `max` (as the
+/// original did: a client asking for more gets what the hub gives). Absent: `default`.
+pub fn query_limit(uri: &http::Uri, max: usize, default: usize) -> Result<usize, ApiError> {
+    let Some(raw) = query_param(uri, "limit") else {
+        return Ok(default);
+    };
+    let raw = raw.trim();
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    match raw.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok((n.min(max as u64)) as usize),
+        // Too many digits for a u64: far above the cap.
+        Err(_) if digits => Ok(max),
+        _ => Err(ApiError::bad_request("invalid_field")
+            .with("field", "limit")
+            .with(
+                "message",
+                format!("limit must be a positive integer (at most {max} are returned)"),
+            )),
+    }
+}
+
 /// An admin caller, or 401/403.
 pub fn admin(hub: &Hub, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let who = caller(hub, headers)?;

@@ -76,6 +76,27 @@ fn opt_int(
     }
 }
 
+/// A `limit` field: at least 1; one above `max` is taken as `max` (as over HTTP).
+fn opt_limit(obj: &Map<String, Value>, max: usize, default: usize) -> Result<usize, Reject> {
+    match obj.get("limit") {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => Ok(n.min(max as u64) as usize),
+            // A whole number too large for a u64.
+            _ if v
+                .as_f64()
+                .is_some_and(|f| f >= u64::MAX as f64 && f.fract() == 0.0) =>
+            {
+                Ok(max)
+            }
+            _ => Err(invalid(
+                "limit",
+                &format!("limit must be a positive integer (at most {max} are returned)"),
+            )),
+        },
+    }
+}
+
 fn message_type(obj: &Map<String, Value>) -> Result<String, Reject> {
     Ok(opt_string(obj, "message_type")?.unwrap_or_else(|| "chat".into()))
 }
@@ -137,7 +158,7 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
         }
         "channel_history" => AgentRequest::ChannelHistory {
             channel: req_channel(obj)?,
-            limit: opt_int(obj, "limit", 1, 200, 50)? as usize,
+            limit: opt_limit(obj, 200, 50)?,
             since: opt_int(obj, "since", 0, u64::MAX, 0)?,
         },
         "list_channels" => AgentRequest::ListChannels,

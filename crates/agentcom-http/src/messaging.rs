@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::api::{
     self, acts_for, caller, caller_or_token_param, forbidden, messaging_caller, ok, query_int,
-    query_param, read_object, ApiError, ApiResult, Request,
+    query_limit, query_param, read_object, ApiError, ApiResult, Request,
 };
 use crate::server::App;
 use crate::wire;
@@ -126,7 +126,7 @@ pub async fn list_messages(app: &App, req: Request) -> ApiResult {
     }
     let uri = req.uri();
     let cursor = query_int(uri, "cursor", 0, MAX_SEQ)?.unwrap_or(0) as u64;
-    let limit = query_int(uri, "limit", 1, 200)?.unwrap_or(50) as usize;
+    let limit = query_limit(uri, 200, 50)?;
     let q = HistoryQuery {
         from: query_param(uri, "from"),
         to: query_param(uri, "to"),
@@ -268,7 +268,7 @@ pub async fn publish(app: &App, req: Request, raw: String) -> ApiResult {
 
 /// Route 20: the first `limit` entries after `since` (F16).
 pub async fn channel_history(app: &App, req: Request, raw: String) -> ApiResult {
-    let limit = query_int(req.uri(), "limit", 1, 200)?.unwrap_or(50) as usize;
+    let limit = query_limit(req.uri(), 200, 50)?;
     let since = query_int(req.uri(), "since", 0, MAX_SEQ)?.unwrap_or(0) as u64;
     channel::check_length(&raw).map_err(|m| invalid("channel", &m))?;
     let entries = match normalize(&raw) {

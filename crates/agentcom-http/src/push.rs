@@ -159,11 +159,18 @@ pub async fn login(app: &App, req: Request) -> ApiResult {
     Ok(res)
 }
 
-/// Who the dashboard is signed in as (401 when it is not).
+/// Who the dashboard is signed in as. A request with no credential at all (a signed-out
+/// browser loading the page) is answered `{"signed_in":false}`, so that the page's first
+/// question logs no error; a credential that does not hold is 401.
 pub async fn whoami(app: &App, req: Request) -> ApiResult {
-    let who = caller(&app.hub, req.headers())?;
+    let headers = req.headers();
+    if crate::api::session_cookie(headers).is_none() && !headers.contains_key(header::AUTHORIZATION)
+    {
+        return Ok(ok(json!({"signed_in": false})));
+    }
+    let who = caller(&app.hub, headers)?;
     Ok(ok(
-        json!({"agent_id": who.agent_id, "role": who.role.as_str()}),
+        json!({"signed_in": true, "agent_id": who.agent_id, "role": who.role.as_str()}),
     ))
 }
 

@@ -411,12 +411,13 @@ pub fn subscriptions_of(reader: &StoreReader, agent_id: &str) -> Result<Vec<Stri
         .collect())
 }
 
-/// The first `limit` entries of a channel's history with `seq > since`, ascending.
+/// The newest `limit` entries of a channel's history with `seq > since`, ascending: a
+/// client opening a channel wants its latest messages (as the original answered).
 pub fn history(
     reader: &StoreReader,
     name: &str,
     since: u64,
     limit: usize,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
-    reader.owned_after(Table::ChannelHistory, name, since, limit)
+    reader.owned_newest_after(Table::ChannelHistory, name, since, limit)
 }

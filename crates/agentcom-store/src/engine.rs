@@ -137,6 +137,38 @@ impl StoreReader {
         since: u64,
         limit: usize,
     ) -> Result<Vec<T>, StoreError> {
+        let records = self.owned_records_after(table, owner, since)?;
+        Ok(records
+            .iter()
+            .take(limit)
+            .filter_map(|(key, bytes)| crate::decode_or_skip(table, key, bytes))
+            .collect())
+    }
+
+    /// The last (newest) `limit` records of `owner` with `seq > since`, in sequence
+    /// order, decoded: what a reader catching up on the latest wants.
+    pub fn owned_newest_after<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        owner: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let records = self.owned_records_after(table, owner, since)?;
+        let skip = records.len().saturating_sub(limit);
+        Ok(records[skip..]
+            .iter()
+            .filter_map(|(key, bytes)| crate::decode_or_skip(table, key, bytes))
+            .collect())
+    }
+
+    /// Every record of `owner` with `seq > since`, undecoded, in sequence order.
+    fn owned_records_after(
+        &self,
+        table: Table,
+        owner: &str,
+        since: u64,
+    ) -> Result<Vec<Record>, StoreError> {
         let Some(first) = since.checked_add(1) else {
             return Ok(Vec::new());
         };
@@ -146,13 +178,9 @@ impl StoreReader {
         // Exactly `<owner>\0` and 8 bytes: a key of an owner whose name extends this one
         // after a NUL (`bob\0x`, stored before ids were validated) is not `owner`'s.
         let key_len = to.len() + 8;
-        Ok(self
-            .range(table, &from, &to, usize::MAX)?
-            .iter()
-            .filter(|(key, _)| key.len() == key_len)
-            .take(limit)
-            .filter_map(|(key, bytes)| crate::decode_or_skip(table, key, bytes))
-            .collect())
+        let mut records = self.range(table, &from, &to, usize::MAX)?;
+        records.retain(|(key, _)| key.len() == key_len);
+        Ok(records)
     }
 
     pub fn stats(&self, table: Table) -> TableStats {
