@@ -644,7 +644,10 @@ impl TestHub {
             .and_then(|stat| {
                 // The state follows the command name, which is in parentheses.
                 let after = stat.rsplit_once(')')?.1;
-                after.split_whitespace().next().map(|s| s != "Z" && s != "X")
+                after
+                    .split_whitespace()
+                    .next()
+                    .map(|s| s != "Z" && s != "X")
             })
             .unwrap_or(false)
     }
@@ -714,7 +717,8 @@ pub async fn send_raw(
     body: Vec<u8>,
 ) -> Result<Reply, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
     for (name, value) in headers {
         head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
@@ -770,7 +774,8 @@ fn parse_response(raw: &[u8], head_only: bool, at_end: bool) -> Result<Option<Re
         let (name, value) = line
             .split_once(':')
             .ok_or_else(|| format!("not a header line: {line:?}"))?;
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| e.to_string())?;
+        let name =
+            http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| e.to_string())?;
         let value = http::HeaderValue::from_str(value.trim()).map_err(|e| e.to_string())?;
         headers.append(name, value);
     }
@@ -871,4 +876,73 @@ pub fn seed_from_env(name: &str) -> u64 {
             (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
         }
     }
+}
+
+/// A client frame (masked with the all-zero key, so the payload is sent as is).
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Open a TCP connection to the hub and complete a websocket upgrade by hand.
+pub async fn raw_upgrade(hub: &TestHub, path: &str) -> TcpStream {
+    try_raw_upgrade(&hub.addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("websocket upgrade of {path}: {e}"))
+}
+
+/// As [`raw_upgrade`], to any address, with the failure (no 101 within 10 s) as an `Err`.
+pub async fn try_raw_upgrade(addr: &str, path: &str) -> Result<TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .map_err(|_| "no upgrade answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the upgrade".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("not upgraded: {head}"));
+    }
+    Ok(stream)
+}
+
+/// `s` cut to something printable: runs of one character collapse to `c×n`, and the whole
+/// is at most `max` characters.
+pub fn abbreviate(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let mut run = 1;
+        while chars.peek() == Some(&c) {
+            chars.next();
+            run += 1;
+        }
+        if run > 8 {
+            out.push_str(&format!("{c}×{run}"));
+        } else {
+            out.extend(std::iter::repeat_n(c, run));
+        }
+        if out.chars().count() > max {
+            return out.chars().take(max).collect::<String>() + "…";
+        }
+    }
+    out
 }

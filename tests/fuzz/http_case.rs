@@ -28,7 +28,14 @@ impl Param {
     fn known(self) -> &'static [&'static str] {
         match self {
             Param::Agent => &["alice", "bob", "vera", "admin", "ghost", "worker"],
-            Param::Actor => &["store", "mailbox", "scheduler", "task_queue", "auth", "nope"],
+            Param::Actor => &[
+                "store",
+                "mailbox",
+                "scheduler",
+                "task_queue",
+                "auth",
+                "nope",
+            ],
             Param::Message => &["$MSG0", "$MSG1", "msg-0000000000000000"],
             Param::Channel => &["dev", "DEV", "#dev", "ghost-channel"],
             Param::Task => &["$TASK0", "$DEAD", "task-0000000000000000"],
@@ -321,21 +328,27 @@ impl fmt::Debug for HttpCase {
             "HttpCase {{ route: {} {}, method: {:?}, segment: {:?}, query: {:?}, auth: {:?}, body: {:?} }}",
             self.route.method, self.route.path, self.method, self.segment, self.query, self.auth, self.body
         );
-        f.write_str(&input::abbreviate(&full, 4000))
+        f.write_str(&crate::common::abbreviate(&full, 4000))
     }
 }
 
 pub fn http_case() -> impl Strategy<Value = HttpCase> {
-    ((0..ROUTES.len()).prop_map(|i| &ROUTES[i]), method(), segment(), query(), auth(), body()).prop_map(
-        |(route, method, segment, query, auth, body)| HttpCase {
+    (
+        (0..ROUTES.len()).prop_map(|i| &ROUTES[i]),
+        method(),
+        segment(),
+        query(),
+        auth(),
+        body(),
+    )
+        .prop_map(|(route, method, segment, query, auth, body)| HttpCase {
             route,
             method,
             segment,
             query,
             auth,
             body,
-        },
-    )
+        })
 }
 
 /// A request ready to send.
@@ -360,7 +373,7 @@ impl fmt::Display for Concrete {
             headers.join("; "),
             String::from_utf8_lossy(&self.body)
         );
-        f.write_str(&input::abbreviate(&text, 2000))
+        f.write_str(&crate::common::abbreviate(&text, 2000))
     }
 }
 
@@ -388,7 +401,7 @@ impl HttpCase {
         let route = self.route;
         let segment = match (&self.segment, route.param) {
             (_, None) => String::new(),
-            (Segment::Known(i), Some(p)) => pct(&fx.text(*i.get(p.known()))),
+            (Segment::Known(i), Some(p)) => pct(&fx.text(i.get::<&str>(p.known()))),
             (Segment::Text(t), Some(_)) => pct(&fx.text(t)),
             (Segment::Raw(r), Some(_)) => r.to_string(),
         };
@@ -397,11 +410,9 @@ impl HttpCase {
             .query
             .iter()
             .filter_map(|q| match q {
-                QueryPart::Known(i, v) if !route.query.is_empty() => Some(format!(
-                    "{}={}",
-                    i.get(route.query),
-                    pct(&fx.text(v))
-                )),
+                QueryPart::Known(i, v) if !route.query.is_empty() => {
+                    Some(format!("{}={}", i.get(route.query), pct(&fx.text(v))))
+                }
                 QueryPart::Known(..) => None,
                 QueryPart::Pair(k, v) => Some(format!("{}={}", pct(&fx.text(k)), pct(&fx.text(v)))),
                 QueryPart::Raw(r) => Some(r.to_string()),
@@ -415,19 +426,35 @@ impl HttpCase {
         let mut headers: Vec<(&'static str, Vec<u8>)> = Vec::new();
         match &self.auth {
             Auth::None => {}
-            Auth::Meant => headers.push(("authorization", [b"Bearer ".to_vec(), token(route.who)].concat())),
-            Auth::Bearer(p) => headers.push(("authorization", [b"Bearer ".to_vec(), token(p)].concat())),
+            Auth::Meant => headers.push((
+                "authorization",
+                [b"Bearer ".to_vec(), token(route.who)].concat(),
+            )),
+            Auth::Bearer(p) => {
+                headers.push(("authorization", [b"Bearer ".to_vec(), token(p)].concat()))
+            }
             Auth::BearerText(t) => headers.push((
                 "authorization",
                 // Header values cannot hold control characters: those are encoded.
                 format!("Bearer {}", t.replace(|c: char| c.is_control(), "%")).into_bytes(),
             )),
-            Auth::Raw(r) => headers.push(("authorization", r.replace("$ADMIN", &fx.text("$ADMIN")).into_bytes())),
+            Auth::Raw(r) => headers.push((
+                "authorization",
+                r.replace("$ADMIN", &fx.text("$ADMIN")).into_bytes(),
+            )),
             Auth::Twice => {
-                headers.push(("authorization", [b"Bearer ".to_vec(), token("$ADMIN")].concat()));
-                headers.push(("authorization", [b"Bearer ".to_vec(), token("$ALICE")].concat()));
+                headers.push((
+                    "authorization",
+                    [b"Bearer ".to_vec(), token("$ADMIN")].concat(),
+                ));
+                headers.push((
+                    "authorization",
+                    [b"Bearer ".to_vec(), token("$ALICE")].concat(),
+                ));
             }
-            Auth::Cookie(c) => headers.push(("cookie", format!("agentcom_session={c}").into_bytes())),
+            Auth::Cookie(c) => {
+                headers.push(("cookie", format!("agentcom_session={c}").into_bytes()))
+            }
         }
         let template = &route.body;
         let body = match &self.body {

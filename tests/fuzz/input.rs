@@ -273,40 +273,37 @@ pub fn render(template: &Value, mutations: &[Mutation], fixtures: &Fixtures) -> 
 pub fn broken_json() -> BoxedStrategy<String> {
     prop_oneof![
         select(vec![
-            "{", "}", "[", "{\"type\":", "{\"type\":\"ping\"", "{\"a\":1,}", "[1,2,]", "nul",
-            "tru", "'single'", "{\"\\ud800\":1}", "\"\\ud800\"", "{\"a\":1}}", "{} {}", "\u{0}",
-            "{\"type\":\"ping\"}\u{0}", "\u{feff}{}",
+            "{",
+            "}",
+            "[",
+            "{\"type\":",
+            "{\"type\":\"ping\"",
+            "{\"a\":1,}",
+            "[1,2,]",
+            "nul",
+            "tru",
+            "'single'",
+            "{\"\\ud800\":1}",
+            "\"\\ud800\"",
+            "{\"a\":1}}",
+            "{} {}",
+            "\u{0}",
+            "{\"type\":\"ping\"}\u{0}",
+            "\u{feff}{}",
         ])
         .prop_map(str::to_string),
         select(&[65usize, 129, 10_000, 100_000][..]).prop_map(|n| "[".repeat(n)),
-        select(&[65usize, 129, 10_000][..])
-            .prop_map(|n| format!("{}1{}", "[".repeat(n), "]".repeat(n))),
-        select(&[65usize, 200][..])
-            .prop_map(|n| format!("{}null{}", "{\"a\":".repeat(n), "}".repeat(n))),
+        select(&[65usize, 129, 10_000][..]).prop_map(|n| format!(
+            "{}1{}",
+            "[".repeat(n),
+            "]".repeat(n)
+        )),
+        select(&[65usize, 200][..]).prop_map(|n| format!(
+            "{}null{}",
+            "{\"a\":".repeat(n),
+            "}".repeat(n)
+        )),
         "\\PC{0,40}",
     ]
     .boxed()
-}
-
-/// `s` cut to something printable: runs of one character collapse to `c×n`, and the whole
-/// is at most `max` characters.
-pub fn abbreviate(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        let mut run = 1;
-        while chars.peek() == Some(&c) {
-            chars.next();
-            run += 1;
-        }
-        if run > 8 {
-            out.push_str(&format!("{c}×{run}"));
-        } else {
-            out.extend(std::iter::repeat_n(c, run));
-        }
-        if out.chars().count() > max {
-            return out.chars().take(max).collect::<String>() + "…";
-        }
-    }
-    out
 }

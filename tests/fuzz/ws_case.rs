@@ -96,8 +96,11 @@ pub struct WsCase {
 
 impl fmt::Debug for WsCase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let full = format!("WsCase {{ target: {:?}, payload: {:?} }}", self.target, self.payload);
-        f.write_str(&input::abbreviate(&full, 4000))
+        let full = format!(
+            "WsCase {{ target: {:?}, payload: {:?} }}",
+            self.target, self.payload
+        );
+        f.write_str(&crate::common::abbreviate(&full, 4000))
     }
 }
 
@@ -159,22 +162,35 @@ impl WsCase {
                 (Message::Text(text.clone().into()), text)
             }
             Payload::Broken(text) => (Message::Text(text.clone().into()), text.clone()),
-            Payload::Binary(bytes) => (Message::Binary(bytes.clone().into()), format!("binary {bytes:?}")),
+            Payload::Binary(bytes) => (
+                Message::Binary(bytes.clone().into()),
+                format!("binary {bytes:?}"),
+            ),
             Payload::Oversized => {
                 let text = format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(1 << 20));
-                let shown = input::abbreviate(&text, 200);
+                let shown = crate::common::abbreviate(&text, 200);
                 (Message::Text(text.into()), shown)
             }
             Payload::Protocol(v) => {
                 let frame = match v {
-                    Violation::InvalidUtf8 => Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true),
-                    Violation::ReservedOpcode => Frame::message(b"{}".to_vec(), OpCode::Data(Data::Reserved(3)), true),
+                    Violation::InvalidUtf8 => {
+                        Frame::message(vec![b'"', 0xff, 0xfe, b'"'], OpCode::Data(Data::Text), true)
+                    }
+                    Violation::ReservedOpcode => {
+                        Frame::message(b"{}".to_vec(), OpCode::Data(Data::Reserved(3)), true)
+                    }
                     Violation::ReservedBit => {
-                        let mut f = Frame::message(b"{\"type\":\"ping\"}".to_vec(), OpCode::Data(Data::Text), true);
+                        let mut f = Frame::message(
+                            b"{\"type\":\"ping\"}".to_vec(),
+                            OpCode::Data(Data::Text),
+                            true,
+                        );
                         f.header_mut().rsv1 = true;
                         f
                     }
-                    Violation::LoneContinuation => Frame::message(b"{}".to_vec(), OpCode::Data(Data::Continue), true),
+                    Violation::LoneContinuation => {
+                        Frame::message(b"{}".to_vec(), OpCode::Data(Data::Continue), true)
+                    }
                 };
                 (Message::Frame(frame), format!("{v:?}"))
             }
