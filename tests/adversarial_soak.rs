@@ -614,23 +614,36 @@ async fn health_prober(soak: Soak) -> Vec<Duration> {
     latencies
 }
 
-/// The hub's memory and descriptors every 100 ms, its data directory every second: the
-/// peaks.
-async fn sampler(soak: Soak, pid: u32, data: std::path::PathBuf) -> (u64, usize, u64) {
-    let (mut rss, mut fds, mut store) = (0, 0, 0);
+/// What the sampler saw.
+#[derive(Default)]
+struct Samples {
+    peak_rss: u64,
+    peak_fds: usize,
+    peak_store: u64,
+    /// Memory (MiB) and store (MiB) every 10 s, for the summary.
+    timeline: Vec<(u64, u64)>,
+}
+
+/// The hub's memory and descriptors every 100 ms, its data directory every second.
+async fn sampler(soak: Soak, pid: u32, data: std::path::PathBuf) -> Samples {
+    let mut s = Samples::default();
     let mut tick = 0u64;
     while soak.running() {
-        rss = rss.max(common::rss_bytes(pid));
-        fds = fds.max(common::open_fds(pid));
+        let rss = common::rss_bytes(pid);
+        s.peak_rss = s.peak_rss.max(rss);
+        s.peak_fds = s.peak_fds.max(common::open_fds(pid));
         if tick % 10 == 0 {
             let bytes = dir_bytes(&data);
             soak.store_bytes.store(bytes, Ordering::Relaxed);
-            store = store.max(bytes);
+            s.peak_store = s.peak_store.max(bytes);
+            if tick % 100 == 0 {
+                s.timeline.push((rss >> 20, bytes >> 20));
+            }
         }
         tick += 1;
         sleep(Duration::from_millis(100)).await;
     }
-    (rss, fds, store)
+    s
 }
 
 fn worst(latencies: &[Duration]) -> Duration {
@@ -789,7 +802,8 @@ async fn the_hub_stays_bounded_and_responsive_under_every_abuse_at_once() {
 
     let tasks = submitter.await.expect("submitter");
     let healths = health.await.expect("health prober");
-    let (peak_rss, peak_fds, peak_store) = sampled.await.expect("sampler");
+    let samples = sampled.await.expect("sampler");
+    let (peak_rss, peak_fds, peak_store) = (samples.peak_rss, samples.peak_fds, samples.peak_store);
     worker.abort();
     for a in abusers {
         a.abort();
@@ -809,6 +823,7 @@ async fn the_hub_stays_bounded_and_responsive_under_every_abuse_at_once() {
         "peak_fds": peak_fds,
         "fd_bound": fd_bound,
         "peak_store_mib": peak_store >> 20,
+        "rss_and_store_mib_every_10s": samples.timeline,
         "store_budget_hit": tally.store_budget_hit.load(Ordering::Relaxed) == 1,
         "health": {
             "probes": healths.len(),
