@@ -212,6 +212,13 @@ async fn the_hub_stays_bounded_and_responsive_under_every_abuse_at_once() {
             "unknown pattern {p:?} in SOAK_PATTERNS (known: {PATTERNS:?})"
         );
     }
+    // The idle flood alone opens more sockets than a common soft limit of 1,024.
+    let limit = common::raise_open_file_limit();
+    assert!(
+        limit as usize > IDLE_SOCKETS + 256,
+        "the soak needs an open-file limit over {} (ulimit -Hn is {limit})",
+        IDLE_SOCKETS + 256
+    );
     let cap = MAX_CONNECTIONS.to_string();
     let hub =
         Arc::new(TestHub::start_with(&["--open-registration", "--max-connections", &cap]).await);
