@@ -22,3 +22,14 @@ bench:
 # Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
 soak:
     CRASH_DRILL_TRIALS=200 cargo nextest run -p agentcom --test crash_drill --no-capture
+
+# Property-based fuzzing of every HTTP route and websocket frame type against the real hub
+# (tests/fuzz.rs; 500 cases per test in the test command). FUZZ_SEED=<n> replays a run.
+fuzz cases="5000":
+    FUZZ_CASES={{cases}} cargo nextest run -p agentcom --test fuzz --no-capture
+
+# Adversarial soak: every abuse pattern of issue 9 at once while a normal agent works
+# (tests/adversarial_soak.rs; 25 s in the test command; here a release build, three
+# minutes). SOAK_PATTERNS=a,b runs a subset.
+abuse-soak secs="180":
+    SOAK_SECS={{secs}} cargo nextest run --release -p agentcom --test adversarial_soak --no-capture

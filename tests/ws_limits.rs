@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, request_with, TestHub, ADMIN};
+use common::{client_frame, eventually, raw_upgrade, request_with, TestHub, ADMIN};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,38 +20,6 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A client frame (masked with the all-zero key, so the payload is sent as is).
-fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() <= 125);
-    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// Open a TCP connection to the hub and complete a websocket upgrade by hand.
-async fn raw_upgrade(hub: &TestHub, path: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(&hub.addr).await.expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        hub.addr
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
-            .await
-            .expect("upgrade answer in time")
-            .expect("read");
-        assert_eq!(n, 1, "connection closed during the upgrade");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream
-}
 
 /// The code of the close frame the hub sends next on a raw socket (`None` if it ends
 /// without one).

@@ -382,19 +382,28 @@ impl Ws {
 
     /// The next JSON frame or close, within `within`.
     pub async fn next(&mut self, within: Duration) -> Frame {
+        self.next_by(tokio::time::Instant::now() + within)
+            .await
+            .expect("a frame arrives in time")
+    }
+
+    /// The next JSON frame or close before `deadline`; `None` if nothing came by then.
+    pub async fn next_by(&mut self, deadline: tokio::time::Instant) -> Option<Frame> {
         loop {
-            let msg = tokio::time::timeout(within, self.inner.next())
+            let msg = tokio::time::timeout_at(deadline, self.inner.next())
                 .await
-                .expect("a frame arrives in time");
+                .ok()?;
             match msg {
                 Some(Ok(Message::Text(t))) => {
-                    return Frame::Json(serde_json::from_str(t.as_str()).expect("json frame"))
+                    return Some(Frame::Json(
+                        serde_json::from_str(t.as_str()).expect("json frame"),
+                    ))
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Frame::Closed(frame.map(|f| u16::from(f.code)))
+                    return Some(Frame::Closed(frame.map(|f| u16::from(f.code))))
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Frame::Closed(None),
+                Some(Err(_)) | None => return Some(Frame::Closed(None)),
             }
         }
     }
@@ -606,10 +615,41 @@ pub fn rss_bytes(pid: u32) -> u64 {
     kib << 10
 }
 
+/// The number of file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
 impl TestHub {
     /// The hub's resident memory, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         rss_bytes(self.pid())
+    }
+
+    /// The hub's open file descriptors.
+    pub fn open_fds(&self) -> usize {
+        open_fds(self.pid())
+    }
+
+    /// Whether the hub process is still running: it has not exited (a dead child stays a
+    /// zombie until it is waited for, so the state letter is read, not just the entry).
+    pub fn alive(&self) -> bool {
+        let Some(pid) = self.child.as_ref().and_then(|c| c.id()) else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let after = stat.rsplit_once(')')?.1;
+                after
+                    .split_whitespace()
+                    .next()
+                    .map(|s| s != "Z" && s != "X")
+            })
+            .unwrap_or(false)
     }
 }
 
@@ -664,6 +704,104 @@ impl Rng {
     }
 }
 
+/// One HTTP/1.1 request exactly as given — any method, path, header bytes and body (no
+/// content type unless a header gives one) — on a fresh connection, written the way curl
+/// does: the answer is read while the body is still being sent, so an answer the hub gives
+/// before reading the body (401, 413) is seen even if the hub then closes the connection.
+/// `Err` when the connection fails or closes without a complete answer.
+pub async fn send_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut rx, mut tx) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        // The hub may answer and close before taking it all: that is its right.
+        if tx.write_all(&head).await.is_ok() {
+            let _ = tx.write_all(&body).await;
+        }
+        tx
+    });
+    let mut raw = Vec::new();
+    let parsed = loop {
+        let mut chunk = [0u8; 16 << 10];
+        let n = rx.read(&mut chunk).await.unwrap_or(0);
+        raw.extend_from_slice(&chunk[..n]);
+        if let Some(reply) = parse_response(&raw, method == "HEAD", n == 0)? {
+            break reply;
+        }
+        if n == 0 {
+            return Err(format!(
+                "the connection closed after {} bytes of an answer: {:?}",
+                raw.len(),
+                String::from_utf8_lossy(&raw[..raw.len().min(200)])
+            ));
+        }
+    };
+    writer.abort();
+    Ok(parsed)
+}
+
+/// A complete HTTP/1.1 response in `raw`, `None` if more is needed. Without a
+/// content-length the body runs to the end of the connection (`at_end`).
+fn parse_response(raw: &[u8], head_only: bool, at_end: bool) -> Result<Option<Reply>, String> {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let mut headers = http::HeaderMap::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("not a header line: {line:?}"))?;
+        let name =
+            http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| e.to_string())?;
+        let value = http::HeaderValue::from_str(value.trim()).map_err(|e| e.to_string())?;
+        headers.append(name, value);
+    }
+    let rest = &raw[split + 4..];
+    let length = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let body = match length {
+        _ if head_only || status == 101 || status == 204 || status == 304 => &rest[..0],
+        Some(n) if rest.len() >= n => &rest[..n],
+        Some(_) => return Ok(None),
+        None if at_end => rest,
+        None => return Ok(None),
+    };
+    let body = Bytes::copy_from_slice(body);
+    Ok(Some(Reply {
+        status,
+        content_type: headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_string()),
+        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers,
+        body,
+    }))
+}
+
 /// One request with a JSON body, on a fresh connection.
 pub async fn request_json(
     addr: &str,
@@ -710,4 +848,120 @@ pub async fn recv(ws: &mut WsStream, within: Duration) -> In {
 /// Send `v` as a text frame; false if the socket is gone.
 pub async fn send(ws: &mut WsStream, v: Value) -> bool {
     ws.send(Message::Text(v.to_string().into())).await.is_ok()
+}
+
+/// A number from the environment variable `name` (a test's size or duration knob), else
+/// `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}")),
+        Err(_) => default,
+    }
+}
+
+/// A seed from the environment variable `name`, else a fresh one from the clock.
+pub fn seed_from_env(name: &str) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}")),
+        Err(_) => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970");
+            (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+        }
+    }
+}
+
+/// A client frame (masked with the all-zero key, so the payload is sent as is).
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mut frame = vec![first_byte, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Open a TCP connection to the hub and complete a websocket upgrade by hand.
+pub async fn raw_upgrade(hub: &TestHub, path: &str) -> TcpStream {
+    try_raw_upgrade(&hub.addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("websocket upgrade of {path}: {e}"))
+}
+
+/// As [`raw_upgrade`], to any address, with the failure (no 101 within 10 s) as an `Err`.
+pub async fn try_raw_upgrade(addr: &str, path: &str) -> Result<TcpStream, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .map_err(|_| "no upgrade answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed during the upgrade".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 101") {
+        return Err(format!("not upgraded: {head}"));
+    }
+    Ok(stream)
+}
+
+/// `s` cut to something printable: runs of one character collapse to `c×n`, and the whole
+/// is at most `max` characters.
+pub fn abbreviate(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let mut run = 1;
+        while chars.peek() == Some(&c) {
+            chars.next();
+            run += 1;
+        }
+        if run > 8 {
+            out.push_str(&format!("{c}×{run}"));
+        } else {
+            out.extend(std::iter::repeat_n(c, run));
+        }
+        if out.chars().count() > max {
+            return out.chars().take(max).collect::<String>() + "…";
+        }
+    }
+    out
+}
+
+/// Raise this process's open-file soft limit to its hard limit (for tests that open
+/// thousands of sockets); the new soft limit.
+pub fn raise_open_file_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
 }
