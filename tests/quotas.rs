@@ -338,3 +338,22 @@ async fn the_message_history_is_bounded_in_bytes() {
     assert_eq!(count, 3);
     assert!(bytes <= 100 * 1024, "{bytes}");
 }
+
+/// The thread index holds a copy of every indexed message: it is bounded in bytes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thread_index_is_bounded_in_bytes() {
+    let hub = TestHub::start_with(&["--thread-index-max-bytes", "100KiB"]).await;
+    let alice = hub.token("alice", "agent").await;
+    for i in 0..12 {
+        let r = message(&hub, &alice, "bob", &format!("t{i}"), 30_000).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let (count, bytes) = table(&hub, "thread_messages").await;
+    // Pruning runs as each message is indexed, so the index may pass the bound by the
+    // message that crossed it.
+    assert!(
+        bytes <= 100 * 1024 + 31_000,
+        "{count} messages, {bytes} bytes"
+    );
+    assert!(count < 12, "{count} messages, {bytes} bytes");
+}

@@ -40,6 +40,9 @@ pub struct ThreadLimits {
     pub keep: u64,
     /// Replies indexed per parent; later ones are not listed (`thread_max_replies`).
     pub max_replies: u64,
+    /// Bytes of indexed messages; beyond it the oldest leave, however few are indexed
+    /// (`thread_index_max_bytes`).
+    pub max_bytes: u64,
 }
 
 impl Default for ThreadLimits {
@@ -47,6 +50,7 @@ impl Default for ThreadLimits {
         ThreadLimits {
             keep: 10_000,
             max_replies: 1_000,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -190,7 +194,16 @@ impl ThreadsState {
             reply,
         };
         let mut ops = index_ops(seq, Some(message), &entry);
-        ops.extend(prune_ops(reader, seq, self.limits.keep, PRUNE_PER_INDEX)?);
+        // Over the byte bound, the oldest leave whatever `keep` says (all but the newest
+        // may go); each message indexed removes up to PRUNE_PER_INDEX of them, so the index
+        // gets back under the bound.
+        let held = reader.stats(Table::ThreadMessages).logical_bytes;
+        let keep = if held > self.limits.max_bytes {
+            1
+        } else {
+            self.limits.keep
+        };
+        ops.extend(prune_ops(reader, seq, keep, PRUNE_PER_INDEX)?);
         self.last_seq = seq;
         Ok(ops)
     }

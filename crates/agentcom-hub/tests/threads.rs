@@ -127,6 +127,7 @@ async fn a_reply_writes_the_same_bytes_however_many_replies_came_before() {
     let limits = ThreadLimits {
         keep: 10_000,
         max_replies: 10_000,
+        ..ThreadLimits::default()
     };
     let (hub, engine) = start(dir.path(), limits).await;
     index(&hub, message("p", None, 1)).await;
@@ -154,6 +155,7 @@ async fn the_index_keeps_the_newest_messages_and_a_run_of_replies_per_parent() {
     let limits = ThreadLimits {
         keep: 30,
         max_replies: 5,
+        ..ThreadLimits::default()
     };
     let (hub, _) = start(dir.path(), limits).await;
     index(&hub, message("p", None, 1)).await;
@@ -227,6 +229,7 @@ async fn an_index_of_the_earlier_layout_is_renumbered_at_start() {
     let limits = ThreadLimits {
         keep: 4,
         max_replies: 10,
+        ..ThreadLimits::default()
     };
     let (hub, _) = start(dir.path(), limits).await;
     let reader: &StoreReader = &hub.reader;

@@ -110,6 +110,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         thread_limits: ThreadLimits {
             keep: settings.thread_index_keep,
             max_replies: settings.thread_max_replies,
+            max_bytes: settings.thread_index_max_bytes,
         },
         ..HubSettings::default()
     };

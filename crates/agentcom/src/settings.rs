@@ -163,6 +163,9 @@ pub struct ServeArgs {
     /// Replies indexed per parent message; later ones are not listed [default: 1000].
     #[arg(long, env = "AGENTCOM_THREAD_MAX_REPLIES")]
     pub thread_max_replies: Option<u64>,
+    /// Bytes of messages in the thread index; beyond it the oldest leave [default: 256MiB].
+    #[arg(long, env = "AGENTCOM_THREAD_INDEX_MAX_BYTES", value_parser = parse_size)]
+    pub thread_index_max_bytes: Option<u64>,
     /// Enable hooks for black-box tests (crash injection). Never in production.
     #[arg(long, env = "AGENTCOM_TEST_HOOKS", hide = true, num_args = 0..=1, default_missing_value = "true")]
     pub test_hooks: Option<bool>,
@@ -221,6 +224,7 @@ struct FileSettings {
     anonymous_rate_limit_burst: Option<u32>,
     thread_index_keep: Option<u64>,
     thread_max_replies: Option<u64>,
+    thread_index_max_bytes: Option<String>,
 }
 
 /// Resolved settings of `serve`. Settings of features still to come (backups, tasks,
@@ -271,6 +275,7 @@ pub struct Settings {
     pub anonymous_rate_limit: Option<Limit>,
     pub thread_index_keep: u64,
     pub thread_max_replies: u64,
+    pub thread_index_max_bytes: u64,
     pub test_hooks: bool,
     pub test_assign_pause: Duration,
     pub test_backup_pause: Duration,
@@ -462,6 +467,13 @@ impl Settings {
             anonymous_rate_limit,
             thread_index_keep,
             thread_max_replies,
+            thread_index_max_bytes: args
+                .thread_index_max_bytes
+                .or(file_size(
+                    file.thread_index_max_bytes,
+                    "thread_index_max_bytes",
+                )?)
+                .unwrap_or(256 << 20),
             push_subject: match args.push_subject.or(file.push_subject) {
                 Some(s) if s.starts_with("mailto:") || s.starts_with("https://") => s,
                 Some(s) => {
