@@ -22,3 +22,7 @@ bench:
 # Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
 soak:
     CRASH_DRILL_TRIALS=200 cargo nextest run -p agentcom --test crash_drill --no-capture
+
+# Contract test alone: schemathesis against docs/openapi.yaml (also part of `just test`).
+contract:
+    ./scripts/contract.sh

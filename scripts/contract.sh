@@ -120,7 +120,7 @@ status=0
 timeout 600 "$VENV/bin/st" --config-file scripts/contract.toml run "$WORK/openapi.json" \
   --url "$BASE" \
   --header "Authorization: Bearer $TOKEN" \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
+  --checks "${CONTRACT_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance}" \
   --exclude-path /api/admin/reset \
   --exclude-path '/api/admin/actors/{name}/restart' \
   --exclude-path '/api/admin/actors/{name}/crash' \
