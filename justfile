@@ -33,3 +33,7 @@ fuzz cases="5000":
 # minutes). SOAK_PATTERNS=a,b runs a subset.
 abuse-soak secs="180":
     SOAK_SECS={{secs}} cargo nextest run --release -p agentcom --test adversarial_soak --no-capture
+
+# Contract test alone: schemathesis against docs/openapi.yaml (also part of `just test`).
+contract:
+    ./scripts/contract.sh

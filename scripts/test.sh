@@ -6,8 +6,10 @@
 # Installs what the tests need on a fresh Debian machine, once: Chromium (apt) when
 # /usr/bin/chromium is absent, strace (apt) when absent, fuse3 (apt) when not root and
 # fusermount3 is absent, Node.js (apt) when `node` is absent, and web/node_modules
-# (`npm ci`, pinned by web/package-lock.json) when it is missing. Runs both suites and
-# fails if either fails.
+# (`npm ci`, pinned by web/package-lock.json) when it is missing, and Python's venv
+# module (apt python3-venv) when absent, for the contract test (scripts/contract.sh,
+# schemathesis against GET /api/openapi.json; it installs its pinned schemathesis into
+# target/contract-venv itself). Runs every suite and fails if any fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +39,9 @@ if ! command -v strace >/dev/null 2>&1; then apt_install strace; fi
 # itself; any other user needs the setuid fusermount3 from fuse3.
 if [ "$(id -u)" != 0 ] && ! command -v fusermount3 >/dev/null 2>&1; then apt_install fuse3; fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
+# scripts/contract.sh makes a virtual environment for schemathesis.
+if ! command -v python3 >/dev/null 2>&1; then apt_install python3 python3-venv; fi
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then apt_install python3-venv; fi
 if [ ! -f web/node_modules/playwright-core/package.json ]; then
   echo "==> npm ci (web/)"
   (cd web && npm ci --no-audit --no-fund --loglevel=error)
@@ -52,6 +57,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast || failed+=("rust")
 fi
+
+echo "==> contract test (schemathesis against docs/openapi.yaml: scripts/contract.sh)"
+AGENTCOM_BIN="$PWD/target/debug/agentcom" ./scripts/contract.sh || failed+=("contract")
 
 echo "==> dashboard browser test (node --test web/test/)"
 AGENTCOM_BIN="$PWD/target/debug/agentcom" node --test web/test/ || failed+=("browser")

@@ -10,6 +10,7 @@ mod frames;
 mod handlers;
 mod messaging;
 mod metrics;
+mod openapi;
 mod push;
 mod rate;
 mod routes;
@@ -21,6 +22,7 @@ mod ws;
 
 use std::time::Duration;
 
+pub use routes::route_table;
 pub use server::serve;
 
 /// Limits and timers of the front end.

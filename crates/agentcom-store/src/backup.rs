@@ -581,16 +581,28 @@ pub fn is_backup_id(name: &str) -> bool {
         })
 }
 
+/// The hidden name a backup is renamed to before it is deleted.
+fn deleted_name(id: &str) -> String {
+    format!(".{id}.deleted")
+}
+
 /// Delete all but the newest `keep` backups (never the newest verified one), and the
-/// hidden directories of runs that did not complete. Call it only while no backup runs.
+/// hidden directories of runs that did not complete or of deletions a crash cut short.
+/// Call it only while no backup runs.
+///
+/// A backup leaves the listing in one step: it is renamed to a hidden name, then
+/// deleted. Deleted in place, it would be listed half-deleted (without its manifest)
+/// by a [`list`] running beside the deletion.
 pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
     if let Ok(entries) = fs::read_dir(backup_dir) {
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.')
-                && name.ends_with(".tmp")
-                && is_backup_id(&name[1..name.len() - 4])
-            {
+            let hidden = [".tmp", ".deleted"].iter().any(|suffix| {
+                name.strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(suffix))
+                    .is_some_and(is_backup_id)
+            });
+            if hidden {
                 let _ = fs::remove_dir_all(e.path());
             }
         }
@@ -607,7 +619,9 @@ pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
         if Some(&b.id) == newest_verified.as_ref() {
             continue;
         }
-        if fs::remove_dir_all(&b.path).is_ok() {
+        let hidden = backup_dir.join(deleted_name(&b.id));
+        if fs::rename(&b.path, &hidden).is_ok() {
+            let _ = fs::remove_dir_all(&hidden);
             removed.push(b.id);
         }
     }
@@ -848,5 +862,36 @@ mod tests {
         assert_eq!(removed, vec![ids[0].clone()]);
         let left: Vec<String> = list(&backups).into_iter().map(|b| b.id).collect();
         assert_eq!(left, ids[1..].to_vec());
+    }
+
+    #[test]
+    fn a_backup_being_pruned_is_never_listed_half_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(&dir.path().join("a")).unwrap();
+        let backups = dir.path().join("backups");
+        for round in 0..3u64 {
+            for i in 0..12 {
+                create(&engine, &backups, 1000 + round * 100 + i, "t").unwrap();
+            }
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let torn = std::thread::scope(|s| {
+                let lister = s.spawn(|| {
+                    let mut torn = Vec::new();
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        torn.extend(list(&backups).into_iter().filter(|b| b.manifest.is_none()));
+                    }
+                    torn
+                });
+                prune(&backups, 1);
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                lister.join().unwrap()
+            });
+            let ids: Vec<&str> = torn.iter().map(|b| b.id.as_str()).collect();
+            assert!(
+                ids.is_empty(),
+                "listed without a manifest while pruned: {ids:?}"
+            );
+            assert_eq!(list(&backups).len(), 1);
+        }
     }
 }
