@@ -51,7 +51,8 @@ async fn a_clients_close_is_answered_with_a_close() {
     }
 }
 
-/// `agentcom-submit.js --priority critical`: accepted as `urgent`.
+/// `agentcom-submit.js --priority critical`: accepted as `urgent`. The body is the one
+/// that script sends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_critical_is_urgent() {
     let hub = TestHub::start().await;
@@ -60,7 +61,8 @@ async fn priority_critical_is_urgent() {
             "POST",
             "/api/tasks",
             Some(ADMIN),
-            json!({"description": "fix prod", "priority": "critical"}),
+            json!({"description": "fix prod", "priority": "critical", "metadata": {},
+                   "needed_capabilities": []}),
         )
         .await;
     assert_eq!(
