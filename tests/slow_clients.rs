@@ -81,3 +81,21 @@ async fn a_stalled_body_is_answered_408_after_the_body_timeout() {
     assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
     assert_eq!(hub.get("/health", None).await.status, 200);
 }
+
+/// A long answer given without reading the request's body (a GET with a body, a refusal
+/// before the body) arrives whole: the hub half-closes and reads off what the client
+/// still sends before it closes, instead of closing over unread bytes, which makes the
+/// kernel reset the connection and can destroy the answer in flight (RFC 9112 §9.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_given_before_the_body_is_read_arrives_whole() {
+    let hub = TestHub::start().await;
+    let page = hub.get("/dashboard", None).await;
+    assert_eq!(page.status, 200);
+    for _ in 0..30 {
+        let r = common::send_raw(&hub.addr, "GET", "/dashboard", &[], vec![b'x'; 16 << 20])
+            .await
+            .expect("a complete answer");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), page.body.len(), "the page arrived whole");
+    }
+}

@@ -10,9 +10,10 @@
 //! the cap is served over it, or waits; beyond that a connection gets 503 at once.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -197,18 +198,68 @@ pub async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
+/// After its write side is shut down, a connection reads off its unread input while it
+/// keeps coming (a pause of `LINGER_PAUSE` ends it), for at most `LINGER_MAX` and
+/// `LINGER_BYTES`. A connection shed at the cap, or closed because the server stops, does
+/// not linger: its slot is wanted now.
+const LINGER_PAUSE: Duration = Duration::from_millis(100);
+const LINGER_MAX: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
 /// A connection's socket with its slot: the slot is given back when the socket is closed,
 /// also when the connection became a websocket.
+///
+/// Closing a socket whose client is still sending (an answer given before the request's
+/// body was read: a `GET` with a body, a 401 or 413 before the body) makes the kernel
+/// reset the connection, and a reset can destroy the answer before the client has read
+/// it. So shutting down half-closes first, then reads off what still arrives, within the
+/// linger bounds, before the socket is closed (RFC 9112 §9.6).
 pub struct SlottedStream {
     stream: TcpStream,
     _slot: Slot,
+    linger: Option<Linger>,
+    /// Cleared when the connection is shed or the server stops: close without lingering.
+    may_linger: Arc<AtomicBool>,
+}
+
+/// Reading off a half-closed connection's input.
+struct Linger {
+    pause: Pin<Box<tokio::time::Sleep>>,
+    until: tokio::time::Instant,
+    left: usize,
 }
 
 impl SlottedStream {
-    pub fn new(stream: TcpStream, slot: Slot) -> Self {
+    pub fn new(stream: TcpStream, slot: Slot, may_linger: Arc<AtomicBool>) -> Self {
         SlottedStream {
             stream,
             _slot: slot,
+            linger: None,
+            may_linger,
+        }
+    }
+
+    /// Read off input until the client's end, a pause, or a linger bound.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(linger) = self.linger.as_mut() else {
+            return Poll::Ready(());
+        };
+        let mut scratch = [0u8; 16 << 10];
+        loop {
+            if linger.pause.as_mut().poll(cx).is_ready() || linger.left == 0 {
+                return Poll::Ready(());
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    linger.left = linger.left.saturating_sub(buf.filled().len());
+                    let next = (tokio::time::Instant::now() + LINGER_PAUSE).min(linger.until);
+                    linger.pause.as_mut().reset(next);
+                }
+                // The client's end, or a failed connection: nothing more to read.
+                Poll::Ready(_) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
@@ -249,7 +300,20 @@ impl AsyncWrite for SlottedStream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            std::task::ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            if !this.may_linger.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(()));
+            }
+            let now = tokio::time::Instant::now();
+            this.linger = Some(Linger {
+                pause: Box::pin(tokio::time::sleep_until(now + LINGER_PAUSE)),
+                until: now + LINGER_MAX,
+                left: LINGER_BYTES,
+            });
+        }
+        this.poll_linger(cx).map(Ok)
     }
 }
 

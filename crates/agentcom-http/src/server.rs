@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,10 +103,12 @@ pub async fn serve(
                             response
                         }
                     });
+                    let may_linger = Arc::new(AtomicBool::new(true));
+                    let stream = SlottedStream::new(stream, slot, may_linger.clone());
                     let conn = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(app_header_read_timeout)
-                        .serve_connection(TokioIo::new(SlottedStream::new(stream, slot)), service)
+                        .serve_connection(TokioIo::new(stream), service)
                         .with_upgrades();
                     tokio::pin!(conn);
                     // Close when the server stops, or when shed to make room at the cap;
@@ -119,6 +122,7 @@ pub async fn serve(
                     let result = tokio::select! {
                         result = conn.as_mut() => result,
                         _ = close => {
+                            may_linger.store(false, Ordering::Release);
                             conn.as_mut().graceful_shutdown();
                             conn.await
                         }
