@@ -64,6 +64,18 @@ async fn mailbox(hub: &TestHub, agent: &str, token: &str) -> Vec<Value> {
     r.json["messages"].as_array().expect("messages").clone()
 }
 
+async fn ack(hub: &TestHub, agent: &str, token: &str, seq: u64) {
+    let r = hub
+        .send_json(
+            "POST",
+            &format!("/api/mailbox/{agent}/ack"),
+            Some(token),
+            json!({ "seq": seq }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 async fn history_markers(hub: &TestHub) -> Vec<String> {
     let r = hub.get("/api/messages?limit=200", Some(ADMIN)).await;
     assert_eq!(r.status, 200, "{r:?}");
@@ -111,15 +123,7 @@ async fn a_broadcast_is_stored_once_however_many_mailboxes_hold_it() {
         assert_eq!(got.len(), 1, "{agent}");
         assert_eq!(got[0]["payload"]["pad"].as_str().map(str::len), Some(size));
         let seq = got[0]["seq"].as_u64().expect("seq");
-        let r = hub
-            .send_json(
-                "POST",
-                &format!("/api/mailbox/{agent}/ack"),
-                Some(t),
-                json!({ "seq": seq }),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
+        ack(&hub, &agent, t, seq).await;
         let bodies = table(&hub, "mailbox_bodies").await.0;
         assert_eq!(bodies, u64::from(i + 1 < agents), "after {} acks", i + 1);
     }
@@ -143,15 +147,7 @@ async fn shared_bodies_are_counted_again_after_a_restart() {
         let agent = format!("off{i}");
         let got = mailbox(&hub, &agent, t).await;
         let seq = got.last().expect("a message")["seq"].as_u64().unwrap();
-        let r = hub
-            .send_json(
-                "POST",
-                &format!("/api/mailbox/{agent}/ack"),
-                Some(t),
-                json!({ "seq": seq }),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{r:?}");
+        ack(&hub, &agent, t, seq).await;
     }
     assert_eq!(table(&hub, "mailbox_bodies").await, (0, 0));
     assert_eq!(table(&hub, "agent_mailbox").await.0, 0);
@@ -179,15 +175,7 @@ async fn the_mailbox_quota_bounds_what_one_sender_keeps_waiting() {
     let seq = mailbox(&hub, "bob", &bob).await.last().unwrap()["seq"]
         .as_u64()
         .unwrap();
-    let r = hub
-        .send_json(
-            "POST",
-            "/api/mailbox/bob/ack",
-            Some(&bob),
-            json!({ "seq": seq }),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    ack(&hub, "bob", &bob, seq).await;
     assert_eq!(
         message(&hub, &alice, "bob", "again", 30_000).await.status,
         200

@@ -79,13 +79,4 @@ impl WaitingRoom {
             id: shed.0,
         }
     }
-
-    /// Connections waiting now.
-    pub fn len(&self) -> usize {
-        self.lock().waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
