@@ -2683,3 +2683,41 @@ async fn dashboards_see_agent_state_changes_as_they_happen() {
     }
     assert_eq!(states, vec!["idle", "assigned", "working"]);
 }
+
+/// Issue 11: work spreads over equally able idle agents, the one idle the longest first.
+/// Tasks submitted one at a time to four idle agents used to go to the first by id, every
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_spreads_over_equally_able_idle_agents() {
+    let hub = TestHub::start().await;
+    let logs: Vec<Arc<Mutex<Vec<String>>>> = (0..4).map(|_| Arc::default()).collect();
+    let mut workers = Vec::new();
+    for (i, log) in logs.iter().enumerate() {
+        let c = Client::agent(&hub, &format!("even-{i}"), json!(["code"])).await;
+        workers.push(spawn_worker(c, Duration::ZERO, true, Arc::clone(log)));
+    }
+    for i in 0..20 {
+        let id = submit(
+            &hub,
+            ADMIN,
+            json!({"description": format!("even {i}"), "needed_capabilities": ["code"]}),
+        )
+        .await;
+        wait_task(&hub, &id, "completed", |t| t["status"] == "completed").await;
+        // The worker logs the task once its acknowledgement arrives.
+        assert!(
+            common::eventually(Duration::from_secs(10), || async {
+                logs.iter().map(|l| logged(l).len()).sum::<usize>() == i + 1
+            })
+            .await
+        );
+    }
+    let counts: Vec<usize> = logs.iter().map(|l| logged(l).len()).collect();
+    assert!(
+        counts.iter().all(|n| *n >= 3),
+        "20 tasks over 4 idle agents: {counts:?}"
+    );
+    for w in workers {
+        w.abort();
+    }
+}

@@ -1,5 +1,6 @@
 //! Scheduler matching (reference §5.4): queued tasks in (priority, created_at) order, each
-//! to the first available agent that has every needed capability.
+//! to the first available agent (in the order given: the hub gives the agent idle the
+//! longest first) that has every needed capability.
 
 use std::collections::HashSet;
 
@@ -18,6 +19,8 @@ pub struct Candidate {
     pub agent_id: String,
     /// A set: matching a task costs one lookup per needed capability.
     pub capabilities: HashSet<String>,
+    /// When the agent last changed state (became idle): the longest idle goes first.
+    pub idle_since: Millis,
 }
 
 /// A queued task as the scheduler sees it.
@@ -113,6 +116,7 @@ mod tests {
         Candidate {
             agent_id: id.into(),
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            idle_since: 0,
         }
     }
 

@@ -83,7 +83,9 @@ impl AgentTable {
         list
     }
 
-    /// Agents the scheduler may offer a task to now.
+    /// Agents the scheduler may offer a task to now, the one idle the longest first (its
+    /// FSM's last change), so that work spreads over equally able agents instead of going
+    /// to the first by id every time.
     pub fn available(&self) -> Vec<Candidate> {
         let rows = self.rows.read().expect("agents lock");
         let mut out: Vec<Candidate> = rows
@@ -92,9 +94,10 @@ impl AgentTable {
             .map(|r| Candidate {
                 agent_id: r.view.agent_id.clone(),
                 capabilities: capability_names(&r.view.capabilities).into_iter().collect(),
+                idle_since: r.view.fsm.last_state_change,
             })
             .collect();
-        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out.sort_by(|a, b| (a.idle_since, &a.agent_id).cmp(&(b.idle_since, &b.agent_id)));
         out
     }
 
