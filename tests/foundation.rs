@@ -565,9 +565,12 @@ async fn a_first_start_without_an_admin_token_prints_one() {
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
     let (mut token, mut addr, mut data_line) = (String::new(), String::new(), String::new());
+    let mut dashboard = String::new();
     while let Some(line) = lines.next_line().await.unwrap() {
         if let Some(t) = line.strip_prefix("admin token (shown once, keep it): ") {
             token = t.to_string();
+        } else if let Some(d) = line.strip_prefix("dashboard: ") {
+            dashboard = d.to_string();
         } else if let Some(d) = line.strip_prefix("data: ") {
             data_line = d.to_string();
             break;
@@ -577,6 +580,11 @@ async fn a_first_start_without_an_admin_token_prints_one() {
     }
     assert_eq!(token.len(), 64);
     assert!(data_line.ends_with("/db"), "{data_line}");
+    // The dashboard's address is printed beside the token.
+    assert!(
+        dashboard.starts_with(&format!("http://{addr}/dashboard")),
+        "{dashboard}"
+    );
     let r = common::request(&addr, "GET", "/admin/tokens", Some(&token), None).await;
     assert_eq!(r.status, 200);
 }

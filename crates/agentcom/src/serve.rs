@@ -118,6 +118,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         .await
         .map_err(|e| format!("the hub failed to start: {e}"))?;
 
+    let mut first_token = None;
     if let Some(token) = &settings.admin_token {
         hub.token_bootstrap(token)
             .await
@@ -127,7 +128,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             .token_create(tokens::BOOTSTRAP_ADMIN_ID, Role::Admin)
             .await
             .map_err(|e| format!("cannot create an admin token: {e}"))?;
-        println!("admin token (shown once, keep it): {token}");
+        first_token = Some(token);
     }
 
     let listener = tokio::net::TcpListener::bind(settings.bind)
@@ -136,6 +137,11 @@ async fn run(settings: Settings) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&settings.data_dir).unwrap_or(settings.data_dir.clone());
     let shutdown = shutdown_signal();
+    // First contact: the token and where to use it, side by side.
+    if let Some(token) = first_token {
+        println!("admin token (shown once, keep it): {token}");
+        println!("dashboard: http://{addr}/dashboard (sign in with the admin token)");
+    }
     println!("AgentCom listening on http://{addr}");
     println!("data: {}", data.join("db").display());
     tracing::info!(%addr, data = %data.display(), "hub started");
