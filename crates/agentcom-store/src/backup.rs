@@ -422,8 +422,17 @@ pub fn list(backup_dir: &Path) -> Vec<BackupEntry> {
         .filter(|e| e.path().is_dir())
         .filter_map(|e| {
             let id = e.file_name().to_string_lossy().to_string();
-            is_backup_id(&id).then(|| BackupEntry {
-                manifest: read_manifest(&e.path()).ok(),
+            if !is_backup_id(&id) {
+                return None;
+            }
+            let manifest = read_manifest(&e.path()).ok();
+            // Gone since the directory was read (renamed away by `prune`): not a backup
+            // any more. One still there without a readable manifest is damaged: listed.
+            if manifest.is_none() && !e.path().is_dir() {
+                return None;
+            }
+            Some(BackupEntry {
+                manifest,
                 path: e.path(),
                 id,
             })
