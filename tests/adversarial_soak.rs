@@ -348,11 +348,25 @@ async fn the_hub_stays_bounded_and_responsive_under_every_abuse_at_once() {
         tokens["normal-submitter"].clone(),
         done_rx,
     ));
-    let health = tokio::spawn(health_prober(soak.clone()));
+    // The prober has a thread and a runtime of its own, so that what it times is the hub's
+    // answer, not this process's abuse tasks queued ahead of it on the same workers.
+    let health = {
+        let soak = soak.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("prober runtime")
+                .block_on(health_prober(soak))
+        })
+    };
     let sampled = tokio::spawn(sampler(soak.clone(), pid, hub.data_dir().to_path_buf()));
 
     let tasks = submitter.await.expect("submitter");
-    let healths = health.await.expect("health prober");
+    let healths = tokio::task::spawn_blocking(move || health.join())
+        .await
+        .expect("join")
+        .expect("health prober");
     let samples = sampled.await.expect("sampler");
     let (peak_rss, peak_fds, peak_store) = (samples.peak_rss, samples.peak_fds, samples.peak_store);
     worker.abort();
