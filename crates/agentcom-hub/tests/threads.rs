@@ -76,9 +76,25 @@ impl Engine for CountingEngine {
     }
 }
 
+/// Open the store, waiting out (up to 10 s) the lock of an engine just dropped: sled's
+/// background flusher lets go of the directory a moment after the last handle is gone.
+async fn open(dir: &std::path::Path) -> SledEngine {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledEngine::open(dir) {
+            Err(agentcom_store::StoreError::Locked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            opened => return opened.expect("sled opens"),
+        }
+    }
+}
+
 async fn start(dir: &std::path::Path, limits: ThreadLimits) -> (Hub, Arc<CountingEngine>) {
     let engine = Arc::new(CountingEngine {
-        sled: SledEngine::open(dir).expect("sled opens"),
+        sled: open(dir).await,
         thread_bytes: AtomicU64::new(0),
     });
     let settings = HubSettings {
