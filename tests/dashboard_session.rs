@@ -37,6 +37,19 @@ async fn login(hub: &TestHub, token: &str) -> (u16, Value, Option<SignedIn>) {
     (r.status, r.json, signed_in)
 }
 
+/// Open `/ws/dashboard` with a session cookie on the upgrade.
+async fn dashboard_ws(hub: &TestHub, cookie: &str) -> common::WsStream {
+    let mut req = format!("ws://{}/ws/dashboard", hub.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let stream = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("upgrade with the session cookie");
+    ws
+}
+
 async fn with_cookie(hub: &TestHub, method: &str, path: &str, cookie: &str) -> common::Reply {
     request_with(&hub.addr, method, path, &[("cookie", cookie)], None).await
 }
@@ -100,14 +113,7 @@ async fn the_cookie_holds_a_session_secret_that_works_like_the_token() {
     assert_eq!(r.status, 403, "{r:?}");
 
     // The dashboard websocket accepts the cookie on the upgrade.
-    let mut req = format!("ws://{}/ws/dashboard", hub.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let stream = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .expect("upgrade with the session cookie");
+    let mut ws = dashboard_ws(&hub, &cookie).await;
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
         .await
         .expect("a frame")
@@ -249,14 +255,7 @@ async fn an_open_dashboard_closes_when_its_sign_in_expires() {
     let (status, _, signed_in) = login(&hub, &viewer).await;
     assert_eq!(status, 200);
     let cookie = signed_in.expect("a session cookie").cookie;
-    let mut req = format!("ws://{}/ws/dashboard", hub.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("cookie", cookie.parse().unwrap());
-    let stream = tokio::net::TcpStream::connect(&hub.addr).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(req, stream)
-        .await
-        .expect("upgrade with the session cookie");
+    let mut ws = dashboard_ws(&hub, &cookie).await;
     let opened = std::time::Instant::now();
     let code = loop {
         let frame = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
