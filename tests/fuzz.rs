@@ -337,17 +337,6 @@ impl Outcome {
     }
 }
 
-/// Pushes an agent may get at any time, as opposed to replies.
-const PUSHES: &[&str] = &[
-    "agent_joined",
-    "agent_left",
-    "status_changed",
-    "message",
-    "channel_message",
-    "channel_agent_joined",
-    "task_assign",
-];
-
 /// The websocket fuzzer's state between cases.
 struct WsFuzzer {
     hub: TestHub,
@@ -407,7 +396,7 @@ impl WsFuzzer {
             outcome
                 .frames
                 .iter()
-                .find(|f| !PUSHES.contains(&f["type"].as_str().unwrap_or(""))),
+                .find(|f| !common::PUSHES.contains(&f["type"].as_str().unwrap_or(""))),
         ) {
             _ if outcome.upgrade_refused => "upgrade refused".to_string(),
             (Some(code), _) => format!("closed {code:?}"),
@@ -524,7 +513,7 @@ impl WsFuzzer {
                 ))
                 }
                 Some(Frame::Json(v)) => {
-                    if !PUSHES.contains(&v["type"].as_str().unwrap_or("")) {
+                    if !common::PUSHES.contains(&v["type"].as_str().unwrap_or("")) {
                         replies += 1;
                     }
                     outcome.frames.push(v);

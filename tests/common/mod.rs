@@ -426,6 +426,17 @@ impl Ws {
     }
 }
 
+/// Pushes an agent may get at any time, as opposed to replies.
+pub const PUSHES: &[&str] = &[
+    "agent_joined",
+    "agent_left",
+    "status_changed",
+    "message",
+    "channel_message",
+    "channel_agent_joined",
+    "task_assign",
+];
+
 /// Current time as Unix epoch milliseconds.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -310,23 +310,14 @@ pub async fn hostile_ids(soak: Soak, token: String, mut ws: Ws) {
     }
 }
 
-/// Pushes an agent may get at any time, as opposed to replies.
-const PUSHES: &[&str] = &[
-    "agent_joined",
-    "agent_left",
-    "status_changed",
-    "message",
-    "channel_message",
-    "channel_agent_joined",
-    "task_assign",
-];
-
 /// The next frame that is not a push (within 30 s), or the close.
 async fn next_reply(ws: &mut Ws) -> Option<Frame> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match ws.next_by(deadline).await? {
-            Frame::Json(v) if PUSHES.contains(&v["type"].as_str().unwrap_or("")) => continue,
+            Frame::Json(v) if common::PUSHES.contains(&v["type"].as_str().unwrap_or("")) => {
+                continue
+            }
             other => return Some(other),
         }
     }
