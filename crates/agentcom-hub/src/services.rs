@@ -609,7 +609,12 @@ impl Services {
             stale_backup: stale,
             high_fragmentation: high,
             last_backup_at,
-            next_backup_at: status.next_backup_at,
+            // The backup on disk may be newer than the actor's schedule (it is written
+            // before the actor hears that its run finished): the next run is due an
+            // interval after it either way.
+            next_backup_at: status.next_backup_at.max(
+                last_backup_at.map_or(0, |t| t + self.settings.backup_interval.as_millis() as u64),
+            ),
             last_run: status.last_run,
             tables,
             engine: self.reader.engine_name(),
