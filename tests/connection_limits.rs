@@ -169,3 +169,70 @@ async fn sockets_that_never_identify_cannot_hold_the_connection_slots() {
     real.send_json(serde_json::json!({"type": "ping"})).await;
     assert_eq!(real.next_of_type("pong").await["type"], "pong");
 }
+
+/// A burst of new connections while the hub is not accepting (busy, or stopped here with
+/// SIGSTOP) waits in the kernel's accept queue. The hub asks for 4,096 places (Tokio's
+/// default is 1,024): past it the kernel drops SYNs and each client, a health probe
+/// included, waits a second for its retransmission (the adversarial soak saw exactly that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_waits_in_a_deep_accept_queue() {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let burst = 1_500.min(somaxconn.saturating_sub(8));
+    if burst <= 1_100 {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, the kernel caps the queue there");
+        return;
+    }
+    // The test's own descriptors: one per connection of the burst.
+    let me = std::process::id().to_string();
+    let raised = std::process::Command::new("prlimit")
+        .args(["--pid", &me, "--nofile=4096:"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(raised, "prlimit could not raise the test's open-file limit");
+
+    let hub = TestHub::start().await;
+    let signal = |sig: &str| {
+        let pid = hub.pid().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let connects: Vec<_> = (0..burst)
+        .map(|_| {
+            let addr = hub.addr.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(700),
+                    tokio::net::TcpStream::connect(addr),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut queued = Vec::new();
+    for c in connects {
+        if let Ok(Ok(Ok(stream))) = c.await {
+            queued.push(stream);
+        }
+    }
+    eprintln!("connects done after {:?}", started.elapsed());
+    signal("-CONT");
+    assert_eq!(
+        queued.len(),
+        burst,
+        "{} of {burst} connections reached the accept queue within 700 ms",
+        queued.len()
+    );
+    drop(queued);
+    let health = tokio::time::timeout(Duration::from_secs(10), hub.get("/health", None))
+        .await
+        .expect("/health answers after the burst");
+    assert_eq!(health.status, 200);
+}

@@ -131,9 +131,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         first_token = Some(token);
     }
 
-    let listener = tokio::net::TcpListener::bind(settings.bind)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
+    let listener =
+        listen(settings.bind).map_err(|e| format!("cannot listen on {}: {e}", settings.bind))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&settings.data_dir).unwrap_or(settings.data_dir.clone());
     let shutdown = shutdown_signal();
@@ -201,4 +200,21 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Connections the kernel may hold for the hub before it accepts them. Linux caps it at
+/// `net.core.somaxconn` (4096 by default). Tokio's `bind` asks for 1,024, which a flood of
+/// new connections fills: the kernel then drops SYNs, and a client such as a health probe
+/// waits a second for its retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
