@@ -73,6 +73,74 @@ pub trait Engine: Send + Sync + 'static {
     fn was_recovered(&self) -> bool;
     /// Short engine name for reports (`"sled"`).
     fn name(&self) -> &'static str;
+    /// Begin an online compaction: an empty database beside the live one, to copy the live
+    /// records into (see [`Compaction`]). Engines that cannot compact refuse.
+    fn start_compaction(&self) -> Result<Box<dyn Compaction>, StoreError> {
+        Err(StoreError::Engine(format!(
+            "the {} engine cannot compact",
+            self.name()
+        )))
+    }
+}
+
+/// A compaction in progress: a new database being filled with the live records. Whoever
+/// drives it copies every table into it, then every write applied since the copy began,
+/// and calls [`Compaction::switch`] while no write is applied to the live database. Dropped
+/// before the switch, the copy is discarded; the live database never changes.
+pub trait Compaction: Send {
+    /// Write a batch into the new database (a copied chunk or a replayed write).
+    fn apply(&mut self, batch: &[WriteOp]) -> Result<(), StoreError>;
+    /// Make what was written to the new database durable.
+    fn flush(&mut self) -> Result<(), StoreError>;
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+    /// Make the new database the live one: durable first (after a crash from here on the
+    /// new database opens), then for every reader. Returns the replaced database, to remove.
+    fn switch(self: Box<Self>) -> Result<Retired, StoreError>;
+}
+
+/// A database replaced by a compaction: still open while readers that began before the
+/// switch finish, then removed from disk by [`Retired::remove`].
+pub struct Retired {
+    db: Option<Arc<dyn Send + Sync>>,
+    dir: std::path::PathBuf,
+    parent: std::path::PathBuf,
+}
+
+impl Retired {
+    pub fn new(
+        db: Arc<dyn Send + Sync>,
+        dir: std::path::PathBuf,
+        parent: std::path::PathBuf,
+    ) -> Retired {
+        Retired {
+            db: Some(db),
+            dir,
+            parent,
+        }
+    }
+
+    /// Wait (up to `within`) for the last reader of the replaced database, close it and
+    /// delete its directory. `Ok(false)` if a reader still holds it: the next start removes
+    /// it then.
+    pub fn remove(mut self, within: std::time::Duration) -> std::io::Result<bool> {
+        let deadline = std::time::Instant::now() + within;
+        let db = self.db.take().expect("removed once");
+        while Arc::strong_count(&db) > 1 {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(db);
+        std::fs::remove_dir_all(&self.dir)?;
+        crate::sync_dir(&self.parent)?;
+        Ok(true)
+    }
+
+    /// The replaced database's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 /// Read-only access to the store, shared by every actor. Writes go through the store actor.

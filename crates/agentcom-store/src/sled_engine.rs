@@ -14,20 +14,31 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use sled::transaction::{ConflictableTransactionResult, TransactionalTree};
 use sled::Transactional;
 
-use crate::engine::{Record, Visitor};
+use crate::engine::{Compaction, Record, Retired, Visitor};
 use crate::integrity::{self, Watermark, WATERMARK_FILE};
+use crate::live_dir;
 use crate::{sync_dir, Engine, StoreError, Table, TableStats, WriteOp};
 
 const STATS_TREE: &str = "__stats";
 const STATS_INDEX: usize = Table::ALL.len();
 
-/// sled 0.34 behind the [`Engine`] trait.
+/// sled 0.34 behind the [`Engine`] trait: the live database of a data directory (see
+/// [`crate::live_dir`]), replaced in place when a compaction switches to its copy.
 pub struct SledEngine {
+    data_dir: PathBuf,
+    live: Arc<RwLock<Arc<SledDb>>>,
+    /// `LOCK` in the data directory, held while the engine is open: one process at a time
+    /// may use a data directory, whichever database in it is live.
+    _lock: File,
+}
+
+/// One sled database directory.
+struct SledDb {
     db: sled::Db,
     path: PathBuf,
     /// One tree per table in [`Table::ALL`] order, then the stats tree.
@@ -125,12 +136,67 @@ fn list_dir(dir: &Path) -> std::io::Result<BTreeSet<OsString>> {
 }
 
 impl SledEngine {
-    /// Open (or create) the store under `<data_dir>/db`, refusing a store that fails the
-    /// integrity checks (see [`crate::integrity`]): every failure but [`StoreError::Locked`]
-    /// is [`StoreError::Open`], a panic inside sled included.
+    /// Open (or create) the store of `data_dir`: its live database (`<data_dir>/db`, or the
+    /// one `CURRENT` names), refusing a store that fails the integrity checks (see
+    /// [`crate::integrity`]): every failure but [`StoreError::Locked`] is
+    /// [`StoreError::Open`], a panic inside sled included. Once it is open, leftovers of an
+    /// interrupted compaction are removed.
     pub fn open(data_dir: &Path) -> Result<SledEngine, StoreError> {
-        let path = data_dir.join("db");
-        integrity::catch_panic(|| SledEngine::open_checked(data_dir, &path)).unwrap_or_else(
+        let shown = data_dir.display().to_string();
+        let io_failed = |what: &str, e: std::io::Error| StoreError::Open {
+            path: shown.clone(),
+            reason: format!("{what}: {e}"),
+        };
+        crate::create_dir_all_durable(data_dir)
+            .map_err(|e| io_failed("cannot create the data directory", e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join(LOCK_FILE))
+            .map_err(|e| io_failed("cannot open its lock file", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked { path: shown });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_failed("cannot lock it", e)),
+        }
+        let live_name = live_dir::live_name(data_dir)
+            .map_err(|e| io_failed("cannot tell which database is live", e))?;
+        let path = live_dir::live_path(data_dir)
+            .map_err(|e| io_failed("cannot open the live database", e))?;
+        let db = SledDb::open(data_dir, &path, CACHE_BYTES)?;
+        for stale in live_dir::remove_stale(data_dir, &live_name)
+            .map_err(|e| io_failed("cannot remove what an interrupted compaction left", e))?
+        {
+            tracing::info!(path = %stale.display(), "removed what an interrupted compaction left");
+        }
+        Ok(SledEngine {
+            data_dir: data_dir.to_path_buf(),
+            live: Arc::new(RwLock::new(Arc::new(db))),
+            _lock: lock,
+        })
+    }
+
+    /// The live database directory.
+    pub fn path(&self) -> PathBuf {
+        self.live().path.clone()
+    }
+
+    fn live(&self) -> Arc<SledDb> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The lock file of a data directory.
+const LOCK_FILE: &str = "LOCK";
+/// sled's page cache, per open database.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+impl SledDb {
+    fn open(data_dir: &Path, path: &Path, cache_bytes: u64) -> Result<SledDb, StoreError> {
+        integrity::catch_panic(|| SledDb::open_checked(data_dir, path, cache_bytes)).unwrap_or_else(
             |panic| {
                 Err(StoreError::Open {
                     path: path.display().to_string(),
@@ -140,7 +206,7 @@ impl SledEngine {
         )
     }
 
-    fn open_checked(data_dir: &Path, path: &Path) -> Result<SledEngine, StoreError> {
+    fn open_checked(data_dir: &Path, path: &Path, cache_bytes: u64) -> Result<SledDb, StoreError> {
         let damaged = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -151,7 +217,7 @@ impl SledEngine {
         let watermark = Watermark::read(path).map_err(damaged)?;
         let db = sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| open_error(path, e))?;
         let mut trees = Vec::with_capacity(STATS_INDEX + 1);
@@ -166,7 +232,7 @@ impl SledEngine {
         let sync_failed =
             |e: std::io::Error| damaged(format!("could not sync the store's files: {e}"));
         let files = SledFiles::open(data_dir, path).map_err(sync_failed)?;
-        let engine = SledEngine {
+        let engine = SledDb {
             db,
             path: path.to_path_buf(),
             trees,
@@ -196,10 +262,6 @@ impl SledEngine {
             .watermark = Some(created);
         engine.flush()?;
         Ok(engine)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Load the persisted counters and return the store's commit number. A table without a
@@ -351,7 +413,7 @@ fn apply_in_tx(
     Ok(out)
 }
 
-impl Drop for SledEngine {
+impl Drop for SledDb {
     /// Sync the watermark at a clean close (between closes the kernel writes it back). A
     /// failure only leaves it lagging, which weakens the next open's check but loses nothing.
     fn drop(&mut self) {
@@ -362,7 +424,7 @@ impl Drop for SledEngine {
     }
 }
 
-impl Engine for SledEngine {
+impl Engine for SledDb {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.trees[table.index()].get(key)?.map(|v| v.to_vec()))
     }
@@ -471,6 +533,151 @@ impl Engine for SledEngine {
     }
 }
 
+impl Engine for SledEngine {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.live().get(table, key)
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
+        self.live().scan_prefix(table, prefix)
+    }
+
+    fn range(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.live().range(table, from, to, limit)
+    }
+
+    fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError> {
+        self.live().last_with_prefix(table, prefix)
+    }
+
+    fn for_each(&self, table: Table, f: &mut Visitor<'_>) -> Result<(), StoreError> {
+        self.live().for_each(table, f)
+    }
+
+    fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        self.live().apply(batch)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.live().flush()
+    }
+
+    fn stats(&self, table: Table) -> TableStats {
+        self.live().stats(table)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.live().size_on_disk()
+    }
+
+    fn was_recovered(&self) -> bool {
+        self.live().was_recovered()
+    }
+
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    fn start_compaction(&self) -> Result<Box<dyn Compaction>, StoreError> {
+        let live = self.live();
+        let live_name = live
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| live_dir::FIRST.to_string());
+        let name = live_dir::next_name(&live_name);
+        let path = self.data_dir.join(&name);
+        // A directory of that name is what an earlier attempt left (its removal failed).
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(|e| {
+                StoreError::Engine(format!("cannot remove {}: {e}", path.display()))
+            })?;
+        }
+        let target = SledDb::open(&self.data_dir, &path, CACHE_BYTES)?;
+        Ok(Box::new(SledCompaction {
+            data_dir: self.data_dir.clone(),
+            live: self.live.clone(),
+            name,
+            target: Some(target),
+        }))
+    }
+}
+
+/// A compaction's copy: a new database in the next generation directory, written through
+/// [`Compaction::apply`] (so its counters are kept as for any write), then switched to.
+/// Dropped without switching, it removes its directory.
+struct SledCompaction {
+    data_dir: PathBuf,
+    live: Arc<RwLock<Arc<SledDb>>>,
+    name: String,
+    target: Option<SledDb>,
+}
+
+impl SledCompaction {
+    fn target(&self) -> &SledDb {
+        self.target
+            .as_ref()
+            .expect("a compaction is used only before its switch")
+    }
+}
+
+impl Compaction for SledCompaction {
+    fn apply(&mut self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        self.target().apply(batch)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.target().flush()
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.target().size_on_disk()
+    }
+
+    fn switch(mut self: Box<Self>) -> Result<Retired, StoreError> {
+        let target = self.target.take().expect("switched once");
+        if let Err(e) = target.flush() {
+            self.target = Some(target);
+            return Err(e);
+        }
+        if let Err(e) = live_dir::switch_to(&self.data_dir, &self.name) {
+            // Only a failure before the rename leaves the old database live; after it, the
+            // file system names the new one, and so must every reader.
+            let renamed = live_dir::live_name(&self.data_dir).is_ok_and(|n| n == self.name);
+            if !renamed {
+                self.target = Some(target);
+                return Err(StoreError::Engine(format!(
+                    "cannot switch to the compacted database: {e}"
+                )));
+            }
+            tracing::error!(error = %e, "the switch to the compacted database may not be durable yet");
+        }
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *live, Arc::new(target));
+        drop(live);
+        let dir = old.path.clone();
+        Ok(Retired::new(old, dir, self.data_dir.clone()))
+    }
+}
+
+impl Drop for SledCompaction {
+    fn drop(&mut self) {
+        if let Some(target) = self.target.take() {
+            let dir = target.path.clone();
+            drop(target);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove an abandoned compaction (removed at the next start)");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,7 +760,8 @@ mod tests {
         assert!(db.join("db").is_file() && db.join("conf").is_file());
         let blobs = list_dir(&db.join("blobs")).unwrap();
         assert_eq!(blobs.len(), 1, "the large value is a blob file");
-        let files = engine.files.lock().unwrap();
+        let live = engine.live();
+        let files = live.files.lock().unwrap();
         assert_eq!(files.blobs, blobs, "the flush synced the new blob file");
         assert!(files.dir_entries.contains(std::ffi::OsStr::new("blobs")));
         drop(files);
@@ -626,7 +834,7 @@ mod tests {
         assert_eq!(Watermark::read(&db).unwrap(), Some(2));
         drop(engine);
         let engine = SledEngine::open(dir.path()).unwrap();
-        assert_eq!(engine.commits.load(Ordering::Acquire), 2);
+        assert_eq!(engine.live().commits.load(Ordering::Acquire), 2);
     }
 
     /// sled alone opens this store without the second run's last writes.

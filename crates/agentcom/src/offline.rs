@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agentcom_core::auth::Role;
 use agentcom_hub::{now_ms, tokens};
-use agentcom_store::{backup, sync_dir};
+use agentcom_store::{backup, live_dir, sync_dir};
 use agentcom_store::{Engine, SledEngine, StoreError, StoreReader, Table};
 use clap::Subcommand;
 
@@ -271,9 +271,10 @@ pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
         ));
     }
     let data_dir = &dirs.data_dir;
-    let db = data_dir.join("db");
     finish_interrupted_restore(data_dir)?;
-    if db.exists() {
+    // The live database: `db`, or the generation a compaction switched to.
+    let live = live_dir::live_path(data_dir).map_err(|e| format!("refusing to restore: {e}"))?;
+    if live.exists() {
         // Opening takes sled's lock: a running hub makes this fail, and nothing is touched.
         // A store that fails to open for another reason is what restore is for.
         match SledEngine::open(data_dir) {
@@ -305,15 +306,17 @@ pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
         .and_then(|f| f.sync_all())
         .and_then(|()| sync_dir(&staging))
         .map_err(|e| format!("cannot write {}: {e}", done.display()))?;
-    let replaced = if db.exists() {
+    let replaced = if live.exists() {
         let aside = data_dir.join(format!("db.replaced-{}", backup::backup_id(now_ms())));
-        std::fs::rename(&db, &aside)
-            .map_err(|e| format!("cannot move {} aside: {e}", db.display()))?;
+        std::fs::rename(&live, &aside)
+            .and_then(|()| sync_dir(data_dir))
+            .map_err(|e| format!("cannot move {} aside: {e}", live.display()))?;
         Some(aside)
     } else {
         None
     };
     finish_interrupted_restore(data_dir)?;
+    let db = data_dir.join(live_dir::FIRST);
     println!("restored backup {} into {}", report.id, db.display());
     for (table, n) in &restored {
         println!("  {}\t{n} records", table.name());
@@ -329,8 +332,9 @@ const RESTORE_PREFIX: &str = ".restore-";
 const RESTORE_COMPLETE: &str = "complete";
 
 /// Finish or clean up a restore that stopped before its end (a crash, a power cut):
-/// - no live `db` and a staged store marked complete: move it into place;
-/// - a staged store not marked complete, or one left beside a live `db`: remove it.
+/// - no live database and a staged store marked complete: move it into place as `db`
+///   (forgetting the generation a compaction had switched to, which was moved aside);
+/// - a staged store not marked complete, or one left beside a live database: remove it.
 ///
 /// Every step is synced, so that after any crash one of the two stores is in place,
 /// never neither.
@@ -338,7 +342,10 @@ pub fn finish_interrupted_restore(data_dir: &Path) -> Result<(), String> {
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return Ok(());
     };
-    let db = data_dir.join("db");
+    let live = live_dir::live_name(data_dir)
+        .map(|name| data_dir.join(name))
+        .map_err(|e| format!("cannot tell which database is live: {e}"))?;
+    let db = data_dir.join(live_dir::FIRST);
     for entry in entries.filter_map(Result::ok) {
         if !entry
             .file_name()
@@ -348,12 +355,18 @@ pub fn finish_interrupted_restore(data_dir: &Path) -> Result<(), String> {
             continue;
         }
         let staging = entry.path();
-        if !db.exists() && staging.join(RESTORE_COMPLETE).exists() {
-            std::fs::rename(staging.join("db"), &db)
-                .and_then(|()| sync_dir(data_dir))
-                .map_err(|e| {
-                    format!("cannot move the restored store into {}: {e}", db.display())
-                })?;
+        if !live.exists() && staging.join(RESTORE_COMPLETE).exists() {
+            // A `db` beside a live later generation is a replaced one not yet removed.
+            let stale_first = db.exists() && db != live;
+            (if stale_first {
+                std::fs::remove_dir_all(&db)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| live_dir::reset(data_dir))
+            .and_then(|()| std::fs::rename(staging.join("db"), &db))
+            .and_then(|()| sync_dir(data_dir))
+            .map_err(|e| format!("cannot move the restored store into {}: {e}", db.display()))?;
         }
         std::fs::remove_dir_all(&staging)
             .and_then(|()| sync_dir(data_dir))
@@ -446,5 +459,24 @@ mod tests {
         store_with(&staging, "half-loaded");
         finish_interrupted_restore(data.path()).unwrap();
         assert!(!data.path().join("db").exists() && !staging.exists());
+    }
+
+    #[test]
+    fn a_restore_over_a_compacted_store_goes_back_to_db() {
+        let data = tempfile::tempdir().unwrap();
+        store_with(data.path(), "live");
+        {
+            let engine = SledEngine::open(data.path()).unwrap();
+            agentcom_store::compact::compact_stopped(&engine).unwrap();
+        }
+        assert_eq!(live_dir::live_name(data.path()).unwrap(), "db.1");
+        let staging = data.path().join(format!("{RESTORE_PREFIX}b4"));
+        store_with(&staging, "restored");
+        std::fs::File::create(staging.join(RESTORE_COMPLETE)).unwrap();
+        // As a restore does: the live generation moved aside, then the crash.
+        std::fs::rename(data.path().join("db.1"), data.path().join("db.replaced-x")).unwrap();
+        finish_interrupted_restore(data.path()).unwrap();
+        assert_eq!(live_dir::live_name(data.path()).unwrap(), "db");
+        assert_eq!(value_in(data.path()), "restored");
     }
 }

@@ -142,7 +142,8 @@ async fn run(settings: Settings) -> Result<(), String> {
         println!("dashboard: http://{addr}/dashboard (sign in with the admin token)");
     }
     println!("AgentCom listening on http://{addr}");
-    println!("data: {}", data.join("db").display());
+    let live = agentcom_store::live_dir::live_path(&data).unwrap_or(data.join("db"));
+    println!("data: {}", live.display());
     tracing::info!(%addr, data = %data.display(), "hub started");
 
     let http = HttpSettings {
