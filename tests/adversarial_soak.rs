@@ -176,11 +176,11 @@ async fn sampler(soak: Soak, pid: u32, data: std::path::PathBuf) -> Samples {
         let rss = common::rss_bytes(pid);
         s.peak_rss = s.peak_rss.max(rss);
         s.peak_fds = s.peak_fds.max(common::open_fds(pid));
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             let bytes = dir_bytes(&data);
             soak.store_bytes.store(bytes, Ordering::Relaxed);
             s.peak_store = s.peak_store.max(bytes);
-            if tick % 100 == 0 {
+            if tick.is_multiple_of(100) {
                 s.timeline.push((rss >> 20, bytes >> 20));
             }
         }

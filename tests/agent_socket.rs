@@ -1426,7 +1426,7 @@ fn offline_id(k: usize) -> String {
 }
 
 fn is_subscriber(i: usize) -> bool {
-    i % 10 == 0
+    i.is_multiple_of(10)
 }
 
 fn is_broadcaster(i: usize) -> bool {
