@@ -138,6 +138,10 @@ impl From<HubError> for ApiError {
                 return ApiError::new(StatusCode::NOT_FOUND, "task_not_found")
             }
             HubError::Task(e) => ApiError::new(StatusCode::CONFLICT, &e.to_string()),
+            HubError::Compaction(why) => {
+                return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "compaction_failed")
+                    .with("message", why)
+            }
             HubError::QuotaExceeded { quota, limit } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
                     .with("quota", quota)

@@ -433,6 +433,18 @@ fn event_json(event: &HubEvent) -> Value {
         HubEvent::BackupFailed { timestamp, error } => {
             json!({"type": "backup_failed", "timestamp": timestamp, "error": error})
         }
+        HubEvent::CompactionStarted { timestamp } => {
+            json!({"type": "compaction_started", "timestamp": timestamp})
+        }
+        HubEvent::CompactionComplete { timestamp, run } => {
+            let mut event = serde_json::to_value(run).unwrap_or_default();
+            event["type"] = "compaction_complete".into();
+            event["timestamp"] = (*timestamp).into();
+            event
+        }
+        HubEvent::CompactionFailed { timestamp, error } => {
+            json!({"type": "compaction_failed", "timestamp": timestamp, "error": error})
+        }
         other => json!({"type": "other", "detail": format!("{other:?}")}),
     }
 }

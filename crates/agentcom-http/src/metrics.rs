@@ -187,6 +187,40 @@ pub async fn metrics(app: &App, req: Request) -> ApiResult {
             &[(String::new(), run.bytes as f64)],
         );
     }
+    let c = &health.compactions;
+    gauge(
+        &mut out,
+        "agentcom_compactions_total",
+        "Compactions since start, by result.",
+        "counter",
+        &[
+            ("result=\"ok\"".to_string(), c.completed as f64),
+            ("result=\"failed\"".to_string(), c.failed as f64),
+        ],
+    );
+    gauge(
+        &mut out,
+        "agentcom_compaction_reclaimed_bytes_total",
+        "Bytes on disk reclaimed by compactions since start.",
+        "counter",
+        &[(String::new(), c.reclaimed_bytes as f64)],
+    );
+    if let Some(run) = &c.last {
+        gauge(
+            &mut out,
+            "agentcom_compaction_duration_seconds",
+            "Duration of the latest compaction.",
+            "gauge",
+            &[(String::new(), run.duration_ms as f64 / 1000.0)],
+        );
+        gauge(
+            &mut out,
+            "agentcom_compaction_write_pause_seconds",
+            "How long writes waited during the latest compaction's switch.",
+            "gauge",
+            &[(String::new(), run.longest_write_pause_ms / 1000.0)],
+        );
+    }
     gauge(
         &mut out,
         "agentcom_store_size_bytes",

@@ -87,6 +87,7 @@ enum Op {
     RetryTask,
     PushTask,
     CreateBackup,
+    Compact,
     ListBackups,
     VerifyBackup,
     StorageHealth,
@@ -185,6 +186,7 @@ const ROUTES: &[(&str, &[(Verb, Op)])] = &[
     ("/api/tasks/{task_id}/retry", &[(POST, O::RetryTask)]),
     ("/api/admin/push-task", &[(POST, O::PushTask)]),
     ("/api/admin/backup", &[(POST, O::CreateBackup)]),
+    ("/api/admin/compact", &[(POST, O::Compact)]),
     ("/api/admin/backups", &[(GET, O::ListBackups)]),
     (
         "/api/admin/backups/{backup_id}/verify",
@@ -313,6 +315,7 @@ pub async fn dispatch(app: &App, req: Request) -> ApiResult {
         O::RetryTask => tasks::retry(app, req, param("task_id")).await,
         O::PushTask => tasks::push(app, req).await,
         O::CreateBackup => storage::create(app, req).await,
+        O::Compact => storage::compact(app, req).await,
         O::ListBackups => storage::list(app, req).await,
         O::VerifyBackup => storage::verify(app, req, param("backup_id")).await,
         O::StorageHealth => storage::health(app, req).await,

@@ -41,6 +41,15 @@ pub async fn create(app: &App, req: Request) -> ApiResult {
     Ok(ok(run_json(&run)))
 }
 
+/// `POST /api/admin/compact`: compact the store now; answers when it is done.
+pub async fn compact(app: &App, req: Request) -> ApiResult {
+    admin(&app.hub, req.headers())?;
+    let run = app.hub.compact_now().await?;
+    let mut body = serde_json::to_value(&run).unwrap_or_default();
+    body["status"] = "compacted".into();
+    Ok(ok(body))
+}
+
 /// `GET /api/admin/backups`: every complete backup with its manifest.
 pub async fn list(app: &App, req: Request) -> ApiResult {
     admin(&app.hub, req.headers())?;
@@ -106,6 +115,13 @@ fn health_json(h: &StorageHealth) -> Value {
             "fragmentation_floor": h.fragmentation_floor,
             "was_recovered": h.was_recovered,
             "quarantined_records": h.quarantined_records,
+        },
+        "compaction": {
+            "running": h.compactions.running,
+            "completed": h.compactions.completed,
+            "failed": h.compactions.failed,
+            "reclaimed_bytes": h.compactions.reclaimed_bytes,
+            "last": h.compactions.last,
         },
         "scope": {
             "tables.file_size_bytes": "logical bytes (keys and values) of the table's live records; the engine keeps one file set for the whole store",

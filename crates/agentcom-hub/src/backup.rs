@@ -1,6 +1,12 @@
 //! The backup actor: consistent point-in-time backups of every table while writers keep
 //! running, on a fixed-rate schedule derived from the backups on disk (F2), and on
 //! request. Runs never overlap: a request made during a run gets that run's result.
+//!
+//! It also runs compactions ([`crate::compaction`]), which need the store's capture as
+//! backups do: never during a backup (a compaction asked for then is refused), and a
+//! backup due during a compaction starts when the compaction ends. With
+//! `compact_when_fragmented`, a scheduled backup that finds the store highly fragmented
+//! is followed by a compaction (so at most one per backup interval).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,6 +18,7 @@ use agentcom_store::{encode, Engine, StoreError, StoreReader, Table, WriteOp};
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
+use crate::compaction::CompactionRun;
 use crate::events::{HubEvent, Topic};
 use crate::pubsub::Publisher;
 use crate::service::Service;
@@ -45,7 +52,20 @@ pub struct BackupStatus {
     pub running: bool,
     pub next_backup_at: Millis,
     pub last_run: Option<LastRun>,
+    pub compactions: CompactionStats,
 }
+
+/// Compactions since the hub started (for `/metrics` and the dashboard).
+#[derive(Debug, Clone, Default)]
+pub struct CompactionStats {
+    pub running: bool,
+    pub completed: u64,
+    pub failed: u64,
+    pub reclaimed_bytes: u64,
+    pub last: Option<CompactionRun>,
+}
+
+type CompactionWaiter = RpcReplyPort<Result<CompactionRun, HubError>>;
 
 type Waiter = RpcReplyPort<Result<BackupRun, HubError>>;
 
@@ -60,6 +80,10 @@ pub enum BackupMsg {
     Run(Option<Waiter>),
     Finished(Result<BackupRun, String>),
     Status(RpcReplyPort<BackupStatus>),
+    /// Compact the store now and answer with the result; refused during a backup or
+    /// another compaction.
+    Compact(Option<CompactionWaiter>),
+    Compacted(Result<CompactionRun, String>, Option<CompactionWaiter>),
 }
 
 pub struct BackupArgs {
@@ -71,6 +95,9 @@ pub struct BackupArgs {
     pub interval: Duration,
     /// Test hook (zero unless `--test-hooks`): a pause before each run writes anything.
     pub test_pause: Duration,
+    /// Compact after a scheduled backup when the store is highly fragmented.
+    pub compact_when_fragmented: bool,
+    pub fragmentation_floor: u64,
 }
 
 pub struct BackupState {
@@ -80,6 +107,11 @@ pub struct BackupState {
     last_run: Option<LastRun>,
     next_at: Millis,
     timer: Option<JoinHandle<Result<(), ractor::MessagingErr<BackupMsg>>>>,
+    compactions: CompactionStats,
+    /// A backup was asked for (or fell due) during a compaction.
+    backup_deferred: bool,
+    /// When `compact_when_fragmented` last started one (at most one per backup interval).
+    last_auto_compaction: Option<Instant>,
 }
 
 pub struct BackupActor;
@@ -115,6 +147,9 @@ impl Actor for BackupActor {
             last_run,
             next_at: 0,
             timer: None,
+            compactions: CompactionStats::default(),
+            backup_deferred: false,
+            last_auto_compaction: None,
         };
         state.schedule(&myself);
         Ok(state)
@@ -129,7 +164,9 @@ impl Actor for BackupActor {
         match msg {
             BackupMsg::Run(waiter) => {
                 state.waiters.extend(waiter);
-                if !state.running {
+                if state.compactions.running {
+                    state.backup_deferred = true;
+                } else if !state.running {
                     state.running = true;
                     state.args.publisher.publish(
                         Topic::Backups,
@@ -238,6 +275,14 @@ impl Actor for BackupActor {
                     );
                 }
                 state.schedule(&myself);
+                let due = state
+                    .last_auto_compaction
+                    .is_none_or(|at| at.elapsed() >= state.args.interval);
+                if due && result.is_ok() && state.fragmented() {
+                    tracing::info!(actor = "backup", "the store is highly fragmented: compacting");
+                    state.last_auto_compaction = Some(Instant::now());
+                    state.start_compaction(&myself, None);
+                }
             }
             BackupMsg::Status(reply) => {
                 let _ = reply.send(BackupStatus {
@@ -245,7 +290,61 @@ impl Actor for BackupActor {
                     running: state.running,
                     next_backup_at: state.next_at,
                     last_run: state.last_run.clone(),
+                    compactions: state.compactions.clone(),
                 });
+            }
+            BackupMsg::Compact(waiter) => {
+                let busy = if state.running {
+                    Some("backup_in_progress")
+                } else if state.compactions.running {
+                    Some("compaction_in_progress")
+                } else {
+                    None
+                };
+                match (busy, waiter) {
+                    (Some(code), Some(w)) => {
+                        let _ = w.send(Err(HubError::Conflict(code)));
+                    }
+                    (Some(_), None) => {}
+                    (None, waiter) => state.start_compaction(&myself, waiter),
+                }
+            }
+            BackupMsg::Compacted(result, waiter) => {
+                let now = now_ms();
+                let c = &mut state.compactions;
+                c.running = false;
+                match &result {
+                    Ok(run) => {
+                        tracing::info!(actor = "backup", duration_ms = run.duration_ms, bytes_before = run.bytes_before, bytes_after = run.bytes_after, pause_ms = run.longest_write_pause_ms, "compaction complete");
+                        c.completed += 1;
+                        c.reclaimed_bytes += run.reclaimed_bytes;
+                        c.last = Some(run.clone());
+                        state.args.publisher.publish(
+                            Topic::Backups,
+                            HubEvent::CompactionComplete {
+                                timestamp: now,
+                                run: run.clone(),
+                            },
+                        );
+                    }
+                    Err(error) => {
+                        tracing::error!(actor = "backup", %error, "compaction failed");
+                        c.failed += 1;
+                        state.args.publisher.publish(
+                            Topic::Backups,
+                            HubEvent::CompactionFailed {
+                                timestamp: now,
+                                error: error.clone(),
+                            },
+                        );
+                    }
+                }
+                if let Some(w) = waiter {
+                    let _ = w.send(result.map_err(HubError::Compaction));
+                }
+                if std::mem::take(&mut state.backup_deferred) {
+                    let _ = myself.send_message(BackupMsg::Run(None));
+                }
             }
         }
         Ok(())
@@ -264,6 +363,40 @@ impl Actor for BackupActor {
 }
 
 impl BackupState {
+    fn start_compaction(&mut self, myself: &ActorRef<BackupMsg>, waiter: Option<CompactionWaiter>) {
+        self.compactions.running = true;
+        self.args.publisher.publish(
+            Topic::Backups,
+            HubEvent::CompactionStarted {
+                timestamp: now_ms(),
+            },
+        );
+        let (engine, store, me) = (
+            self.args.engine.clone(),
+            self.args.store.clone(),
+            myself.clone(),
+        );
+        tokio::spawn(async move {
+            let result = crate::compaction::run(engine, store).await;
+            let _ = me.send_message(BackupMsg::Compacted(result, waiter));
+        });
+    }
+
+    /// Is automatic compaction on, and the store highly fragmented?
+    fn fragmented(&self) -> bool {
+        if !self.args.compact_when_fragmented {
+            return false;
+        }
+        let engine = &self.args.engine;
+        let live: u64 = Table::ALL
+            .iter()
+            .map(|t| engine.stats(*t).logical_bytes)
+            .sum();
+        engine.size_on_disk().is_ok_and(|size| {
+            agentcom_core::health::high_fragmentation(size, live, self.args.fragmentation_floor)
+        })
+    }
+
     /// Arm the timer for the next scheduled run, computed from the disk.
     fn schedule(&mut self, myself: &ActorRef<BackupMsg>) {
         if let Some(timer) = self.timer.take() {
@@ -282,9 +415,6 @@ impl BackupState {
     }
 }
 
-/// Numbers backup runs, so that a run only ever ends its own capture.
-static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 /// One run: capture writes, scan, lay the captured writes over the scan, verify.
 pub async fn run(
     engine: Arc<dyn Engine>,
@@ -292,7 +422,7 @@ pub async fn run(
     dir: PathBuf,
 ) -> Result<BackupRun, String> {
     let started = Instant::now();
-    let id = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = crate::store::capture_id();
     store
         .call(|r| StoreMsg::StartCapture(id, r), CALL_TIMEOUT)
         .await
@@ -349,6 +479,7 @@ pub struct StorageHealth {
     pub fragmentation_ratio: f64,
     pub fragmentation_floor: u64,
     pub was_recovered: bool,
+    pub compactions: CompactionStats,
     /// Records in the `quarantine` table: moved aside at start-up, unreadable.
     pub quarantined_records: u64,
 }

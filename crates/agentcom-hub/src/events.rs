@@ -85,6 +85,18 @@ pub enum HubEvent {
         timestamp: u64,
         error: String,
     },
+    /// Topic `backups`: an online compaction (see [`crate::compaction`]).
+    CompactionStarted {
+        timestamp: u64,
+    },
+    CompactionComplete {
+        timestamp: u64,
+        run: crate::compaction::CompactionRun,
+    },
+    CompactionFailed {
+        timestamp: u64,
+        error: String,
+    },
 }
 
 /// The task queue's events (reference §1.5).

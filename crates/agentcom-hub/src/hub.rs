@@ -308,6 +308,8 @@ impl Hub {
                         keep: s.settings.backup_keep,
                         interval: s.settings.backup_interval,
                         test_pause: s.settings.test_backup_pause,
+                        compact_when_fragmented: s.settings.compact_when_fragmented,
+                        fragmentation_floor: s.settings.fragmentation_floor,
                     };
                     (BackupActor, args)
                 }

@@ -12,6 +12,7 @@ pub mod analytics;
 pub mod auth;
 pub mod backup;
 pub mod channels;
+pub mod compaction;
 pub mod config;
 pub mod dashboard;
 pub mod events;
@@ -120,6 +121,9 @@ pub enum HubError {
     /// What the sender already stores is at its quota (`quota` names the setting).
     #[error("quota exceeded: {quota} is {limit}")]
     QuotaExceeded { quota: &'static str, limit: u64 },
+    /// A compaction failed; the live database is unchanged.
+    #[error("compaction failed: {0}")]
+    Compaction(String),
 }
 
 /// Settings the actors need.
@@ -146,6 +150,8 @@ pub struct HubSettings {
     pub backup_interval: Duration,
     pub backup_stale_after: Duration,
     pub fragmentation_floor: u64,
+    /// Compact after a scheduled backup when the store is highly fragmented.
+    pub compact_when_fragmented: bool,
     pub queue_sample_interval: Duration,
     pub dashboard_flush_interval: Duration,
     /// How often the notifier checks the dashboard's health for a push alert.
@@ -191,6 +197,7 @@ impl Default for HubSettings {
             backup_interval: Duration::from_secs(24 * 3600),
             backup_stale_after: Duration::from_secs(48 * 3600),
             fragmentation_floor: 64 << 20,
+            compact_when_fragmented: false,
             queue_sample_interval: Duration::from_secs(60),
             dashboard_flush_interval: Duration::from_millis(100),
             push_health_interval: Duration::from_secs(60),

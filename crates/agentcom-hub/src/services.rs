@@ -567,6 +567,16 @@ impl Services {
             .await?
     }
 
+    /// Compact the store now (see [`crate::compaction`]) and answer when it is done.
+    pub async fn compact_now(&self) -> Result<crate::compaction::CompactionRun, HubError> {
+        self.backup
+            .call(
+                |r| BackupMsg::Compact(Some(r)),
+                std::time::Duration::from_secs(3600),
+            )
+            .await?
+    }
+
     pub async fn backup_status(&self) -> Result<BackupStatus, HubError> {
         Ok(self.backup.call(BackupMsg::Status, CALL_TIMEOUT).await?)
     }
@@ -624,6 +634,7 @@ impl Services {
             fragmentation_floor: floor,
             was_recovered: self.reader.was_recovered(),
             quarantined_records: quarantined,
+            compactions: status.compactions,
         })
     }
 

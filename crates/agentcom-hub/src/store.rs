@@ -8,8 +8,9 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use agentcom_store::{Engine, StoreError, WriteOp};
+use agentcom_store::{Compaction, Engine, Retired, StoreError, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 
@@ -33,6 +34,28 @@ pub enum StoreMsg {
     /// this run's capture is not the one running (the store restarted, or another run
     /// took it over).
     EndCapture(u64, RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
+    /// Hand over the batches recorded so far and keep recording (a compaction replays them
+    /// while writes go on); `None` as for [`StoreMsg::EndCapture`].
+    TakeCapture(u64, RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
+    /// End this run's capture, replay what it holds into the compaction's copy and switch
+    /// to the copy, with no write applied meanwhile (they wait in the mailbox).
+    Switch(u64, Box<dyn Compaction>, RpcReplyPort<Result<Switched, StoreError>>),
+}
+
+/// A fresh id for a capture (backup and compaction runs), so that a run only ever ends its
+/// own capture.
+pub fn capture_id() -> u64 {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A compaction's switch, done.
+pub struct Switched {
+    pub retired: Retired,
+    /// How long writes waited: the replay of the last captured batches, the copy's flush
+    /// and the switch.
+    pub pause: Duration,
+    pub replayed: usize,
 }
 
 /// How acknowledgements are made durable.
@@ -105,6 +128,32 @@ impl Actor for StoreActor {
                 let _ = reply.send(captured);
                 return Ok(());
             }
+            StoreMsg::TakeCapture(run, reply) => {
+                let captured = match state.capture.as_mut() {
+                    Some((r, captured)) if *r == run => Some(std::mem::take(captured)),
+                    _ => None,
+                };
+                let _ = reply.send(captured);
+                return Ok(());
+            }
+            StoreMsg::Switch(run, target, reply) => {
+                let paused = Instant::now();
+                let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
+                let result = match state.capture.take().filter(|_| ours) {
+                    None => Err(StoreError::Engine(
+                        "the writes made during the compaction were not all captured (the \
+                         store restarted, or a backup took the capture over)"
+                            .into(),
+                    )),
+                    Some((_, captured)) => switch(target, captured).await,
+                };
+                let _ = reply.send(result.map(|(retired, replayed)| Switched {
+                    retired,
+                    pause: paused.elapsed(),
+                    replayed,
+                }));
+                return Ok(());
+            }
         };
         if let Err(e) = check_batch(&batch) {
             tracing::warn!(actor = "store", error = %e, "write refused");
@@ -143,6 +192,22 @@ impl Actor for StoreActor {
         let _ = flush(state.engine.clone()).await;
         Ok(())
     }
+}
+
+/// Replay `captured` into the copy and switch to it, off the async workers (while the
+/// store actor waits for it, so no write is applied meanwhile).
+async fn switch(
+    mut target: Box<dyn Compaction>,
+    captured: Vec<Vec<WriteOp>>,
+) -> Result<(Retired, usize), StoreError> {
+    tokio::task::spawn_blocking(move || {
+        for batch in &captured {
+            target.apply(batch)?;
+        }
+        Ok((target.switch()?, captured.len()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(StoreError::Engine(format!("switch task failed: {e}"))))
 }
 
 /// Refuse a batch holding a record that could not be read back: nothing of it is applied.

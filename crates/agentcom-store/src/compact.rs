@@ -200,11 +200,13 @@ mod tests {
             !dir.path().join("db.1").exists(),
             "the interrupted copy is removed"
         );
-        // Dropped (an error mid-way): removed at once.
+        // Dropped (an error mid-way): removed at once. One at a time.
         let target = engine.start_compaction().unwrap();
         assert!(dir.path().join("db.1").exists());
+        assert!(engine.start_compaction().is_err(), "a second one at once");
         drop(target);
         assert!(!dir.path().join("db.1").exists());
+        assert!(engine.start_compaction().is_ok(), "the first one is over");
     }
 
     #[test]

@@ -32,6 +32,8 @@ const STATS_INDEX: usize = Table::ALL.len();
 pub struct SledEngine {
     data_dir: PathBuf,
     live: Arc<RwLock<Arc<SledDb>>>,
+    /// Set while a compaction's copy exists: one at a time.
+    compacting: Arc<std::sync::atomic::AtomicBool>,
     /// `LOCK` in the data directory, held while the engine is open: one process at a time
     /// may use a data directory, whichever database in it is live.
     _lock: File,
@@ -175,6 +177,7 @@ impl SledEngine {
         Ok(SledEngine {
             data_dir: data_dir.to_path_buf(),
             live: Arc::new(RwLock::new(Arc::new(db))),
+            compacting: Arc::default(),
             _lock: lock,
         })
     }
@@ -585,6 +588,12 @@ impl Engine for SledEngine {
     }
 
     fn start_compaction(&self) -> Result<Box<dyn Compaction>, StoreError> {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Engine(
+                "a compaction is already in progress".into(),
+            ));
+        }
+        let busy = CompactingGuard(self.compacting.clone());
         let live = self.live();
         let live_name = live
             .path
@@ -605,6 +614,7 @@ impl Engine for SledEngine {
             live: self.live.clone(),
             name,
             target: Some(target),
+            _busy: busy,
         }))
     }
 }
@@ -617,6 +627,17 @@ struct SledCompaction {
     live: Arc<RwLock<Arc<SledDb>>>,
     name: String,
     target: Option<SledDb>,
+    /// Declared last: released once the copy is switched to or removed.
+    _busy: CompactingGuard,
+}
+
+/// Clears the engine's `compacting` flag when dropped.
+struct CompactingGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CompactingGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl SledCompaction {

@@ -40,6 +40,12 @@ enum Command {
         #[command(flatten)]
         dirs: Dirs,
     },
+    /// Compact the store of a stopped hub: copy its live records into a fresh database and
+    /// switch to it (a running hub compacts online: POST /api/admin/compact).
+    Compact {
+        #[command(flatten)]
+        dirs: Dirs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         Some(Command::Token(cmd)) => offline::token(cmd),
         Some(Command::Backup(cmd)) => offline::backup(cmd),
         Some(Command::Restore { from, dirs }) => offline::restore(&from, &dirs),
+        Some(Command::Compact { dirs }) => offline::compact(&dirs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

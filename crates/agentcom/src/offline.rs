@@ -327,6 +327,25 @@ pub fn restore(from: &str, dirs: &Dirs) -> Result<(), String> {
     Ok(())
 }
 
+/// `agentcom compact`: compact the store of a stopped hub.
+pub fn compact(dirs: &Dirs) -> Result<(), String> {
+    let engine = open_store(&dirs.data_dir, dirs.backup_dir.as_deref())?;
+    let report = agentcom_store::compact::compact_stopped(&engine).map_err(|e| e.to_string())?;
+    println!(
+        "compacted {} in {} ms: {} records, {} bytes on disk before, {} after ({} reclaimed)",
+        engine.path().display(),
+        report.duration_ms,
+        report.records,
+        report.bytes_before,
+        report.bytes_after,
+        report.reclaimed_bytes()
+    );
+    if !report.old_removed {
+        println!("the old database could not be removed yet; the next start removes it");
+    }
+    Ok(())
+}
+
 /// A restore loads into `<data-dir>/.restore-<backup id>/db`, then writes this file there.
 const RESTORE_PREFIX: &str = ".restore-";
 const RESTORE_COMPLETE: &str = "complete";

@@ -97,6 +97,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         backup_interval: settings.backup_interval,
         backup_stale_after: settings.backup_stale_after,
         fragmentation_floor: settings.fragmentation_floor,
+        compact_when_fragmented: settings.compact_when_fragmented,
         mailbox_quota_bytes: settings.mailbox_quota,
         channel_quota_bytes: settings.channel_quota,
         history_max_bytes: settings.history_max_bytes,

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     pub backup_stale_after: Option<Duration>,
     #[arg(long, env = "AGENTCOM_FRAGMENTATION_FLOOR", value_parser = parse_size)]
     pub fragmentation_floor: Option<u64>,
+    /// Compact the store after a scheduled backup when storage health reports high
+    /// fragmentation (at most once per backup interval).
+    #[arg(long, env = "AGENTCOM_COMPACT_WHEN_FRAGMENTED", num_args = 0..=1, default_missing_value = "true")]
+    pub compact_when_fragmented: Option<bool>,
     /// Bytes of messages one sender may have waiting in mailboxes (0: no limit).
     #[arg(long, env = "AGENTCOM_MAILBOX_QUOTA", value_parser = parse_size)]
     pub mailbox_quota: Option<u64>,
@@ -190,6 +194,7 @@ struct FileSettings {
     backup_keep: Option<u32>,
     backup_stale_after: Option<String>,
     fragmentation_floor: Option<String>,
+    compact_when_fragmented: Option<bool>,
     mailbox_quota: Option<String>,
     channel_quota: Option<String>,
     history_max_bytes: Option<String>,
@@ -239,6 +244,7 @@ pub struct Settings {
     pub backup_keep: u32,
     pub backup_stale_after: Duration,
     pub fragmentation_floor: u64,
+    pub compact_when_fragmented: bool,
     pub mailbox_quota: u64,
     pub channel_quota: u64,
     pub history_max_bytes: u64,
@@ -421,6 +427,10 @@ impl Settings {
                 .fragmentation_floor
                 .or(file_size(file.fragmentation_floor, "fragmentation_floor")?)
                 .unwrap_or(64 << 20),
+            compact_when_fragmented: args
+                .compact_when_fragmented
+                .or(file.compact_when_fragmented)
+                .unwrap_or(false),
             mailbox_quota: args
                 .mailbox_quota
                 .or(file_size(file.mailbox_quota, "mailbox_quota")?)
