@@ -279,7 +279,10 @@ impl Actor for BackupActor {
                     .last_auto_compaction
                     .is_none_or(|at| at.elapsed() >= state.args.interval);
                 if due && result.is_ok() && state.fragmented() {
-                    tracing::info!(actor = "backup", "the store is highly fragmented: compacting");
+                    tracing::info!(
+                        actor = "backup",
+                        "the store is highly fragmented: compacting"
+                    );
                     state.last_auto_compaction = Some(Instant::now());
                     state.start_compaction(&myself, None);
                 }
@@ -315,7 +318,14 @@ impl Actor for BackupActor {
                 c.running = false;
                 match &result {
                     Ok(run) => {
-                        tracing::info!(actor = "backup", duration_ms = run.duration_ms, bytes_before = run.bytes_before, bytes_after = run.bytes_after, pause_ms = run.longest_write_pause_ms, "compaction complete");
+                        tracing::info!(
+                            actor = "backup",
+                            duration_ms = run.duration_ms,
+                            bytes_before = run.bytes_before,
+                            bytes_after = run.bytes_after,
+                            pause_ms = run.longest_write_pause_ms,
+                            "compaction complete"
+                        );
                         c.completed += 1;
                         c.reclaimed_bytes += run.reclaimed_bytes;
                         c.last = Some(run.clone());

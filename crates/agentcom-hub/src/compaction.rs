@@ -71,11 +71,11 @@ pub async fn run(
             .remove(RETIRE_WITHIN)
             .map_err(|e| StoreError::Engine(e.to_string()))
     })
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "compacted, but the old database is not removed yet");
-            false
-        });
+    .await
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "compacted, but the old database is not removed yet");
+        false
+    });
     let bytes_after = engine.size_on_disk().map_err(|e| e.to_string())?;
     Ok(CompactionRun {
         duration_ms: started.elapsed().as_millis() as u64,

@@ -39,7 +39,11 @@ pub enum StoreMsg {
     TakeCapture(u64, RpcReplyPort<Option<Vec<Vec<WriteOp>>>>),
     /// End this run's capture, replay what it holds into the compaction's copy and switch
     /// to the copy, with no write applied meanwhile (they wait in the mailbox).
-    Switch(u64, Box<dyn Compaction>, RpcReplyPort<Result<Switched, StoreError>>),
+    Switch(
+        u64,
+        Box<dyn Compaction>,
+        RpcReplyPort<Result<Switched, StoreError>>,
+    ),
 }
 
 /// A fresh id for a capture (backup and compaction runs), so that a run only ever ends its
