@@ -1297,6 +1297,9 @@ async fn presence_shows_idle_right_away_and_forgets_disconnected_agents() {
 // 8. Reaper (F4)
 // ---------------------------------------------------------------------------------------
 
+/// An agent that sends nothing and answers no ping (a hung peer) is closed once silent for
+/// the TTL; one that sends JSON pings, and one that only listens (its websocket library
+/// answers the hub's pings, as the original's `connect.js` relies on), are spared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reaper_closes_silent_agents_and_spares_pinging_ones() {
     let hub = TestHub::start_with(&[
@@ -1310,41 +1313,49 @@ async fn the_reaper_closes_silent_agents_and_spares_pinging_ones() {
     .await;
     let ta = hub.token("alpha", "agent").await;
     let tb = hub.token("beta", "agent").await;
+    let tg = hub.token("gamma", "agent").await;
 
-    let mut silent = identify(&hub, "alpha", &ta).await;
+    let mut silent = common::raw_upgrade(&hub, "/ws").await;
+    let hello = json!({"type": "identify", "agent_id": "alpha", "token": ta}).to_string();
+    tokio::io::AsyncWriteExt::write_all(&mut silent, &common::client_frame(0x81, hello.as_bytes()))
+        .await
+        .unwrap();
     let t0 = Instant::now();
     let mut pinger = identify(&hub, "beta", &tb).await;
+    let mut listener = identify(&hub, "gamma", &tg).await;
     let t1 = Instant::now();
 
-    let (closed, ()) = tokio::join!(
+    let (closed, (), ()) = tokio::join!(
         async {
-            let frame = silent.close_frame(Duration::from_secs(5)).await;
-            (frame, t0.elapsed())
+            let (code, _) = common::raw_close_code(&mut silent, Duration::from_secs(5)).await;
+            (code, t0.elapsed())
         },
         async {
             while t1.elapsed() < Duration::from_secs(3) {
                 pinger.ping_ok().await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
+        },
+        async {
+            // Reads (and so answers pings), never sends.
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end && listener.pull(end).await {}
         }
     );
-    let ((code, reason), elapsed) = closed;
-    assert_eq!(
-        (code, reason.as_str()),
-        (Some(4002), "stale connection"),
-        "after {elapsed:?}"
-    );
+    let (code, elapsed) = closed;
+    assert_eq!(code, Some(4002), "stale connection, after {elapsed:?}");
     assert!(
         elapsed >= Duration::from_millis(800) && elapsed <= Duration::from_secs(3),
         "closed after {elapsed:?}, expected between the 1 s TTL and 3 s"
     );
 
-    // The pinging agent survived well past the TTL.
+    // The pinging agent and the listener survived well past the TTL.
     assert!(pinger.is_open(), "{:?}", pinger.closed);
+    assert!(listener.is_open(), "{:?}", listener.closed);
     pinger.ping_ok().await;
     assert!(t1.elapsed() >= Duration::from_millis(2500));
-    assert_eq!(listed_ids(&hub).await, ["beta"]);
-    assert_eq!(connected(&hub).await, 1);
+    assert_eq!(listed_ids(&hub).await, ["beta", "gamma"]);
+    assert_eq!(connected(&hub).await, 2);
     let left = pinger.expect("agent_left", of_type("agent_left")).await;
     assert_eq!(left, json!({"type": "agent_left", "agent_id": "alpha"}));
 }

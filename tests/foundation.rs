@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Frame, TestHub, ADMIN};
+use common::{TestHub, ADMIN};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,14 +409,30 @@ async fn agent_socket_answers_before_identify_and_rejects_bad_frames() {
     assert_eq!(hub.get("/health", None).await.status, 200);
 }
 
+/// A socket that sends nothing and does not answer the hub's ping (a peer that is gone) is
+/// closed at the idle timeout; one whose client answers pings (as websocket libraries do by
+/// themselves) stays open however quiet it is: the original's `connect.js` listens for
+/// minutes without sending a frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_agent_sockets_are_closed() {
-    let hub = TestHub::start_with(&["--ws-idle-timeout", "300ms"]).await;
-    let mut ws = hub.ws("/ws", None).await.unwrap();
-    assert!(matches!(
-        ws.next(Duration::from_secs(5)).await,
-        Frame::Closed(Some(1000))
-    ));
+async fn idle_agent_sockets_are_closed_unless_they_answer_pings() {
+    let hub = TestHub::start_with(&["--ws-idle-timeout", "600ms"]).await;
+    let mut answering = hub.ws("/ws", None).await.unwrap();
+    let mut gone = common::raw_upgrade(&hub, "/ws").await;
+    let started = std::time::Instant::now();
+    // The answering client is read (which sends its pongs) meanwhile, for two idle timeouts.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let ((code, before), quiet) = tokio::join!(
+        common::raw_close_code(&mut gone, Duration::from_secs(5)),
+        answering.next_by(deadline)
+    );
+    assert_eq!(code, Some(1000));
+    assert_eq!(before, vec![0x9], "one ping first");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "closed after {waited:?}"
+    );
+    assert!(quiet.is_none(), "the answering socket got {quiet:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -897,6 +897,39 @@ pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// Read a raw websocket's frames from the hub, never answering (pings included), until its
+/// close frame: the close code (`None` at the end of the connection or after `within`).
+/// Also returns the opcodes of the frames before it.
+pub async fn raw_close_code(stream: &mut TcpStream, within: Duration) -> (Option<u16>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut opcodes = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).await.ok()?;
+            let mut len = (head[1] & 0x7f) as usize;
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                stream.read_exact(&mut ext).await.ok()?;
+                len = u16::from_be_bytes(ext) as usize;
+            } else if len == 127 {
+                let mut ext = [0u8; 8];
+                stream.read_exact(&mut ext).await.ok()?;
+                len = u64::from_be_bytes(ext) as usize;
+            }
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.ok()?;
+            let opcode = head[0] & 0x0f;
+            if opcode == 8 {
+                return payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
+            }
+            opcodes.push(opcode);
+        }
+    };
+    let code = tokio::time::timeout(within, read).await.ok().flatten();
+    (code, opcodes)
+}
+
 /// Open a TCP connection to the hub and complete a websocket upgrade by hand.
 pub async fn raw_upgrade(hub: &TestHub, path: &str) -> TcpStream {
     try_raw_upgrade(&hub.addr, path)

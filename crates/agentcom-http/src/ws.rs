@@ -46,6 +46,10 @@ const MAX_WRITE_BUFFER: usize = FRAGMENT_BYTES + (4 << 10);
 struct Timers {
     /// No inbound frame for this long closes the socket (1000).
     idle: Duration,
+    /// After this long without an inbound frame the hub pings the client: its pong (which
+    /// websocket libraries send by themselves) keeps a quiet but live client connected, and
+    /// counts as a sign of life for the reaper. A peer that is gone does not answer.
+    ping_after: Duration,
     /// Deadline of every write, of the pongs owed and of the close handshake.
     send: Duration,
 }
@@ -117,8 +121,10 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let hub = app.hub.clone();
     let limit = app.settings.max_ws_message_bytes;
+    let idle = app.settings.ws_idle_timeout;
     let timers = Timers {
-        idle: app.settings.ws_idle_timeout,
+        idle,
+        ping_after: idle.min(app.hub.settings().presence_ttl) / 3,
         send: app.settings.ws_send_timeout,
     };
     let identify_within = (kind == SessionKind::Agent).then_some(app.settings.ws_identify_timeout);
@@ -159,6 +165,8 @@ struct OpenSocket<S> {
     kind: SessionKind,
     /// Tells the writer that a ping arrived, so the pong it owes must get out in time.
     pinged: Arc<Notify>,
+    /// Tells the writer to ping the client (it has been quiet for `ping_after`).
+    probe: Arc<Notify>,
 }
 
 /// What a new connection is opened with.
@@ -224,11 +232,12 @@ async fn open_socket(
         }
     };
     let pinged = Arc::new(Notify::new());
+    let probe = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         sink,
         out_rx,
         close_rx,
-        pinged.clone(),
+        [pinged.clone(), probe.clone()],
         timers.send,
     ));
     Some(OpenSocket {
@@ -237,6 +246,7 @@ async fn open_socket(
         writer,
         kind,
         pinged,
+        probe,
     })
 }
 
@@ -252,8 +262,9 @@ where
         mut writer,
         kind,
         pinged,
+        probe,
     } = socket;
-    let reading = read_loop(&mut source, &session, timers.idle, kind, &pinged);
+    let reading = read_loop(&mut source, &session, timers, kind, [&pinged, &probe]);
     tokio::pin!(reading);
     tokio::select! {
         end = &mut reading => {
@@ -292,6 +303,8 @@ fn close(code: u16, reason: &str) -> Message {
 
 /// Read frames until the client goes away (`None`), the connection idles out or a frame
 /// breaks a limit (the close to send); each understood frame goes to the session actor.
+/// A client quiet for `ping_after` is pinged; the pong that answers it is a sign of life
+/// (unasked-for pongs only count as frames, so they cannot flood the session).
 ///
 /// Backpressure: at most [`INBOUND_IN_FLIGHT`] frames are with the session at once. While
 /// they all are, the socket is not read (nor the idle timer run), so a client that sends
@@ -299,22 +312,34 @@ fn close(code: u16, reason: &str) -> Message {
 async fn read_loop<S>(
     source: &mut SplitStream<WebSocketStream<S>>,
     session: &ActorRef<SessionMsg>,
-    idle: Duration,
+    timers: Timers,
     kind: SessionKind,
-    pinged: &Notify,
+    [pinged, probe]: [&Notify; 2],
 ) -> Option<CloseReason>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let in_flight = Arc::new(Semaphore::new(INBOUND_IN_FLIGHT));
+    let mut probing = false;
     loop {
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return None;
         };
-        let frame = match tokio::time::timeout(idle, source.next()).await {
-            Err(_) => return Some(CloseReason::new(1000, "idle timeout")),
-            Ok(None) => return None,
-            Ok(Some(frame)) => frame,
+        let quiet_since = Instant::now();
+        let next = match tokio::time::timeout(timers.ping_after, source.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                probe.notify_one();
+                probing = true;
+                let left = timers.idle.saturating_sub(quiet_since.elapsed());
+                match tokio::time::timeout(left, source.next()).await {
+                    Err(_) => return Some(CloseReason::new(1000, "idle timeout")),
+                    Ok(next) => next,
+                }
+            }
+        };
+        let Some(frame) = next else {
+            return None;
         };
         let inbound = match frame {
             Ok(Message::Text(text)) => parse(text.as_str(), kind),
@@ -322,6 +347,12 @@ where
             Ok(Message::Close(_)) => return None,
             Ok(Message::Ping(_)) => {
                 pinged.notify_one();
+                continue;
+            }
+            Ok(Message::Pong(_)) => {
+                if std::mem::take(&mut probing) {
+                    let _ = session.send_message(SessionMsg::Alive);
+                }
                 continue;
             }
             Ok(_) => continue,
@@ -452,7 +483,7 @@ async fn write_loop<S>(
     mut sink: SplitSink<WebSocketStream<S>, Message>,
     mut outbound: mpsc::Receiver<QueuedFrame>,
     mut close_rx: watch::Receiver<Option<CloseReason>>,
-    pinged: Arc<Notify>,
+    [pinged, probe]: [Arc<Notify>; 2],
     limit: Duration,
 ) -> WriterEnd
 where
@@ -474,6 +505,13 @@ where
             () = pinged.notified() => {
                 if !matches!(timeout(limit, sink.flush()).await, Ok(Ok(()))) {
                     tracing::debug!("websocket client does not read its pongs; dropping it");
+                    return WriterEnd::Broken;
+                }
+            }
+            () = probe.notified() => {
+                let ping = Message::Ping(Bytes::new());
+                if send_by(&mut sink, ping, Instant::now() + limit).await.is_err() {
+                    tracing::debug!("websocket client does not read; dropping it");
                     return WriterEnd::Broken;
                 }
             }

@@ -126,6 +126,8 @@ pub enum SessionMsg {
     /// The identify deadline passed: an agent connection that has not identified yet is
     /// closed (pings and other frames do not keep it open).
     IdentifyDeadline,
+    /// The client answered the hub's ping: a sign of life, as any frame is.
+    Alive,
 }
 
 pub struct SessionArgs {
@@ -298,6 +300,11 @@ impl Actor for Session {
                     myself.stop(Some("credential lapsed".into()));
                 }
                 let _ = reply.send(lapsed.is_some());
+            }
+            SessionMsg::Alive => {
+                if state.kind == SessionKind::Agent {
+                    crate::agent_session::showed_life(&myself, state);
+                }
             }
             SessionMsg::IdentifyDeadline => {
                 if state.kind == SessionKind::Agent && state.agent.agent_id.is_none() {
