@@ -338,9 +338,7 @@ where
                 }
             }
         };
-        let Some(frame) = next else {
-            return None;
-        };
+        let frame = next?;
         let inbound = match frame {
             Ok(Message::Text(text)) => parse(text.as_str(), kind),
             Ok(Message::Binary(_)) => Inbound::Malformed("binary_frames_not_supported"),
