@@ -87,7 +87,13 @@ async fn submitter(addr: String, w: usize, stop: Arc<AtomicBool>) -> Vec<String>
 /// One trial: hub on lossyfs over `backing`, submissions, power cut `cut_after` the first
 /// acknowledgement, remount, restart, check every acknowledged task. With `lying_disk`,
 /// lossyfs ignores fsync once the hub has started (the control).
-async fn drill(backing: &Path, mnt: &Path, lying_disk: bool, cut_after: Duration) -> Trial {
+async fn drill(
+    backing: &Path,
+    mnt: &Path,
+    lying_disk: bool,
+    compacting: bool,
+    cut_after: Duration,
+) -> Trial {
     let mut mount = LossyMount::mount(backing, mnt);
     let data = mnt.join("data");
     if !data.exists() {
@@ -107,6 +113,20 @@ async fn drill(backing: &Path, mnt: &Path, lying_disk: bool, cut_after: Duration
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| tokio::spawn(submitter(hub.addr.clone(), w, stop.clone())))
         .collect();
+    // Compactions one after another meanwhile, so that the cut falls somewhere in one.
+    let compactions = compacting.then(|| {
+        let (addr, stop) = (hub.addr.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut done = 0;
+            while !stop.load(Ordering::SeqCst) {
+                match try_request(&addr, "POST", "/api/admin/compact", Some(ADMIN), None).await {
+                    Ok(r) if r.status == 200 => done += 1,
+                    _ => break,
+                }
+            }
+            done
+        })
+    });
     // Wait for the first acknowledgement, then cut at the chosen moment.
     let first = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
@@ -130,6 +150,12 @@ async fn drill(backing: &Path, mnt: &Path, lying_disk: bool, cut_after: Duration
     let mut acked = Vec::new();
     for w in writers {
         acked.extend(w.await.expect("submitter"));
+    }
+    if let Some(c) = compactions {
+        println!(
+            "  {} compactions completed before the cut",
+            c.await.unwrap()
+        );
     }
 
     // Power back: the same backing directory, fsync honoured, the hub restarted on it.
@@ -187,7 +213,7 @@ async fn acknowledged_tasks_survive_power_cuts() {
     for trial in 0..trials {
         let (_tmp, backing, mnt) = trial_dirs();
         let cut_after = Duration::from_millis(50 + rng.below(950));
-        let t = drill(&backing, &mnt, false, cut_after).await;
+        let t = drill(&backing, &mnt, false, false, cut_after).await;
         println!(
             "power-loss trial {trial}: cut {} ms after the first ack, {} acknowledged, {} lost, {} listed after restart",
             cut_after.as_millis(),
@@ -224,6 +250,40 @@ async fn acknowledged_tasks_survive_power_cuts() {
     );
 }
 
+/// The drill with compactions running one after another (issue 12): a power cut at any
+/// moment of one (copy, replay, switch, removal of the old database) loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_tasks_survive_power_cuts_during_compactions() {
+    let trials: usize = std::env::var("POWER_LOSS_TRIALS")
+        .map(|s| s.parse().expect("POWER_LOSS_TRIALS is a number"))
+        .unwrap_or(5);
+    let seed = seed();
+    let mut rng = Rng::new(seed ^ 0xC0AC);
+    let mut failures = Vec::new();
+    let mut acknowledged = 0;
+    for trial in 0..trials {
+        let (_tmp, backing, mnt) = trial_dirs();
+        let cut_after = Duration::from_millis(50 + rng.below(950));
+        let t = drill(&backing, &mnt, false, true, cut_after).await;
+        println!(
+            "compaction power-loss trial {trial}: cut {} ms after the first ack, {} acknowledged, {} lost, {} listed after restart",
+            cut_after.as_millis(),
+            t.acknowledged,
+            t.lost.len(),
+            t.listed
+        );
+        acknowledged += t.acknowledged;
+        if !t.lost.is_empty() {
+            failures.push(format!("trial {trial}: lost {}", t.lost.len()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "acknowledged tasks lost at a power cut during a compaction (seed {seed}): {failures:?}"
+    );
+    assert!(acknowledged >= trials, "too few writes acknowledged");
+}
+
 /// The same drill on a file system that answers fsync without writing anything: the
 /// acknowledged tasks must be lost, or the drill could not see a missing sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +294,7 @@ async fn control_a_disk_that_ignores_fsync_loses_acknowledged_tasks() {
     for trial in 0..CONTROL_TRIALS {
         let (_tmp, backing, mnt) = trial_dirs();
         let cut_after = Duration::from_millis(50 + rng.below(950));
-        let t = drill(&backing, &mnt, true, cut_after).await;
+        let t = drill(&backing, &mnt, true, false, cut_after).await;
         println!(
             "control trial {trial} (fsync ignored): cut {} ms after the first ack, {} acknowledged, {} lost",
             cut_after.as_millis(),
