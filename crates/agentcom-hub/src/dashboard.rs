@@ -139,6 +139,8 @@ impl Actor for Dashboard {
         subscribed.add(Topic::Tasks);
         subscribed.add(Topic::Presence);
         subscribed.add(Topic::Backups);
+        // A first sample at once: the queue-depth chart has a point before the first interval.
+        let _ = myself.send_message(DashboardMsg::SampleQueue);
         myself.send_interval(args.sample_interval, || DashboardMsg::SampleQueue);
         myself.send_interval(Duration::from_secs(3600), || DashboardMsg::NewHour);
         let seen = args
