@@ -3,7 +3,8 @@
 // It starts `agentcom serve` on a free loopback port with a fresh data directory, seeds it
 // over HTTP (and one agent over the agent websocket, driven from a browser page), and drives
 // Debian's Chromium through playwright-core: sign-in, live events, Back up now, Verify,
-// actor restart, reload, viewer role, hub restart (reconnect), sign-out.
+// actor restart, reload, trend charts updating live, Compact now, viewer role, hub restart
+// (reconnect), sign-out.
 //
 // Run: `node --test web/test/` after `cargo build -p agentcom` and `npm ci` in web/.
 // Environment: AGENTCOM_BIN (default target/debug/agentcom), CHROMIUM (default
@@ -133,6 +134,7 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       ws.on('framereceived', (f) => { try { received.push(JSON.parse(String(f.payload)).type); } catch (e) { /* binary */ } });
     });
     const text = (sel) => page.locator(sel).innerText();
+    const chartLabel = (id) => page.locator('#' + id + ' svg title').first().textContent();
     const expectText = async (sel, re, timeout) => {
       await page.waitForFunction(({ sel, src, flags }) => {
         const el = document.querySelector(sel);
@@ -158,7 +160,11 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       assert.equal(await page.inputValue('#token'), '');
     });
 
+    const signedIn = {};
     await t.test('admin signs in; the snapshot fills the panels', async () => {
+      // The refused sign-ins above logged their 401 and 403; nothing may be logged from here.
+      signedIn.consoleErrors = consoleErrors.length;
+      signedIn.failed = failed.length;
       await page.fill('#token', adminToken);
       await page.click('#signin-button');
       await page.locator('#app').waitFor({ state: 'visible' });
@@ -270,7 +276,6 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       assert.ok(snapshots <= 1 + allowed, `${snapshots} snapshots in ${elapsed} ms`);
       assert.ok(received.filter((x) => x === 'events').length >= 3, 'event batches arrived');
       assert.deepEqual(pageErrors, []);
-      await page.screenshot({ path: SCREENSHOT, fullPage: true });
     });
 
     await t.test('a reload stays signed in; the token is in no URL and no web storage', async () => {
@@ -280,6 +285,11 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       await expectText('#conn-text', /^Connected$/);
       await expectText('#last-backup', /verified/);
       await expectText('#t-completed', /^1$/);
+      // A fresh page draws the hub's series at once: the completion before the reload, the
+      // store after the backup.
+      await expectText('#chart-throughput-sum', /^1 task in the last hour/);
+      assert.match(await chartLabel('chart-throughput'), /1 task in all/);
+      assert.match(await chartLabel('chart-store'), /over 1 backup or compaction/);
       const storage = await page.evaluate(() => JSON.stringify([Object.entries(localStorage), Object.entries(sessionStorage), document.cookie]));
       const html = await page.content();
       for (const s of secrets) {
@@ -288,6 +298,75 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
         assert.ok(!storage.includes(s), 'token in web storage or a script-readable cookie');
         assert.ok(!html.includes(s), 'token in the page');
       }
+    });
+
+    await t.test('the trend charts update live from events, without a reload', async () => {
+      await page.evaluate(() => { window.notReloaded = true; });
+      const before = await chartLabel('chart-throughput');
+      assert.match(before, /1 task in all, at most 1 in one minute/);
+      assert.match(await chartLabel('chart-queue'), /^Queued tasks over the last 10 minutes: 1 now/); // the 'gpu' task
+      // The agent fails the first assignment (retries left: requeued) and completes the second.
+      const task = await http(base, 'POST', '/api/tasks', worker.token, {
+        description: 'Chart me', priority: 'normal', max_retries: 2, needed_capabilities: ['code'],
+      });
+      await expectText('#recent-body', /Chart me/);
+      await page.waitForFunction(() => /2 tasks in all/.test(document.querySelector('#chart-throughput svg title').textContent));
+      assert.match(await chartLabel('chart-throughput'), /2 tasks in all, at most [12] in one minute, [012] in the current minute/);
+      await expectText('#chart-throughput-sum', /^2 tasks in the last hour/);
+      assert.ok(await page.locator('#chart-throughput rect.bar.now').count() === 1, 'a bar for the current minute');
+      // The queue went 1 -> 2 -> 1 (twice: the retry): the chart saw it (and the hub's
+      // first sample, taken at start: 0).
+      assert.match(await chartLabel('chart-queue'), /: 1 now, at most 2, at least 0, from \d+ samples/);
+      assert.ok(await page.getByRole('img', { name: /Tasks completed per minute over the last hour/ }).isVisible(), 'an accessible chart');
+      assert.equal((await http(base, 'GET', '/api/tasks/' + task.task_id, adminToken)).status, 'completed');
+      assert.ok(await page.evaluate(() => window.notReloaded), 'the page was not reloaded');
+    });
+
+    await t.test('Compact now shows its progress and result and refreshes the storage figures', async () => {
+      const button = page.locator('#compact-now');
+      assert.ok(await button.isVisible());
+      assert.equal(await button.innerText(), 'Compact now');
+      await expectText('#compactions', /none since the hub started/);
+      // Hold the request until the page's progress state has been seen.
+      let progress = null;
+      await page.route('**/api/admin/compact', async (route) => {
+        progress = await page.evaluate(() => {
+          const b = document.querySelector('#compact-now');
+          return { text: b.innerText, disabled: b.disabled, busy: b.getAttribute('aria-busy'),
+            backup: document.querySelector('#backup-now').disabled, msg: document.querySelector('#compact-msg').innerText };
+        });
+        await route.continue();
+      });
+      await button.click();
+      await expectText('#compact-msg', /^Compacted in .*: reclaimed .* \(.* → .*\), longest write pause [\d.]+ ms$/, 30000);
+      await page.unroute('**/api/admin/compact');
+      assert.deepEqual(progress, {
+        text: 'Compacting…', disabled: true, busy: 'true', backup: true,
+        msg: 'Compacting: copying the live records into a fresh database while writes go on...',
+      });
+      assert.ok(received.includes('events'));
+      await expectText('#compact-now', /^Compact now$/);
+      assert.ok(!(await button.isDisabled()), 'the button is back');
+      // The storage report was fetched again: the compaction counted, its figures shown.
+      await expectText('#compactions', /^1 done, .* reclaimed in all; last: .* reclaimed in .*, writes paused at most [\d.]+ ms$/);
+      const health = await http(base, 'GET', '/api/admin/storage-health', adminToken);
+      assert.equal(health.compaction.completed, 1);
+      // The store chart has a point for the compaction.
+      await page.waitForFunction(() => /over 2 backups and compactions/.test(document.querySelector('#chart-store svg title').textContent));
+      assert.match(await chartLabel('chart-store'), /at the last \(after a compaction\)/);
+      assert.match(await page.locator('#chart-store table').innerText(), /compaction/);
+      assert.deepEqual(pageErrors, []);
+      assert.deepEqual(consoleErrors.slice(signedIn.consoleErrors), [], 'no console errors or warnings since signing in');
+      assert.deepEqual(failed.slice(signedIn.failed), [], 'no failed requests since signing in');
+      await page.screenshot({ path: SCREENSHOT, fullPage: true });
+      // A refusal (here faked: the hub answers 409 during a backup) is a clear message.
+      await page.route('**/api/admin/compact', (route) => route.fulfill({
+        status: 409, contentType: 'application/json', body: JSON.stringify({ error: 'backup_in_progress' }),
+      }));
+      await button.click();
+      await expectText('#compact-msg', /^Not compacted: a backup is running; try again when it ends\.$/);
+      await page.unroute('**/api/admin/compact');
+      assert.ok(!(await button.isDisabled()));
     });
 
     await t.test('a viewer sees the panels but no admin buttons', async () => {
@@ -303,6 +382,8 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
         await v.waitForFunction(() => /config/.test(document.querySelector('#actors-body').innerText));
         assert.match(await v.locator('#who').innerText(), /viewer/);
         assert.ok(!(await v.locator('#backup-now').isVisible()), 'Back up now hidden');
+        assert.ok(!(await v.locator('#compact-now').isVisible()), 'Compact now hidden');
+        assert.match(await v.locator('#chart-throughput svg title').first().textContent(), /2 tasks in all/);
         assert.equal(await v.locator('[data-restart]').count(), 0, 'no Restart buttons');
         assert.equal(await v.locator('[data-verify]').count(), 0, 'no Verify buttons');
         assert.equal(await v.locator('[data-retry]').count(), 0, 'no Retry buttons');

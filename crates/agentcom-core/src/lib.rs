@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod supervision;
 pub mod task;
 pub mod threads;
+pub mod trends;
 
 /// Integer Unix epoch milliseconds: the only time representation on the wire and on disk.
 pub type Millis = u64;

@@ -203,6 +203,12 @@ pub fn snapshot(s: &agentcom_hub::dashboard::Snapshot) -> Value {
         .iter()
         .map(|r| json!({"name": r.name, "kind": r.kind, "status": r.status.as_str(), "restartable": r.restartable, "restarts": r.restarts, "crashes": r.crashes, "last_error": r.last_error, "started_at": r.started_at, "last_restart_at": r.last_restart_at}))
         .collect();
+    let t = &s.trends;
+    let trends = json!({
+        "completed_per_minute": {"start": t.completed_per_minute.start, "minute_ms": agentcom_core::trends::MINUTE_MS, "counts": t.completed_per_minute.counts},
+        "queue_depth": t.queue_depth.iter().map(|(at, queued)| json!({"at": at, "queued": queued})).collect::<Vec<_>>(),
+        "store": t.store.iter().map(|(at, p)| json!({"at": at, "event": p.moment.as_str(), "size_on_disk": p.size_on_disk, "live_bytes": p.live_bytes, "fragmentation_ratio": p.fragmentation_ratio})).collect::<Vec<_>>(),
+    });
     json!({
         "uptime_ms": s.uptime_ms,
         "timestamp": s.timestamp,
@@ -218,5 +224,6 @@ pub fn snapshot(s: &agentcom_hub::dashboard::Snapshot) -> Value {
         },
         "dets_health": dets_health,
         "actors": actors,
+        "trends": trends,
     })
 }

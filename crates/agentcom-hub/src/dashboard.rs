@@ -3,6 +3,11 @@
 //! the snapshot the dashboard shows, gathered from every part with a short deadline so
 //! that a slow or restarting part leaves its own section empty instead of failing the
 //! snapshot (F23). Counts come from the queue's own events, once each (F3).
+//!
+//! It also keeps the trend series the dashboard charts (completions per minute and queue
+//! depth over the last hour, the store's footprint after the last backups and
+//! compactions), so that a page loaded at any moment draws them at once. They live in
+//! memory: a restarted hub starts them afresh.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -10,6 +15,7 @@ use std::time::Duration;
 
 use agentcom_core::dashboard::{compute_health, HealthInputs, Status, StorageInputs};
 use agentcom_core::task::{Task, TaskStatus};
+use agentcom_core::trends::{MinuteCounts, PerMinute, Samples, StoreMoment, StorePoint};
 use agentcom_core::Millis;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
@@ -28,6 +34,12 @@ const RECENT_KEEP: usize = 100;
 const PART_DEADLINE: Duration = Duration::from_secs(1);
 /// An agent that left is reported offline for this long.
 const OFFLINE_MEMORY_MS: Millis = 3_600_000;
+/// The span of the throughput and queue-depth charts.
+const TREND_SPAN_MS: Millis = 3_600_000;
+/// Queue-depth samples kept (one per `queue_sample_interval`, 60 s by default).
+const QUEUE_SAMPLES_KEPT: usize = 120;
+/// Points of the store chart: the last backups and compactions.
+const STORE_POINTS_KEPT: usize = 24;
 
 #[derive(Debug, Clone)]
 pub struct Completion {
@@ -46,6 +58,17 @@ pub struct Throughput {
     pub total_tokens_hour: u64,
 }
 
+/// The series behind the dashboard's charts.
+#[derive(Debug, Clone)]
+pub struct Trends {
+    /// Tasks completed per minute over the last hour, the current minute last.
+    pub completed_per_minute: MinuteCounts,
+    /// (sampled at, queued tasks) over the last hour, oldest first.
+    pub queue_depth: Vec<(Millis, u64)>,
+    /// (at, footprint) after each of the last backups and compactions, oldest first.
+    pub store: Vec<(Millis, StorePoint)>,
+}
+
 /// Everything the dashboard shows.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -62,11 +85,14 @@ pub struct Snapshot {
     /// `None` when the storage report could not be had in time.
     pub storage: Option<StorageHealth>,
     pub actors: Vec<ChildRecord>,
+    pub trends: Trends,
 }
 
 pub enum DashboardMsg {
     Event(Arc<HubEvent>),
     SampleQueue,
+    /// The store's footprint, measured just after a backup or a compaction.
+    StoreMeasured(Millis, StorePoint),
     NewHour,
     Snapshot(RpcReplyPort<Snapshot>),
 }
@@ -84,7 +110,10 @@ pub struct DashboardState {
     tokens: u64,
     durations: Vec<u64>,
     recent: VecDeque<Completion>,
-    samples: VecDeque<u64>,
+    /// Queued-task samples: the chart's series, whose last three feed "Queue growing".
+    queue_depth: Samples<u64>,
+    completed_per_minute: PerMinute,
+    store_points: Samples<StorePoint>,
     /// Agents seen since start: when each went offline (`None`: online).
     seen: HashMap<String, Option<Millis>>,
     /// Kept for its subscriptions, which end when the state is dropped.
@@ -109,6 +138,9 @@ impl Actor for Dashboard {
             });
         subscribed.add(Topic::Tasks);
         subscribed.add(Topic::Presence);
+        subscribed.add(Topic::Backups);
+        // A first sample at once: the queue-depth chart has a point before the first interval.
+        let _ = myself.send_message(DashboardMsg::SampleQueue);
         myself.send_interval(args.sample_interval, || DashboardMsg::SampleQueue);
         myself.send_interval(Duration::from_secs(3600), || DashboardMsg::NewHour);
         let seen = args
@@ -126,7 +158,9 @@ impl Actor for Dashboard {
             tokens: 0,
             durations: Vec::new(),
             recent: VecDeque::new(),
-            samples: VecDeque::new(),
+            queue_depth: Samples::new(TREND_SPAN_MS, QUEUE_SAMPLES_KEPT),
+            completed_per_minute: PerMinute::new((TREND_SPAN_MS / 60_000) as usize),
+            store_points: Samples::new(Millis::MAX, STORE_POINTS_KEPT),
             seen,
             _subscribed: subscribed,
         })
@@ -134,12 +168,17 @@ impl Actor for Dashboard {
 
     async fn handle(
         &self,
-        _: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            DashboardMsg::Event(event) => state.record(&event),
+            DashboardMsg::Event(event) => {
+                state.record(&event);
+                if let Some((at, moment)) = store_moment(&event) {
+                    measure_store(state.services.clone(), myself, at, moment);
+                }
+            }
             DashboardMsg::SampleQueue => {
                 if let Ok(stats) = state
                     .services
@@ -147,12 +186,10 @@ impl Actor for Dashboard {
                     .call(TaskMsg::Stats, PART_DEADLINE)
                     .await
                 {
-                    state.samples.push_back(stats.queued as u64);
-                    if state.samples.len() > 3 {
-                        state.samples.pop_front();
-                    }
+                    state.queue_depth.push(now_ms(), stats.queued as u64);
                 }
             }
+            DashboardMsg::StoreMeasured(at, point) => state.store_points.push(at, point),
             DashboardMsg::NewHour => {
                 state.completed = 0;
                 state.failed = 0;
@@ -167,6 +204,39 @@ impl Actor for Dashboard {
     }
 }
 
+/// A backup or a compaction that finished: its time and kind.
+fn store_moment(event: &HubEvent) -> Option<(Millis, StoreMoment)> {
+    match event {
+        HubEvent::BackupComplete { timestamp, .. } => Some((*timestamp, StoreMoment::Backup)),
+        HubEvent::CompactionComplete { timestamp, .. } => {
+            Some((*timestamp, StoreMoment::Compaction))
+        }
+        _ => None,
+    }
+}
+
+/// Measure the store off the actor (the backup actor answers the report and may be busy)
+/// and hand the point back.
+fn measure_store(
+    services: Arc<Services>,
+    myself: ActorRef<DashboardMsg>,
+    at: Millis,
+    moment: StoreMoment,
+) {
+    tokio::spawn(async move {
+        let health = tokio::time::timeout(PART_DEADLINE * 5, services.storage_health()).await;
+        if let Ok(Ok(h)) = health {
+            let point = StorePoint {
+                moment,
+                size_on_disk: h.size_on_disk,
+                live_bytes: h.live_bytes,
+                fragmentation_ratio: h.fragmentation_ratio,
+            };
+            let _ = myself.send_message(DashboardMsg::StoreMeasured(at, point));
+        }
+    });
+}
+
 impl DashboardState {
     fn record(&mut self, event: &HubEvent) {
         let now = now_ms();
@@ -176,6 +246,7 @@ impl DashboardState {
                 task,
             } => {
                 self.completed += 1;
+                self.completed_per_minute.add(now);
                 // Saturates: an agent reports `tokens_used` up to 2^64 − 1.
                 self.tokens = self.tokens.saturating_add(task.tokens_used.unwrap_or(0));
                 let duration_ms = task.assigned_at.map_or(0, |t| now.saturating_sub(t));
@@ -254,7 +325,7 @@ impl DashboardState {
         let inputs = HealthInputs {
             now,
             offline_agents,
-            queue_samples: self.samples.iter().copied().collect(),
+            queue_samples: self.queue_depth.last(3),
             completed_this_hour: self.completed,
             failed_this_hour: self.failed,
             stuck_tasks,
@@ -305,6 +376,11 @@ impl DashboardState {
             },
             storage,
             actors,
+            trends: Trends {
+                completed_per_minute: self.completed_per_minute.window(now),
+                queue_depth: self.queue_depth.since(now),
+                store: self.store_points.since(now),
+            },
         }
     }
 }
