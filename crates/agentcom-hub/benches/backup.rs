@@ -63,7 +63,7 @@ fn main() {
             .await
             .expect("backup");
         let backup = t.elapsed();
-        let (before, worst_during, acked) = writers.stop().await;
+        let (before, worst_during, acked, _) = writers.stop().await;
         assert!(result.created.verified, "the backup verifies");
         println!();
         println!("| measure | value |");

@@ -50,7 +50,7 @@ fn main() {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         writers.measure();
         let result = run(engine_dyn.clone(), service).await.expect("compaction");
-        let (before, worst_during, acked) = writers.stop().await;
+        let (before, worst_during, acked, worst_at) = writers.stop().await;
         let live_after = live_bytes(engine_dyn.as_ref());
         assert!(live_after >= live, "live data kept");
         println!();
@@ -81,8 +81,14 @@ fn main() {
             before.as_secs_f64() * 1000.0
         );
         println!(
-            "| longest write ack during the compaction | {:.1} ms |",
-            worst_during.as_secs_f64() * 1000.0
+            "| longest write ack during the compaction | {:.1} ms (sent {:.2} s in) |",
+            worst_during.as_secs_f64() * 1000.0,
+            worst_at.as_secs_f64()
+        );
+        println!(
+            "| switch / removal of the old database | {:.2} s in / {} ms |",
+            result.switched_after_ms as f64 / 1000.0,
+            result.removal_ms
         );
     });
 }

@@ -44,6 +44,9 @@ pub struct CompactionRun {
     pub longest_write_pause_ms: f64,
     /// Whether the old database is already deleted (else the next start deletes it).
     pub old_removed: bool,
+    /// When the switch came (from the start), and how long deleting the old database took.
+    pub switched_after_ms: u64,
+    pub removal_ms: u64,
 }
 
 /// Compact the live database while the hub runs. Never run two at once, nor one during a
@@ -65,6 +68,7 @@ pub async fn run(
         .call(|r| StoreMsg::EndCapture(id, r), CALL_TIMEOUT)
         .await;
     let (switched, records_copied, writes_replayed) = result?;
+    let switched_after_ms = started.elapsed().as_millis() as u64;
     let retired = switched.retired;
     let old_removed = blocking(move || {
         retired
@@ -76,6 +80,7 @@ pub async fn run(
         tracing::warn!(error = %e, "compacted, but the old database is not removed yet");
         false
     });
+    let removal_ms = started.elapsed().as_millis() as u64 - switched_after_ms;
     let bytes_after = engine.size_on_disk().map_err(|e| e.to_string())?;
     Ok(CompactionRun {
         duration_ms: started.elapsed().as_millis() as u64,
@@ -86,6 +91,8 @@ pub async fn run(
         writes_replayed: writes_replayed + switched.replayed,
         longest_write_pause_ms: switched.pause.as_secs_f64() * 1000.0,
         old_removed,
+        switched_after_ms,
+        removal_ms,
     })
 }
 

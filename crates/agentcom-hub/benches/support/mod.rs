@@ -111,8 +111,10 @@ pub async fn store_actor(
 pub struct Writers {
     stop: Arc<AtomicBool>,
     during: Arc<AtomicBool>,
-    /// (longest ack before, longest ack during, acks during)
-    worst: Arc<Mutex<(Duration, Duration, u64)>>,
+    /// (longest ack before, longest ack during, acks during, when the longest during began
+    /// after `measure`)
+    worst: Arc<Mutex<(Duration, Duration, u64, Duration)>>,
+    measured: Arc<Mutex<Option<Instant>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -120,11 +122,17 @@ impl Writers {
     pub fn start(store: &ractor::ActorRef<StoreMsg>) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let during = Arc::new(AtomicBool::new(false));
-        let worst: Arc<Mutex<(Duration, Duration, u64)>> = Arc::default();
+        let worst: Arc<Mutex<(Duration, Duration, u64, Duration)>> = Arc::default();
+        let measured: Arc<Mutex<Option<Instant>>> = Arc::default();
         let tasks = (0..8u64)
             .map(|w| {
-                let (store, stop, during, worst) =
-                    (store.clone(), stop.clone(), during.clone(), worst.clone());
+                let (store, stop, during, worst, measured) = (
+                    store.clone(),
+                    stop.clone(),
+                    during.clone(),
+                    worst.clone(),
+                    measured.clone(),
+                );
                 tokio::spawn(async move {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
@@ -148,7 +156,11 @@ impl Writers {
                         let took = t.elapsed();
                         let mut g = worst.lock().unwrap();
                         if during.load(Ordering::Relaxed) {
-                            g.1 = g.1.max(took);
+                            if took > g.1 {
+                                g.1 = took;
+                                let from = measured.lock().unwrap().unwrap_or(t);
+                                g.3 = t.saturating_duration_since(from);
+                            }
                             g.2 += 1;
                         } else {
                             g.0 = g.0.max(took);
@@ -161,17 +173,20 @@ impl Writers {
             stop,
             during,
             worst,
+            measured,
             tasks,
         }
     }
 
     /// From now on, acknowledgements count as "during".
     pub fn measure(&self) {
+        *self.measured.lock().unwrap() = Some(Instant::now());
         self.during.store(true, Ordering::Relaxed);
     }
 
-    /// Stop; the longest ack before, the longest during, and the acks during.
-    pub async fn stop(self) -> (Duration, Duration, u64) {
+    /// Stop; the longest ack before, the longest during, the acks during, and when the
+    /// longest during was sent (after `measure`).
+    pub async fn stop(self) -> (Duration, Duration, u64, Duration) {
         self.during.store(false, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
