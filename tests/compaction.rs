@@ -407,3 +407,33 @@ async fn a_hub_killed_at_any_moment_of_a_compaction_restarts_on_a_complete_store
     // The kills fell both before and after switches.
     assert!(switched.len() >= 2, "{switched:?}");
 }
+
+/// `compact_when_fragmented`: a scheduled backup that finds the store highly fragmented is
+/// followed by a compaction, without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_store_is_compacted_after_a_scheduled_backup_when_asked_to() {
+    let mut flags = FLAGS.to_vec();
+    flags.extend([
+        "--compact-when-fragmented",
+        "--fragmentation-floor",
+        "1KiB",
+        "--backup-interval",
+        "2s",
+    ]);
+    let hub = TestHub::start_with(&flags).await;
+    let bob = hub.token("bob", "agent").await;
+    fragment(&hub, &bob).await;
+    let health = hub.get("/api/admin/storage-health", Some(ADMIN)).await.json;
+    assert_eq!(health["high_fragmentation"], true, "{health}");
+    assert!(
+        common::eventually(Duration::from_secs(20), || async {
+            let h = hub.get("/api/admin/storage-health", Some(ADMIN)).await.json;
+            h["compaction"]["completed"].as_u64().unwrap_or(0) >= 1
+        })
+        .await,
+        "no compaction followed the scheduled backup"
+    );
+    let health = hub.get("/api/admin/storage-health", Some(ADMIN)).await.json;
+    assert!(health["last_backup_at"].as_u64().is_some(), "{health}");
+    assert_eq!(health["compaction"]["failed"], 0, "{health}");
+}
