@@ -1,0 +1,158 @@
+//! Live backup against `cp -r`, through the real binary: the store is filled over HTTP
+//! with direct messages to an offline agent (each 256 KiB of payload, kept in mailboxes and
+//! the history; the hub runs without a mailbox quota and with a large history), the idle
+//! data directory is copied with `cp -r` (the baseline), then eight writers keep
+//! acknowledged config writes going (`PUT /api/config/default-repo`, each waiting for its
+//! answer) while `POST /api/admin/backup` makes and verifies a backup. Figures: the
+//! backup's duration over `cp -r`'s (target ≤ 1.0x) and the longest write
+//! acknowledgement during it (target ≤ 50 ms), beside the longest one in the two seconds
+//! before.
+//!
+//! BACKUP_MIB (payload sent, default 128; the issue asks for ≥ 1 GiB: BACKUP_MIB=1024).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::support::start_hub_with;
+use crate::{round2, Mode};
+
+const PAYLOAD: usize = 256 * 1024;
+const TARGET_OF_CP: f64 = 1.0;
+const TARGET_STALL_MS: f64 = 50.0;
+
+pub async fn run(mode: Mode) -> Value {
+    let mib = mode.size("BACKUP_MIB", 128, 16);
+    let work = tempfile::tempdir().expect("temp dir");
+    let data = work.path().join("data");
+    let (_hub, addr) = start_hub_with(
+        &data,
+        &["--mailbox-quota", "0", "--history-max-bytes", "64GiB"],
+    )
+    .await;
+
+    let t = Instant::now();
+    fill(&addr, mib * 1024 * 1024 / PAYLOAD).await;
+    let fill_s = t.elapsed().as_secs_f64();
+    let store_mib = dir_size(&data) >> 20;
+
+    // Baseline: `cp -r` of the data directory while the hub is idle.
+    let copy = work.path().join("copy");
+    let t = Instant::now();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&data)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -r failed");
+    let cp = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&copy).expect("remove the copy");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let during = Arc::new(AtomicBool::new(false));
+    // Longest acknowledgement before and during the backup, and writes during it.
+    let worst: Arc<Mutex<(Duration, Duration, u64)>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (addr, stop, during, worst) =
+            (addr.clone(), stop.clone(), during.clone(), worst.clone());
+        writers.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let body = format!("{{\"url\":\"https://git.example/{w}/{i}\"}}");
+                let t = Instant::now();
+                let (status, _) = client
+                    .request("PUT", "/api/config/default-repo", Some(Bytes::from(body)))
+                    .await
+                    .expect("config write");
+                assert_eq!(status, 200, "config write");
+                let took = t.elapsed();
+                let mut g = worst.lock().unwrap();
+                if during.load(Ordering::Relaxed) {
+                    g.1 = g.1.max(took);
+                    g.2 += 1;
+                } else {
+                    g.0 = g.0.max(took);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    during.store(true, Ordering::Relaxed);
+    let mut admin = Client::connect(&addr).await;
+    let t = Instant::now();
+    let (status, run) = admin.send("POST", "/api/admin/backup", None).await;
+    let backup = t.elapsed().as_secs_f64();
+    during.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    assert_eq!(status, 200, "backup: {run}");
+    let (before, worst_during, acked) = *worst.lock().unwrap();
+    let stall_ms = worst_during.as_secs_f64() * 1000.0;
+    let backup_mib = dir_size(&data.join("backups")) >> 20;
+    json!({
+        "scenario": "backup",
+        "payload_mib": mib,
+        "fill_seconds": round2(fill_s),
+        "store_on_disk_mib": store_mib,
+        "backup_mib": backup_mib,
+        "backup_seconds": round2(backup),
+        "backup_verified": run["verified"],
+        "baseline": {"what": "cp -r of the idle data directory", "seconds": round2(cp)},
+        "ratio": round2(backup / cp),
+        "writes_during_backup": acked,
+        "longest_write_before_ms": round2(before.as_secs_f64() * 1000.0),
+        "longest_write_during_ms": round2(stall_ms),
+        "target": {"of_cp": TARGET_OF_CP, "longest_write_ms": TARGET_STALL_MS},
+        "met": backup / cp <= TARGET_OF_CP && stall_ms <= TARGET_STALL_MS,
+    })
+}
+
+/// Send `messages` direct messages of [`PAYLOAD`] bytes to an offline agent, over 4
+/// connections.
+async fn fill(addr: &str, messages: usize) {
+    let body = Bytes::from(json!({"to": "sink-0", "payload": "m".repeat(PAYLOAD)}).to_string());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (addr, next) = (addr.to_string(), next.clone());
+        let body = body.clone();
+        senders.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            while next.fetch_add(1, Ordering::Relaxed) < messages {
+                let (status, answer) = client
+                    .request("POST", "/api/message", Some(body.clone()))
+                    .await
+                    .expect("message");
+                assert_eq!(status, 200, "message: {}", String::from_utf8_lossy(&answer));
+            }
+        }));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
