@@ -1,6 +1,6 @@
 //! Live backup against `cp -r`, through the real binary: the store is filled over HTTP
-//! with direct messages to an offline agent (each 256 KiB of payload, kept in mailboxes and
-//! the history; the hub runs without a mailbox quota and with a large history), the idle
+//! with direct messages to an offline agent (each 64 KiB of payload, kept in its mailbox
+//! and the history; the hub runs without a mailbox quota and with a large history), the idle
 //! data directory is copied with `cp -r` (the baseline), then eight writers keep
 //! acknowledged config writes going (`PUT /api/config/default-repo`, each waiting for its
 //! answer) while `POST /api/admin/backup` makes and verifies a backup. Figures: the
@@ -8,7 +8,12 @@
 //! acknowledgement during it (target ≤ 50 ms), beside the longest one in the two seconds
 //! before.
 //!
-//! BACKUP_MIB (payload sent, default 128; the issue asks for ≥ 1 GiB: BACKUP_MIB=1024).
+//! BACKUP_MIB (payload sent, default 64; the issue asks for ≥ 1 GiB of live data, about
+//! BACKUP_MIB=512), BACKUP_PAYLOAD_KIB (per message, default 64). sled keeps a page
+//! larger than about 128 KiB in a blob file of its own, so many of these do.
+//!
+//! A second baseline is reported beside `cp -r`: `cp -r` and then an fsync of every file
+//! of the copy, since the backup syncs what it writes and `cp -r` does not.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,14 +24,14 @@ use serde_json::{json, Value};
 
 use crate::client::Client;
 use crate::support::start_hub_with;
-use crate::{round2, Mode};
+use crate::{quantile, round2, Mode};
 
-const PAYLOAD: usize = 256 * 1024;
 const TARGET_OF_CP: f64 = 1.0;
 const TARGET_STALL_MS: f64 = 50.0;
 
 pub async fn run(mode: Mode) -> Value {
-    let mib = mode.size("BACKUP_MIB", 128, 16);
+    let mib = mode.size("BACKUP_MIB", 64, 8);
+    let payload = mode.size("BACKUP_PAYLOAD_KIB", 64, 64) * 1024;
     let work = tempfile::tempdir().expect("temp dir");
     let data = work.path().join("data");
     let (_hub, addr) = start_hub_with(
@@ -36,7 +41,7 @@ pub async fn run(mode: Mode) -> Value {
     .await;
 
     let t = Instant::now();
-    fill(&addr, mib * 1024 * 1024 / PAYLOAD).await;
+    fill(&addr, mib * 1024 * 1024 / payload, payload).await;
     let fill_s = t.elapsed().as_secs_f64();
     let store_mib = dir_size(&data) >> 20;
 
@@ -51,16 +56,19 @@ pub async fn run(mode: Mode) -> Value {
         .expect("cp");
     assert!(status.success(), "cp -r failed");
     let cp = t.elapsed().as_secs_f64();
+    // A backup syncs what it writes; `cp -r` leaves its copy in the page cache.
+    let t = Instant::now();
+    sync_tree(&copy);
+    let cp_synced = cp + t.elapsed().as_secs_f64();
     std::fs::remove_dir_all(&copy).expect("remove the copy");
 
     let stop = Arc::new(AtomicBool::new(false));
     let during = Arc::new(AtomicBool::new(false));
-    // Longest acknowledgement before and during the backup, and writes during it.
-    let worst: Arc<Mutex<(Duration, Duration, u64)>> = Arc::default();
+    // Every acknowledgement's time (ms), before and during the backup.
+    let acks: Arc<Mutex<(Vec<f64>, Vec<f64>)>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (addr, stop, during, worst) =
-            (addr.clone(), stop.clone(), during.clone(), worst.clone());
+        let (addr, stop, during, acks) = (addr.clone(), stop.clone(), during.clone(), acks.clone());
         writers.push(tokio::spawn(async move {
             let mut client = Client::connect(&addr).await;
             let mut i = 0u64;
@@ -73,13 +81,12 @@ pub async fn run(mode: Mode) -> Value {
                     .await
                     .expect("config write");
                 assert_eq!(status, 200, "config write");
-                let took = t.elapsed();
-                let mut g = worst.lock().unwrap();
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                let mut acks = acks.lock().unwrap();
                 if during.load(Ordering::Relaxed) {
-                    g.1 = g.1.max(took);
-                    g.2 += 1;
+                    acks.1.push(ms);
                 } else {
-                    g.0 = g.0.max(took);
+                    acks.0.push(ms);
                 }
             }
         }));
@@ -96,12 +103,13 @@ pub async fn run(mode: Mode) -> Value {
         w.await.expect("writer");
     }
     assert_eq!(status, 200, "backup: {run}");
-    let (before, worst_during, acked) = *worst.lock().unwrap();
-    let stall_ms = worst_during.as_secs_f64() * 1000.0;
+    let (mut before, mut during) = std::mem::take(&mut *acks.lock().unwrap());
+    let stall_ms = quantile(&mut during, 1.0);
     let backup_mib = dir_size(&data.join("backups")) >> 20;
     json!({
         "scenario": "backup",
         "payload_mib": mib,
+        "message_kib": payload / 1024,
         "fill_seconds": round2(fill_s),
         "store_on_disk_mib": store_mib,
         "backup_mib": backup_mib,
@@ -109,18 +117,20 @@ pub async fn run(mode: Mode) -> Value {
         "backup_verified": run["verified"],
         "baseline": {"what": "cp -r of the idle data directory", "seconds": round2(cp)},
         "ratio": round2(backup / cp),
-        "writes_during_backup": acked,
-        "longest_write_before_ms": round2(before.as_secs_f64() * 1000.0),
-        "longest_write_during_ms": round2(stall_ms),
+        "cp_then_fsync": {"what": "cp -r, then fsync of every file and directory of the copy", "seconds": round2(cp_synced), "ratio": round2(backup / cp_synced)},
+        "writes_during_backup": during.len(),
+        "write_ms_before": {"p50": round2(quantile(&mut before, 0.5)), "p99": round2(quantile(&mut before, 0.99)), "max": round2(quantile(&mut before, 1.0))},
+        "write_ms_during": {"p50": round2(quantile(&mut during, 0.5)), "p99": round2(quantile(&mut during, 0.99)), "max": round2(stall_ms)},
+        "blob_files": std::fs::read_dir(data.join("db").join("blobs")).map_or(0, |d| d.count()),
         "target": {"of_cp": TARGET_OF_CP, "longest_write_ms": TARGET_STALL_MS},
         "met": backup / cp <= TARGET_OF_CP && stall_ms <= TARGET_STALL_MS,
     })
 }
 
-/// Send `messages` direct messages of [`PAYLOAD`] bytes to an offline agent, over 4
+/// Send `messages` direct messages of `payload` bytes to an offline agent, over 4
 /// connections.
-async fn fill(addr: &str, messages: usize) {
-    let body = Bytes::from(json!({"to": "sink-0", "payload": "m".repeat(PAYLOAD)}).to_string());
+async fn fill(addr: &str, messages: usize, payload: usize) {
+    let body = Bytes::from(json!({"to": "sink-0", "payload": "m".repeat(payload)}).to_string());
     let next = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
     for _ in 0..4 {
@@ -140,6 +150,23 @@ async fn fill(addr: &str, messages: usize) {
     for s in senders {
         s.await.expect("sender");
     }
+}
+
+/// fsync every file and directory under `path`.
+fn sync_tree(path: &std::path::Path) {
+    for entry in std::fs::read_dir(path).expect("read the copy") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("file type").is_dir() {
+            sync_tree(&entry.path());
+        } else {
+            std::fs::File::open(entry.path())
+                .and_then(|f| f.sync_all())
+                .expect("fsync a copied file");
+        }
+    }
+    std::fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .expect("fsync a copied directory");
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {
