@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::agent::Crew;
 use crate::client::{mint_tokens, submit_task, Client};
 use crate::support::start_hub;
-use crate::{round2, Mode};
+use crate::{cpu_seconds, round2, Mode};
 
 const TARGET_TASKS_PER_S: f64 = 5_000.0;
 
@@ -24,9 +24,11 @@ pub async fn run(mode: Mode) -> Value {
     let agents = mode.size("LIFECYCLE_AGENTS", 50, 8);
     let submitters = mode.size("LIFECYCLE_SUBMITTERS", 8, 4);
     let data = tempfile::tempdir().expect("temp dir");
-    let (_hub, addr) = start_hub(data.path()).await;
+    let (hub, addr) = start_hub(data.path()).await;
+    let hub_pid = hub.id();
     let crew = Crew::start(&addr, &mint_tokens(&addr, "life", agents).await).await;
 
+    let cpu = (cpu_seconds(hub_pid), cpu_seconds(None));
     let start = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let mut feeding = Vec::new();
@@ -50,6 +52,7 @@ pub async fn run(mode: Mode) -> Value {
         .wait_for(tasks, Duration::from_secs(600))
         .await;
     let elapsed = start.elapsed();
+    let cpu = (cpu_seconds(hub_pid) - cpu.0, cpu_seconds(None) - cpu.1);
     // Anything assigned or completed after the last expected completion is a duplicate.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let completions = crew.completions.clone();
@@ -76,6 +79,7 @@ pub async fn run(mode: Mode) -> Value {
         "submitters": submitters,
         "seconds": round2(elapsed.as_secs_f64()),
         "submissions_seconds": round2(submitted_in.as_secs_f64()),
+        "cpu_seconds": {"hub": round2(cpu.0), "harness": round2(cpu.1)},
         "tasks_per_s": tasks_per_s.round(),
         "baseline": {"what": "issue 11 target", "tasks_per_s": TARGET_TASKS_PER_S},
         "ratio": round2(tasks_per_s / TARGET_TASKS_PER_S),

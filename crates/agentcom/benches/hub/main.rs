@@ -96,6 +96,22 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
+/// CPU seconds (user + system) that process `pid` has used so far; `None` is this one.
+/// Beside a rate, the hub's and the harness's shares tell whether the load generator,
+/// on the same two cores, held the hub back.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).expect("proc stat");
+    // Fields after the command (which may hold spaces) start at the third: utime is the
+    // 14th of the line, stime the 15th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf only reads a configuration value.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// Rounded for the JSON line: two decimals are more than these figures resolve.
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0

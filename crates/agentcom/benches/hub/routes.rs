@@ -19,7 +19,7 @@ use crate::agent::Crew;
 use crate::bare::{Answers, BareServer};
 use crate::client::{closed_loop, mint_tokens, submit_task, Client};
 use crate::support::start_hub;
-use crate::{round2, Mode};
+use crate::{cpu_seconds, round2, Mode};
 
 /// A route, its body, and its target: a ratio to the bare server or req/s.
 struct Route {
@@ -59,7 +59,8 @@ pub async fn run(mode: Mode) -> Value {
     let agents = mode.size("ROUTES_AGENTS", 100, 10);
     let tasks = mode.size("ROUTES_TASKS", 10_000, 200);
     let data = tempfile::tempdir().expect("temp dir");
-    let (_hub, addr) = start_hub(data.path()).await;
+    let (hub, addr) = start_hub(data.path()).await;
+    let hub_pid = hub.id();
 
     // The store the issue names: 100 agents that have completed 10,000 tasks.
     let crew = Crew::start(&addr, &mint_tokens(&addr, "route", agents).await).await;
@@ -89,7 +90,7 @@ pub async fn run(mode: Mode) -> Value {
                 crew.stop().await;
             }
         }
-        results.push(measure(&addr, &route, conns, run_for).await);
+        results.push(measure(&addr, hub_pid, &route, conns, run_for).await);
     }
     let met = results.iter().all(|r| r["met"] == true);
     json!({
@@ -104,7 +105,13 @@ pub async fn run(mode: Mode) -> Value {
 }
 
 /// One route against the bare server, then against the hub.
-async fn measure(addr: &str, route: &Route, conns: usize, run_for: Duration) -> Value {
+async fn measure(
+    addr: &str,
+    hub_pid: Option<u32>,
+    route: &Route,
+    conns: usize,
+    run_for: Duration,
+) -> Value {
     let body = route.body.map(|b| Bytes::from_static(b.as_bytes()));
     let mut sample = Client::connect(addr).await;
     let (status, answer) = sample
@@ -129,7 +136,9 @@ async fn measure(addr: &str, route: &Route, conns: usize, run_for: Duration) -> 
     )
     .await;
     drop(bare);
+    let cpu = (cpu_seconds(hub_pid), cpu_seconds(None));
     let hub = closed_loop(addr, conns, run_for, route.method, route.path, body).await;
+    let cpu = (cpu_seconds(hub_pid) - cpu.0, cpu_seconds(None) - cpu.1);
     let of_bare = hub.per_s / baseline.per_s;
     let (target, met) = match route.target {
         Target::OfBare(r) => (json!({"of_bare": r}), of_bare >= r),
@@ -144,6 +153,7 @@ async fn measure(addr: &str, route: &Route, conns: usize, run_for: Duration) -> 
         "req_per_s": hub.per_s.round(),
         "answered": hub.ok,
         "failed": hub.failed,
+        "cpu_seconds": {"hub": round2(cpu.0), "load_generator": round2(cpu.1)},
         "baseline": {"what": "bare hyper server, same answer", "req_per_s": baseline.per_s.round()},
         "ratio": round2(of_bare),
         "target": target,
