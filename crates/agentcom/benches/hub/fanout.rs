@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{submit_task, Client};
 use crate::support::{start_hub_with, ADMIN};
-use crate::{quantile, round2, Mode};
+use crate::{cpu_seconds, quantile, round2, Mode};
 
 /// What every dashboard saw: (task id, when its event arrived).
 type Sightings = Arc<Mutex<Vec<Vec<(String, Instant)>>>>;
@@ -55,7 +55,7 @@ pub async fn run(mode: Mode) -> Value {
 async fn one(dashboards: usize, run_for: Duration, rate: usize, flush_ms: usize) -> Value {
     let data = tempfile::tempdir().expect("temp dir");
     let flush = format!("{flush_ms}ms");
-    let (_hub, addr) = start_hub_with(data.path(), &["--dashboard-flush-interval", &flush]).await;
+    let (hub, addr) = start_hub_with(data.path(), &["--dashboard-flush-interval", &flush]).await;
 
     let sightings: Sightings = Arc::new(Mutex::new(vec![Vec::new(); dashboards]));
     let snapshots = Arc::new(AtomicUsize::new(0));
@@ -77,6 +77,8 @@ async fn one(dashboards: usize, run_for: Duration, rate: usize, flush_ms: usize)
 
     let tasks = (rate as f64 * run_for.as_secs_f64()) as usize;
     let mut client = Client::connect(&addr).await;
+    let cpu = (cpu_seconds(hub.id()), cpu_seconds(None));
+    let started = Instant::now();
     let mut submitted = HashMap::with_capacity(tasks);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -90,6 +92,8 @@ async fn one(dashboards: usize, run_for: Duration, rate: usize, flush_ms: usize)
     while sightings.lock().unwrap().iter().any(|s| s.len() < tasks) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = (cpu_seconds(hub.id()) - cpu.0, cpu_seconds(None) - cpu.1);
+    let cpu_window = started.elapsed().as_secs_f64();
     for w in watching {
         w.abort();
     }
@@ -118,6 +122,7 @@ async fn one(dashboards: usize, run_for: Duration, rate: usize, flush_ms: usize)
         "dashboards": dashboards,
         "tasks": tasks,
         "events_missed": missed,
+        "cpu_seconds": {"hub": round2(cpu.0), "harness": round2(cpu.1), "over_seconds": round2(cpu_window)},
         "p50_ms": round2(p50),
         "p99_ms": round2(p99),
         "max_ms": round2(max),
