@@ -13,11 +13,20 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
 
-# Benchmarks (results go to docs/BENCHMARKS.md by hand).
-bench:
+# Issue 11's headline figures: the real hub driven through every scenario, one JSON line
+# each (benches/hub; results go to docs/BENCHMARKS.md by hand). `just bench lifecycle`
+# runs one scenario; the names are in docs/BENCHMARKS.md, as are the variables that scale
+# them up. BENCH_JSON=<file> also appends the lines to a file.
+bench *scenarios:
+    cargo bench -p agentcom --bench hub -- {{scenarios}}
+
+# The component benchmarks of earlier rounds: group commit, the live backup of 1 GiB
+# inside one process, task throughput with 32 agents, memory per idle connection.
+bench-parts:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
     cargo bench -p agentcom --bench task_throughput
+    cargo bench -p agentcom --bench idle_connections
 
 # Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
 soak:

@@ -12,6 +12,15 @@ pub const ADMIN: &str = "abababababababababababababababababababababababababababa
 /// during a benchmark); logs only errors. Answers the process (killed when dropped) and
 /// the address it listens on.
 pub async fn start_hub(data: &std::path::Path) -> (tokio::process::Child, String) {
+    start_hub_with(data, &[]).await
+}
+
+/// [`start_hub`] with more `serve` flags (`extra`; not one [`start_hub`] already passes,
+/// which the command line would refuse as given twice).
+pub async fn start_hub_with(
+    data: &std::path::Path,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
     let mut hub = tokio::process::Command::new(env!("CARGO_BIN_EXE_agentcom"))
         .args([
             "serve",
@@ -26,6 +35,7 @@ pub async fn start_hub(data: &std::path::Path) -> (tokio::process::Child, String
             "--backup-interval",
             "24h",
         ])
+        .args(extra)
         .arg("--data-dir")
         .arg(data)
         .env("AGENTCOM_LOG", "error")

@@ -1,0 +1,94 @@
+//! Lifecycle: websocket agents accept and complete every task that HTTP submitters keep
+//! feeding; tasks per second from the first submission to the last completion, and
+//! exactly once (every submitted task completed once, none lost, none twice).
+//! Baseline: the issue's target, 5,000 tasks/s.
+//!
+//! LIFECYCLE_TASKS (default 10,000), LIFECYCLE_AGENTS (50), LIFECYCLE_SUBMITTERS (8).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::agent::Crew;
+use crate::client::{mint_tokens, submit_task, Client};
+use crate::support::start_hub;
+use crate::{cpu_seconds, round2, Mode};
+
+const TARGET_TASKS_PER_S: f64 = 5_000.0;
+
+pub async fn run(mode: Mode) -> Value {
+    let tasks = mode.size("LIFECYCLE_TASKS", 10_000, 300);
+    let agents = mode.size("LIFECYCLE_AGENTS", 50, 8);
+    let submitters = mode.size("LIFECYCLE_SUBMITTERS", 8, 4);
+    let data = tempfile::tempdir().expect("temp dir");
+    let (hub, addr) = start_hub(data.path()).await;
+    let hub_pid = hub.id();
+    let crew = Crew::start(&addr, &mint_tokens(&addr, "life", agents).await).await;
+
+    let cpu = (cpu_seconds(hub_pid), cpu_seconds(None));
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut feeding = Vec::new();
+    for _ in 0..submitters {
+        let (addr, next) = (addr.clone(), next.clone());
+        feeding.push(tokio::spawn(async move {
+            let mut client = Client::connect(&addr).await;
+            let mut ids = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < tasks {
+                ids.push(submit_task(&mut client, "lifecycle").await);
+            }
+            ids
+        }));
+    }
+    let mut submitted = Vec::with_capacity(tasks);
+    for f in feeding {
+        submitted.extend(f.await.expect("submitter"));
+    }
+    let submitted_in = start.elapsed();
+    crew.completions
+        .wait_for(tasks, Duration::from_secs(600))
+        .await;
+    let elapsed = start.elapsed();
+    let cpu = (cpu_seconds(hub_pid) - cpu.0, cpu_seconds(None) - cpu.1);
+    // Anything assigned or completed after the last expected completion is a duplicate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let completions = crew.completions.clone();
+    crew.stop().await;
+
+    let log = completions.take_log();
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    let mut per_agent = vec![0usize; agents];
+    for c in &log {
+        *times.entry(c.task_id.as_str()).or_default() += 1;
+        per_agent[c.agent] += 1;
+    }
+    let lost = submitted
+        .iter()
+        .filter(|id| !times.contains_key(id.as_str()))
+        .count();
+    let duplicated: usize = times.values().map(|n| n - 1).sum();
+    let unknown = times.len() + lost - submitted.len();
+    let tasks_per_s = tasks as f64 / elapsed.as_secs_f64();
+    json!({
+        "scenario": "lifecycle",
+        "tasks": tasks,
+        "agents": agents,
+        "submitters": submitters,
+        "seconds": round2(elapsed.as_secs_f64()),
+        "submissions_seconds": round2(submitted_in.as_secs_f64()),
+        "cpu_seconds": {"hub": round2(cpu.0), "harness": round2(cpu.1)},
+        "tasks_per_s": tasks_per_s.round(),
+        "baseline": {"what": "issue 11 target", "tasks_per_s": TARGET_TASKS_PER_S},
+        "ratio": round2(tasks_per_s / TARGET_TASKS_PER_S),
+        "lost": lost,
+        "duplicated": duplicated,
+        "completed_unknown_tasks": unknown,
+        "assignments": completions.assigned.load(Ordering::Relaxed),
+        "per_agent_min": per_agent.iter().min(),
+        "per_agent_max": per_agent.iter().max(),
+        "met": tasks_per_s >= TARGET_TASKS_PER_S && lost == 0 && duplicated == 0 && unknown == 0,
+    })
+}
