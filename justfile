@@ -25,6 +25,7 @@ bench *scenarios:
 bench-parts:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
+    cargo bench -p agentcom-hub --bench compaction
     cargo bench -p agentcom --bench task_throughput
     cargo bench -p agentcom --bench idle_connections
 

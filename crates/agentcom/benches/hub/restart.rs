@@ -78,7 +78,7 @@ pub async fn run(mode: Mode) -> Value {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
-                let (method, path, body) = if i % 2 == 0 {
+                let (method, path, body) = if i.is_multiple_of(2) {
                     let body = r#"{"description":"load","priority":"normal"}"#;
                     (
                         "POST",
