@@ -282,10 +282,38 @@ impl Task {
     }
 }
 
+/// Tasks counted by status (in [`TaskStatus::ALL`] order) and by priority (0 to 3), in one
+/// pass: the stats and the dashboard ask for both on every call, over every task kept.
+pub fn tally<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> ([usize; 4], [usize; 4]) {
+    let (mut by_status, mut by_priority) = ([0; 4], [0; 4]);
+    for t in tasks {
+        if let Some(i) = TaskStatus::ALL.iter().position(|s| *s == t.status) {
+            by_status[i] += 1;
+        }
+        if let Some(n) = by_priority.get_mut(t.priority as usize) {
+            *n += 1;
+        }
+    }
+    (by_status, by_priority)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn tally_counts_statuses_and_priorities_in_one_pass() {
+        let mut tasks: Vec<Task> = (0..5).map(|_| new_task(1)).collect();
+        tasks[1].priority = 0;
+        tasks[2].assign("a", 1).unwrap();
+        tasks[3].status = TaskStatus::Completed;
+        tasks[4].priority = 3;
+        let (by_status, by_priority) = tally(&tasks);
+        assert_eq!(by_status, [3, 1, 1, 0]);
+        assert_eq!(by_priority, [1, 0, 3, 1]);
+        assert_eq!(by_priority.iter().sum::<usize>(), tasks.len());
+    }
 
     fn new_task(max_retries: u32) -> Task {
         let t = NewTask {

@@ -379,23 +379,18 @@ impl Actor for TaskQueue {
                     dead_letter: state.dead.len(),
                     ..TaskStats::default()
                 };
-                for status in TaskStatus::ALL {
-                    let n = state.active.values().filter(|t| t.status == status).count();
+                let (by_status, by_priority) = agentcom_core::task::tally(state.active.values());
+                for (status, n) in TaskStatus::ALL.into_iter().zip(by_status) {
                     if n > 0 {
                         stats.by_status.push((status, n));
                     }
                 }
-                for p in 0..4u8 {
-                    let n = state.active.values().filter(|t| t.priority == p).count();
+                for (p, n) in (0..4u8).zip(by_priority) {
                     if n > 0 {
                         stats.by_priority.push((p, n));
                     }
                 }
-                stats.queued = state
-                    .active
-                    .values()
-                    .filter(|t| t.status == TaskStatus::Queued)
-                    .count();
+                stats.queued = by_status[0];
                 let _ = reply.send(stats);
             }
             TaskMsg::Queued(reply) => {
