@@ -109,8 +109,68 @@ pub struct TaskQueueArgs {
 pub struct TaskQueueState {
     order: InOrder,
     args: TaskQueueArgs,
-    active: HashMap<String, Task>,
+    active: Tasks,
     dead: HashMap<String, Task>,
+}
+
+/// The tasks not in the dead letter, by id, with what the stats and the dashboard ask of
+/// them every time (the counts by status and priority, the assigned tasks) kept until a
+/// task changes: a dashboard polling a hub with 100,000 tasks stored does not walk them all
+/// on every request. Every change goes through `get_mut`, `insert` or `remove`, which drop
+/// what was kept.
+struct Tasks {
+    by_id: HashMap<String, Task>,
+    derived: Option<Derived>,
+}
+
+struct Derived {
+    /// By status (in `TaskStatus::ALL` order) and by priority.
+    tally: ([usize; 4], [usize; 4]),
+    assigned: Vec<Task>,
+}
+
+impl Tasks {
+    fn new(by_id: HashMap<String, Task>) -> Tasks {
+        Tasks {
+            by_id,
+            derived: None,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Task> {
+        self.by_id.get(id)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Task> {
+        self.by_id.values()
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
+        self.derived = None;
+        self.by_id.get_mut(id)
+    }
+
+    fn insert(&mut self, id: String, task: Task) {
+        self.derived = None;
+        self.by_id.insert(id, task);
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.derived = None;
+        self.by_id.remove(id);
+    }
+
+    fn derived(&mut self) -> &Derived {
+        let by_id = &self.by_id;
+        self.derived.get_or_insert_with(|| Derived {
+            tally: agentcom_core::task::tally(by_id.values()),
+            assigned: by_id
+                .values()
+                .filter(|t| t.status == TaskStatus::Assigned)
+                .cloned()
+                .collect(),
+        })
+    }
 }
 
 pub struct TaskQueue;
@@ -154,7 +214,7 @@ impl Actor for TaskQueue {
         args.store
             .call(StoreMsg::Barrier, crate::CALL_TIMEOUT)
             .await?;
-        let active = load(&args.reader, Table::TaskQueue)?;
+        let active = Tasks::new(load(&args.reader, Table::TaskQueue)?);
         let dead = load(&args.reader, Table::TaskDeadLetter)?;
         myself.send_interval(args.sweep_interval, || TaskMsg::Sweep);
         Ok(TaskQueueState {
@@ -379,7 +439,7 @@ impl Actor for TaskQueue {
                     dead_letter: state.dead.len(),
                     ..TaskStats::default()
                 };
-                let (by_status, by_priority) = agentcom_core::task::tally(state.active.values());
+                let (by_status, by_priority) = state.active.derived().tally;
                 for (status, n) in TaskStatus::ALL.into_iter().zip(by_status) {
                     if n > 0 {
                         stats.by_status.push((status, n));
@@ -408,13 +468,7 @@ impl Actor for TaskQueue {
                 let _ = reply.send(queued);
             }
             TaskMsg::Assigned(reply) => {
-                let assigned = state
-                    .active
-                    .values()
-                    .filter(|t| t.status == TaskStatus::Assigned)
-                    .cloned()
-                    .collect();
-                let _ = reply.send(assigned);
+                let _ = reply.send(state.active.derived().assigned.clone());
             }
             TaskMsg::Sweep => {
                 let overdue: Vec<String> = state
@@ -534,5 +588,40 @@ impl TaskQueueState {
             task
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> Task {
+        let new = NewTask {
+            description: "d".into(),
+            metadata: serde_json::json!({}),
+            priority: agentcom_core::task::DEFAULT_PRIORITY,
+            max_retries: 1,
+            needed_capabilities: Vec::new(),
+            complete_by: None,
+            submitted_by: "admin".into(),
+        };
+        Task::new(id.into(), new, 0)
+    }
+
+    /// What is kept of the tasks follows every change made through the set.
+    #[test]
+    fn kept_counts_and_assigned_tasks_follow_every_change() {
+        let mut tasks = Tasks::new(HashMap::new());
+        tasks.insert("a".into(), task("a"));
+        tasks.insert("b".into(), task("b"));
+        assert_eq!(tasks.derived().tally.0, [2, 0, 0, 0]);
+        assert!(tasks.derived().assigned.is_empty());
+        tasks.get_mut("a").unwrap().assign("agent", 1).unwrap();
+        assert_eq!(tasks.derived().tally.0, [1, 1, 0, 0]);
+        assert_eq!(tasks.derived().assigned[0].id, "a");
+        tasks.remove("b");
+        assert_eq!(tasks.derived().tally, ([0, 1, 0, 0], [0, 0, 1, 0]));
+        let fresh = agentcom_core::task::tally(tasks.values());
+        assert_eq!(tasks.derived().tally, fresh);
     }
 }
