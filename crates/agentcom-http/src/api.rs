@@ -20,7 +20,12 @@ pub type Request = hyper::Request<Incoming>;
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: Value) -> Response {
-    let mut res = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+    json_text(status, body.to_string())
+}
+
+/// An answer whose JSON text is already made.
+pub fn json_text(status: StatusCode, body: String) -> Response {
+    let mut res = hyper::Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -249,7 +249,7 @@ pub fn encode(frame: &Outbound) -> String {
         Outbound::Reply(reply) => encode_reply(reply),
         Outbound::Push(push) => encode_push(push),
         Outbound::Events(events) => json!({"type": "events", "data": events.iter().map(|e| event_json(e)).collect::<Vec<_>>()}),
-        Outbound::Snapshot(snapshot) => json!({"type": "snapshot", "data": wire::snapshot(snapshot)}),
+        Outbound::Snapshot(snapshot) => return wire::snapshot_frame(snapshot),
         Outbound::RetryResult { task_id, status } => json!({"type": "retry_result", "task_id": task_id, "status": status}),
         Outbound::RateLimited { retry_after_ms } => json!({
             "type": "error",

@@ -93,7 +93,10 @@ pub async fn dashboard_state(app: &App, req: Request) -> ApiResult {
         return Err(forbidden("the dashboard needs an admin or viewer token"));
     }
     let snapshot = app.hub.dashboard_snapshot().await?;
-    Ok(ok(crate::wire::snapshot(&snapshot)))
+    Ok(crate::api::json_text(
+        hyper::StatusCode::OK,
+        crate::wire::snapshot(&snapshot),
+    ))
 }
 
 /// The dashboard page, embedded in the binary (`web/dashboard.html`).
