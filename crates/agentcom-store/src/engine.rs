@@ -98,6 +98,28 @@ pub trait Compaction: Send {
     fn switch(self: Box<Self>) -> Result<Retired, StoreError>;
 }
 
+/// Truncate every large file under `dir` a step at a time before it is deleted: freeing
+/// gigabytes in one unlink is one long file-system transaction, which a sync of the live
+/// database would wait for.
+fn shrink_files(dir: &std::path::Path) -> std::io::Result<()> {
+    const STEP: u64 = 64 << 20;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            shrink_files(&entry.path())?;
+            continue;
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(entry.path())?;
+        let mut len = file.metadata()?.len();
+        while len > STEP {
+            len -= STEP;
+            file.set_len(len)?;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    Ok(())
+}
+
 /// A database replaced by a compaction: still open while readers that began before the
 /// switch finish, then removed from disk by [`Retired::remove`].
 pub struct Retired {
@@ -132,6 +154,7 @@ impl Retired {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         drop(db);
+        shrink_files(&self.dir)?;
         std::fs::remove_dir_all(&self.dir)?;
         crate::sync_dir(&self.parent)?;
         Ok(true)

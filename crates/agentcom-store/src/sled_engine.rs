@@ -221,6 +221,10 @@ impl SledDb {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
+            // No background flushes: every write that must be durable is flushed (and
+            // synced) by `flush`, and sled's own flush every 500 ms only wrote out bursts
+            // (of a compaction's copy above all) that the next sync had to wait for.
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(path, e))?;
         let mut trees = Vec::with_capacity(STATS_INDEX + 1);
