@@ -57,16 +57,7 @@ pub fn presence_agent(p: &PresenceEntry) -> Value {
 /// Capabilities normalised as the FSM shows them: strings become `{"name": s}`, objects
 /// pass through, anything else is dropped.
 pub fn normalized_capabilities(caps: &Value) -> Value {
-    let list = caps.as_array().cloned().unwrap_or_default();
-    Value::Array(
-        list.into_iter()
-            .filter_map(|c| match c {
-                Value::String(s) => Some(json!({"name": s})),
-                Value::Object(_) => Some(c),
-                _ => None,
-            })
-            .collect(),
-    )
+    serde_json::to_value(Capabilities(caps)).unwrap_or_else(|_| Value::Array(Vec::new()))
 }
 
 /// `FsmAgent` (routes 21, 22).
@@ -204,8 +195,7 @@ struct AgentOut<'a> {
     last_state_change: u64,
 }
 
-/// Capabilities as sent at identify, strings written as `{"name": s}` (as
-/// [`normalized_capabilities`]).
+/// Capabilities as sent at identify, serialised as [`normalized_capabilities`] says.
 struct Capabilities<'a>(&'a Value);
 
 impl serde::Serialize for Capabilities<'_> {
