@@ -174,7 +174,7 @@ struct SnapshotOut<'a> {
     throughput: Value,
     dets_health: Option<Value>,
     actors: Vec<ActorOut<'a>>,
-    trends: TrendsOut<'a>,
+    trends: TrendsOut,
 }
 
 #[derive(serde::Serialize)]
@@ -242,12 +242,10 @@ struct ActorOut<'a> {
 }
 
 #[derive(serde::Serialize)]
-struct TrendsOut<'a> {
+struct TrendsOut {
     completed_per_minute: Value,
     queue_depth: Vec<QueuePoint>,
     store: Vec<Value>,
-    #[serde(skip)]
-    _of: std::marker::PhantomData<&'a ()>,
 }
 
 #[derive(serde::Serialize)]
@@ -340,7 +338,6 @@ impl<'a> SnapshotOut<'a> {
                 })
                 .collect(),
             store: t.store.iter().map(|(at, p)| json!({"at": at, "event": p.moment.as_str(), "size_on_disk": p.size_on_disk, "live_bytes": p.live_bytes, "fragmentation_ratio": p.fragmentation_ratio})).collect(),
-            _of: std::marker::PhantomData,
         };
         SnapshotOut {
             uptime_ms: s.uptime_ms,

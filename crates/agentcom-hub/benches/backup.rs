@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentcom_hub::backup::run;
+use agentcom_store::live_bytes;
 use agentcom_store::{Engine, SledEngine};
-use support::{dir_size, fill, live_bytes, store_actor, Writers};
+use support::{dir_size, fill, store_actor, Writers};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentcom_hub::compaction::run;
+use agentcom_store::live_bytes;
 use agentcom_store::{Engine, SledEngine};
-use support::{delete_most, dir_size, fill, live_bytes, store_actor, Writers};
+use support::{delete_most, dir_size, fill, store_actor, Writers};
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");

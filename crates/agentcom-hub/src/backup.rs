@@ -398,10 +398,7 @@ impl BackupState {
             return false;
         }
         let engine = &self.args.engine;
-        let live: u64 = Table::ALL
-            .iter()
-            .map(|t| engine.stats(*t).logical_bytes)
-            .sum();
+        let live = agentcom_store::live_bytes(engine.as_ref());
         engine.size_on_disk().is_ok_and(|size| {
             agentcom_core::health::high_fragmentation(size, live, self.args.fragmentation_floor)
         })

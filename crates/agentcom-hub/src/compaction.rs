@@ -152,9 +152,7 @@ async fn replay(
 ) -> Result<Box<dyn Compaction>, String> {
     blocking(move || {
         let mut target = target;
-        for batch in &captured {
-            target.apply(batch)?;
-        }
+        agentcom_store::compact::replay(target.as_mut(), &captured)?;
         Ok(target)
     })
     .await

@@ -205,9 +205,7 @@ async fn switch(
     captured: Vec<Vec<WriteOp>>,
 ) -> Result<(Retired, usize), StoreError> {
     tokio::task::spawn_blocking(move || {
-        for batch in &captured {
-            target.apply(batch)?;
-        }
+        agentcom_store::compact::replay(target.as_mut(), &captured)?;
         Ok((target.switch()?, captured.len()))
     })
     .await

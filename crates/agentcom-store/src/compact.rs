@@ -60,6 +60,11 @@ pub fn copy_all(engine: &dyn Engine, target: &mut dyn Compaction) -> Result<u64,
     Ok(copied)
 }
 
+/// Replay writes applied to the live database since the copy began, in their order.
+pub fn replay(target: &mut dyn Compaction, batches: &[Vec<WriteOp>]) -> Result<(), StoreError> {
+    batches.iter().try_for_each(|batch| target.apply(batch))
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactReport {

@@ -166,6 +166,14 @@ impl Retired {
     }
 }
 
+/// Logical bytes (keys and values) of every table's live records, from the counters.
+pub fn live_bytes(engine: &dyn Engine) -> u64 {
+    Table::ALL
+        .iter()
+        .map(|t| engine.stats(*t).logical_bytes)
+        .sum()
+}
+
 /// Read-only access to the store, shared by every actor. Writes go through the store actor.
 #[derive(Clone)]
 pub struct StoreReader {

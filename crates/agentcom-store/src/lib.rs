@@ -19,7 +19,9 @@ mod table;
 
 pub use codec::{check_readable, check_writable, decode, decode_or_skip, encode, CODEC_VERSION};
 pub use durable_dir::{create_dir_all_durable, sync_dir};
-pub use engine::{Compaction, Engine, Record, Retired, StoreReader, TableStats, WriteOp};
+pub use engine::{
+    live_bytes, Compaction, Engine, Record, Retired, StoreReader, TableStats, WriteOp,
+};
 pub use error::StoreError;
 pub use records::{
     channel_history_key, mailbox_key, meta, owned_seq_key, owner_prefix, seq_key, seq_of_key,

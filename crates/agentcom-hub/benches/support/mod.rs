@@ -64,13 +64,6 @@ fn apply_all(engine: &SledEngine, ops: impl Iterator<Item = WriteOp>) {
     engine.flush().expect("flush");
 }
 
-pub fn live_bytes(engine: &dyn Engine) -> u64 {
-    Table::ALL
-        .iter()
-        .map(|t| engine.stats(*t).logical_bytes)
-        .sum()
-}
-
 pub fn dir_size(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .map(|entries| {
