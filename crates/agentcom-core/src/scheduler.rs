@@ -77,8 +77,32 @@ pub fn check_capabilities(caps: &Value) -> Result<(), String> {
     }
 }
 
-pub fn matches(agent: &Candidate, task: &QueuedTask) -> bool {
-    task.needed.iter().all(|n| agent.capabilities.contains(n))
+/// What matching reads of a queued task.
+pub trait Matchable {
+    fn id(&self) -> &str;
+    fn needed(&self) -> &[String];
+}
+
+impl Matchable for QueuedTask {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn needed(&self) -> &[String] {
+        &self.needed
+    }
+}
+
+impl Matchable for crate::task::Task {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn needed(&self) -> &[String] {
+        &self.needed_capabilities
+    }
+}
+
+pub fn matches(agent: &Candidate, task: &impl Matchable) -> bool {
+    task.needed().iter().all(|n| agent.capabilities.contains(n))
 }
 
 /// Plan one pass: pairs of (task id, agent id). Tasks go in lane order, FIFO inside a
@@ -91,17 +115,27 @@ pub fn plan(
 ) -> Vec<(String, String)> {
     let mut order: Vec<&QueuedTask> = tasks.iter().collect();
     order.sort_by(|a, b| (a.priority, a.created_at, &a.id).cmp(&(b.priority, b.created_at, &b.id)));
+    plan_in_order(agents, order, excluded)
+}
+
+/// [`plan`] over tasks already in lane order: it stops as soon as every agent has a task,
+/// so a long queue costs a pass only as many tasks as it takes to find them.
+pub fn plan_in_order<'a, T: Matchable + 'a>(
+    agents: &[Candidate],
+    tasks_in_order: impl IntoIterator<Item = &'a T>,
+    excluded: impl Fn(&str, &str) -> bool,
+) -> Vec<(String, String)> {
     let mut free: Vec<&Candidate> = agents.iter().collect();
     let mut out = Vec::new();
-    for task in order {
+    for task in tasks_in_order {
         if free.is_empty() {
             break;
         }
         if let Some(i) = free
             .iter()
-            .position(|a| matches(a, task) && !excluded(&task.id, &a.agent_id))
+            .position(|a| matches(a, task) && !excluded(task.id(), &a.agent_id))
         {
-            out.push((task.id.clone(), free.remove(i).agent_id.clone()));
+            out.push((task.id().to_string(), free.remove(i).agent_id.clone()));
         }
     }
     out

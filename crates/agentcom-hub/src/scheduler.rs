@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentcom_core::scheduler::plan;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::agents::{hand_over, AgentTable, FsmMsg};
@@ -146,20 +145,24 @@ impl SchedulerState {
         if agents.is_empty() {
             return;
         }
-        let Ok(tasks) = self
+        let now = Instant::now();
+        self.rejections.retain(|_, until| *until > now);
+        let excluded = self.rejections.keys().cloned().collect();
+        let Ok(pairs) = self
             .args
             .task_queue
-            .call(TaskMsg::Queued, CALL_TIMEOUT)
+            .call(
+                |reply| TaskMsg::Plan {
+                    agents,
+                    excluded,
+                    reply,
+                },
+                CALL_TIMEOUT,
+            )
             .await
         else {
             return;
         };
-        let now = Instant::now();
-        self.rejections.retain(|_, until| *until > now);
-        let rejections = &self.rejections;
-        let pairs = plan(&agents, &tasks, |task, agent| {
-            rejections.contains_key(&(task.to_string(), agent.to_string()))
-        });
         // The pairs share no task and no agent, so they are made concurrently: their
         // durable writes share flushes (group commit) instead of waiting one by one.
         let args = &self.args;

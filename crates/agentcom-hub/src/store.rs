@@ -1,9 +1,13 @@
-//! The store actor: the only writer to the engine, with group commit.
+//! The store actor: the only writer to the engine, with group commit at both steps.
 //!
-//! A write is applied to the engine at once (visible to readers) and answered only after a
-//! flush that started after it was applied. Writes that arrive while a flush is running
-//! wait for the next one, so one fsync covers many writes: the committer task drains every
-//! waiting acknowledgement before each flush.
+//! - **Apply.** Every write waiting in the mailbox is applied in one engine batch (one sled
+//!   transaction): a write is held until the messages sent before it have been read, then
+//!   applied (visible to readers) with them. A sled transaction writes its log buffer to
+//!   disk twice whatever its size, so one per write made that the main cost of a write.
+//! - **Flush.** A write is answered only after a flush that started after it was applied.
+//!   Writes that arrive while a flush is running wait for the next one, so one fsync
+//!   covers many writes: the committer task drains every waiting acknowledgement before
+//!   each flush.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +29,9 @@ pub type WriteResult = Result<(), StoreError>;
 pub enum StoreMsg {
     /// Apply a batch atomically and answer once it is durable.
     Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
+    /// Apply the writes held so far (sent by the actor to itself after the first of them,
+    /// so that it follows every message already waiting).
+    ApplyHeld,
     /// Answer once every write sent before this message is applied (visible to readers).
     Barrier(RpcReplyPort<()>),
     /// Start recording every batch applied from now on (for a consistent backup), for the
@@ -76,8 +83,13 @@ pub struct StoreArgs {
     pub durability: Durability,
 }
 
+/// The most writes applied in one engine batch.
+const MOST_WRITES_PER_APPLY: usize = 1024;
+
 pub struct StoreState {
     engine: Arc<dyn Engine>,
+    /// Writes taken but not yet applied, in the order received.
+    held: Vec<(Vec<WriteOp>, RpcReplyPort<WriteResult>)>,
     capture: Option<(u64, Vec<Vec<WriteOp>>)>,
     durability: Durability,
     committer: mpsc::UnboundedSender<RpcReplyPort<WriteResult>>,
@@ -99,6 +111,7 @@ impl Actor for StoreActor {
         tokio::spawn(committer(args.engine.clone(), rx));
         Ok(StoreState {
             engine: args.engine,
+            held: Vec::new(),
             capture: None,
             durability: args.durability,
             committer: tx,
@@ -107,22 +120,40 @@ impl Actor for StoreActor {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (batch, reply) = match msg {
-            StoreMsg::Write(batch, reply) => (batch, reply),
+        match msg {
+            StoreMsg::Write(batch, reply) => {
+                if let Err(e) = check_batch(&batch) {
+                    tracing::warn!(actor = "store", error = %e, "write refused");
+                    let _ = reply.send(Err(e));
+                    return Ok(());
+                }
+                if state.held.is_empty() {
+                    // Should the send fail (the instance is draining), `post_stop` applies
+                    // what is held.
+                    let _ = myself.send_message(StoreMsg::ApplyHeld);
+                }
+                state.held.push((batch, reply));
+                if state.held.len() >= MOST_WRITES_PER_APPLY {
+                    state.apply_held().await;
+                }
+            }
+            StoreMsg::ApplyHeld => state.apply_held().await,
+            // Every other message follows the writes sent before it: those are applied first.
             StoreMsg::Barrier(reply) => {
+                state.apply_held().await;
                 let _ = reply.send(());
-                return Ok(());
             }
             StoreMsg::StartCapture(run, reply) => {
+                state.apply_held().await;
                 state.capture = Some((run, Vec::new()));
                 let _ = reply.send(());
-                return Ok(());
             }
             StoreMsg::EndCapture(run, reply) => {
+                state.apply_held().await;
                 let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
                 let captured = if ours {
                     state.capture.take().map(|(_, c)| c)
@@ -130,17 +161,17 @@ impl Actor for StoreActor {
                     None
                 };
                 let _ = reply.send(captured);
-                return Ok(());
             }
             StoreMsg::TakeCapture(run, reply) => {
+                state.apply_held().await;
                 let captured = match state.capture.as_mut() {
                     Some((r, captured)) if *r == run => Some(std::mem::take(captured)),
                     _ => None,
                 };
                 let _ = reply.send(captured);
-                return Ok(());
             }
             StoreMsg::Switch(run, target, reply) => {
+                state.apply_held().await;
                 let paused = Instant::now();
                 let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
                 let result = match state.capture.take().filter(|_| ours) {
@@ -156,31 +187,6 @@ impl Actor for StoreActor {
                     pause: paused.elapsed(),
                     replayed,
                 }));
-                return Ok(());
-            }
-        };
-        if let Err(e) = check_batch(&batch) {
-            tracing::warn!(actor = "store", error = %e, "write refused");
-            let _ = reply.send(Err(e));
-            return Ok(());
-        }
-        if let Err(e) = state.engine.apply(&batch) {
-            tracing::error!(actor = "store", error = %e, "write failed");
-            let _ = reply.send(Err(e));
-            return Ok(());
-        }
-        if let Some((_, capture)) = state.capture.as_mut() {
-            capture.push(batch);
-        }
-        match state.durability {
-            Durability::GroupCommit => {
-                // The committer outlives this instance only while it has waiters.
-                if let Err(mpsc::error::SendError(reply)) = state.committer.send(reply) {
-                    let _ = reply.send(flush(state.engine.clone()).await);
-                }
-            }
-            Durability::FlushEachWrite => {
-                let _ = reply.send(flush(state.engine.clone()).await);
             }
         }
         Ok(())
@@ -191,10 +197,62 @@ impl Actor for StoreActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Pending acknowledgements are flushed by the committer, which ends when the last
-        // sender (this state) is dropped.
+        // Writes still held are applied and answered; pending acknowledgements are flushed
+        // by the committer, which ends when the last sender (this state) is dropped.
+        state.apply_held().await;
         let _ = flush(state.engine.clone()).await;
         Ok(())
+    }
+}
+
+impl StoreState {
+    /// Apply every held write, as few engine batches as possible, and hand each applied
+    /// write's answer on to be made durable. Should a combined batch fail, its writes are
+    /// applied one by one, so that one write's failure is its own.
+    async fn apply_held(&mut self) {
+        while !self.held.is_empty() {
+            let take = self.held.len().min(MOST_WRITES_PER_APPLY);
+            let writes: Vec<_> = self.held.drain(..take).collect();
+            if writes.len() > 1 && self.durability == Durability::GroupCommit {
+                let combined: Vec<WriteOp> = writes
+                    .iter()
+                    .flat_map(|(batch, _)| batch.iter().cloned())
+                    .collect();
+                if self.engine.apply(&combined).is_ok() {
+                    for (batch, reply) in writes {
+                        self.applied(batch, reply).await;
+                    }
+                    continue;
+                }
+            }
+            for (batch, reply) in writes {
+                match self.engine.apply(&batch) {
+                    Ok(()) => self.applied(batch, reply).await,
+                    Err(e) => {
+                        tracing::error!(actor = "store", error = %e, "write failed");
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `batch` is applied: record it for a capture running, and answer once it is durable.
+    async fn applied(&mut self, batch: Vec<WriteOp>, reply: RpcReplyPort<WriteResult>) {
+        if let Some((_, capture)) = self.capture.as_mut() {
+            capture.push(batch);
+        }
+        match self.durability {
+            Durability::GroupCommit => {
+                // The committer outlives this instance only while it has waiters.
+                if let Err(mpsc::error::SendError(reply)) = self.committer.send(reply) {
+                    let _ = reply.send(flush(self.engine.clone()).await);
+                }
+            }
+            Durability::FlushEachWrite => {
+                let _ = reply.send(flush(self.engine.clone()).await);
+            }
+        }
     }
 }
 

@@ -3,12 +3,13 @@
 //! once a change is durable, and publishes exactly one event per real transition (F3).
 //! Every reclaim, failure and completion is told to the assignee's FSM (F9).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_core::scheduler::QueuedTask;
+use agentcom_core::scheduler::{plan_in_order, Candidate};
 use agentcom_core::task::{FailOutcome, NewTask, Task, TaskError, TaskStatus};
+use agentcom_core::Millis;
 use agentcom_store::{decode_or_skip, encode, StoreReader, Table, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
@@ -80,8 +81,13 @@ pub enum TaskMsg {
     List(TaskFilter, RpcReplyPort<Vec<Task>>),
     DeadLetters(RpcReplyPort<Vec<Task>>),
     Stats(RpcReplyPort<TaskStats>),
-    /// Queued tasks as the scheduler matches them (no full copies).
-    Queued(RpcReplyPort<Vec<QueuedTask>>),
+    /// One scheduler pass: (task, agent) pairs for these available agents, taking queued
+    /// tasks in lane order and never making an excluded pair (rejections).
+    Plan {
+        agents: Vec<Candidate>,
+        excluded: HashSet<(String, String)>,
+        reply: RpcReplyPort<Vec<(String, String)>>,
+    },
     /// Assigned tasks (for the stuck sweep and the dashboard's stuck-task condition).
     Assigned(RpcReplyPort<Vec<Task>>),
     /// Overdue reclaim and completed-task pruning.
@@ -113,14 +119,24 @@ pub struct TaskQueueState {
     dead: HashMap<String, Task>,
 }
 
-/// The tasks not in the dead letter, by id, with what the stats and the dashboard ask of
-/// them every time (the counts by status and priority, the assigned tasks) kept until a
-/// task changes: a dashboard polling a hub with 100,000 tasks stored does not walk them all
-/// on every request. Every change goes through `get_mut`, `insert` or `remove`, which drop
-/// what was kept.
+/// The tasks not in the dead letter, by id, with what the scheduler and the dashboard ask
+/// of them every time kept up to date: the queued tasks in lane order (a pass reads only
+/// the head of the queue), the counts by status and priority and the assigned tasks (kept
+/// until a task changes): a hub with 100,000 tasks stored does not walk them all on every
+/// pass or request. Every change goes through `get_mut`, `insert` or `remove`.
 struct Tasks {
     by_id: HashMap<String, Task>,
+    /// Queued tasks by (priority, created_at, id): lane order, FIFO inside a lane.
+    queued: BTreeSet<LaneKey>,
+    /// Tasks handed out by `get_mut` whose place in `queued` is not yet brought up to date.
+    touched: Vec<String>,
     derived: Option<Derived>,
+}
+
+type LaneKey = (u8, Millis, String);
+
+fn lane_key(task: &Task) -> LaneKey {
+    (task.priority, task.created_at, task.id.clone())
 }
 
 struct Derived {
@@ -131,8 +147,15 @@ struct Derived {
 
 impl Tasks {
     fn new(by_id: HashMap<String, Task>) -> Tasks {
+        let queued = by_id
+            .values()
+            .filter(|t| t.status == TaskStatus::Queued)
+            .map(lane_key)
+            .collect();
         Tasks {
             by_id,
+            queued,
+            touched: Vec::new(),
             derived: None,
         }
     }
@@ -147,17 +170,51 @@ impl Tasks {
 
     fn get_mut(&mut self, id: &str) -> Option<&mut Task> {
         self.derived = None;
+        self.touch(id);
         self.by_id.get_mut(id)
     }
 
     fn insert(&mut self, id: String, task: Task) {
         self.derived = None;
+        self.touch(&id);
         self.by_id.insert(id, task);
+    }
+
+    /// Note that `id` may change (bringing `queued` up to date first if many are noted, so
+    /// that what is noted stays bounded however long no pass reads the queue).
+    fn touch(&mut self, id: &str) {
+        if self.touched.len() >= 1024 {
+            self.settle();
+        }
+        self.touched.push(id.to_string());
+    }
+
+    /// Bring `queued` up to date with every task noted by [`Tasks::touch`].
+    fn settle(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            if let Some(task) = self.by_id.get(&id) {
+                let key = lane_key(task);
+                if task.status == TaskStatus::Queued {
+                    self.queued.insert(key);
+                } else {
+                    self.queued.remove(&key);
+                }
+            }
+        }
     }
 
     fn remove(&mut self, id: &str) {
         self.derived = None;
-        self.by_id.remove(id);
+        if let Some(task) = self.by_id.remove(id) {
+            self.queued.remove(&lane_key(&task));
+        }
+    }
+
+    /// The queued tasks, in lane order.
+    fn queued(&mut self) -> impl Iterator<Item = &Task> {
+        self.settle();
+        let by_id = &self.by_id;
+        self.queued.iter().filter_map(|(_, _, id)| by_id.get(id))
     }
 
     fn derived(&mut self) -> &Derived {
@@ -453,19 +510,15 @@ impl Actor for TaskQueue {
                 stats.queued = by_status[0];
                 let _ = reply.send(stats);
             }
-            TaskMsg::Queued(reply) => {
-                let queued = state
-                    .active
-                    .values()
-                    .filter(|t| t.status == TaskStatus::Queued)
-                    .map(|t| QueuedTask {
-                        id: t.id.clone(),
-                        priority: t.priority,
-                        created_at: t.created_at,
-                        needed: t.needed_capabilities.clone(),
-                    })
-                    .collect();
-                let _ = reply.send(queued);
+            TaskMsg::Plan {
+                agents,
+                excluded,
+                reply,
+            } => {
+                let pairs = plan_in_order(&agents, state.active.queued(), |t, a| {
+                    excluded.contains(&(t.to_string(), a.to_string()))
+                });
+                let _ = reply.send(pairs);
             }
             TaskMsg::Assigned(reply) => {
                 let _ = reply.send(state.active.derived().assigned.clone());
@@ -596,16 +649,56 @@ mod tests {
     use super::*;
 
     fn task(id: &str) -> Task {
+        task_at(id, 2, 0)
+    }
+
+    fn task_at(id: &str, priority: u8, created_at: u64) -> Task {
         let new = NewTask {
             description: "d".into(),
             metadata: serde_json::json!({}),
-            priority: agentcom_core::task::DEFAULT_PRIORITY,
+            priority,
             max_retries: 1,
             needed_capabilities: Vec::new(),
             complete_by: None,
             submitted_by: "admin".into(),
         };
-        Task::new(id.into(), new, 0)
+        Task::new(id.into(), new, created_at)
+    }
+
+    fn queued_ids(tasks: &mut Tasks) -> Vec<String> {
+        tasks.queued().map(|t| t.id.clone()).collect()
+    }
+
+    /// The queue in lane order follows every change made through the set, however many
+    /// changes come between two reads.
+    #[test]
+    fn the_queue_in_lane_order_follows_every_change() {
+        let mut tasks = Tasks::new(HashMap::from([
+            ("late".to_string(), task_at("late", 2, 9)),
+            ("urgent".to_string(), task_at("urgent", 0, 10)),
+        ]));
+        tasks.insert("early".into(), task_at("early", 2, 1));
+        assert_eq!(queued_ids(&mut tasks), ["urgent", "early", "late"]);
+        tasks
+            .get_mut("urgent")
+            .unwrap()
+            .assign("agent", 11)
+            .unwrap();
+        assert_eq!(queued_ids(&mut tasks), ["early", "late"]);
+        tasks
+            .get_mut("urgent")
+            .unwrap()
+            .reclaim("test", 12)
+            .unwrap();
+        tasks.remove("late");
+        assert_eq!(queued_ids(&mut tasks), ["urgent", "early"]);
+        for n in 0..3000 {
+            let id = format!("t{n:04}");
+            tasks.insert(id.clone(), task_at(&id, 3, n));
+            tasks.get_mut(&id).unwrap().assign("agent", n).unwrap();
+        }
+        assert!(tasks.touched.len() <= 1024, "what is noted stays bounded");
+        assert_eq!(queued_ids(&mut tasks), ["urgent", "early"]);
     }
 
     /// What is kept of the tasks follows every change made through the set.

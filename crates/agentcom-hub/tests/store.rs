@@ -1,8 +1,10 @@
 //! The store actor over sled: acknowledgements follow a flush, concurrent writers share
-//! flushes (group commit), and `Barrier` waits for earlier writes to be applied only.
+//! flushes and engine batches (group commit), and `Barrier` waits for earlier writes to be
+//! applied only.
 //!
-//! The engine is wrapped so that a test can count flushes, hold a flush open (a closed
-//! gate) and make the next flush fail: the interleavings are then decided by the test.
+//! The engine is wrapped so that a test can count flushes and applies, hold a flush or an
+//! apply open (a closed gate) and make the next flush fail: the interleavings are then
+//! decided by the test.
 
 mod common;
 
@@ -29,6 +31,10 @@ struct GatedEngine {
     fail_next_flush: AtomicBool,
     open: Mutex<bool>,
     opened: Condvar,
+    /// Engine batches applied, and the gate that holds the next one.
+    applies: AtomicUsize,
+    apply_open: Mutex<bool>,
+    apply_opened: Condvar,
 }
 
 impl GatedEngine {
@@ -40,7 +46,20 @@ impl GatedEngine {
             fail_next_flush: AtomicBool::new(false),
             open: Mutex::new(true),
             opened: Condvar::new(),
+            applies: AtomicUsize::new(0),
+            apply_open: Mutex::new(true),
+            apply_opened: Condvar::new(),
         })
+    }
+
+    /// Applies that start from now on block until [`GatedEngine::release_apply`].
+    fn hold_apply(&self) {
+        *self.apply_open.lock().unwrap() = false;
+    }
+
+    fn release_apply(&self) {
+        *self.apply_open.lock().unwrap() = true;
+        self.apply_opened.notify_all();
     }
 
     /// Flushes that start from now on block until [`GatedEngine::release`].
@@ -75,6 +94,13 @@ impl Engine for GatedEngine {
         self.sled.for_each(table, f)
     }
     fn apply(&self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        self.applies.fetch_add(1, Ordering::SeqCst);
+        let open = self.apply_open.lock().unwrap();
+        let (_open, waited) = self
+            .apply_opened
+            .wait_timeout_while(open, WAIT * 2, |open| !*open)
+            .unwrap();
+        assert!(!waited.timed_out(), "a held apply was never released");
         self.sled.apply(batch)
     }
     fn flush(&self) -> Result<(), StoreError> {
@@ -141,6 +167,7 @@ impl Drop for Store {
     /// A failing test must not leave a flush held (it would hold up the runtime's end).
     fn drop(&mut self) {
         self.engine.release();
+        self.engine.release_apply();
     }
 }
 
@@ -246,6 +273,28 @@ async fn concurrent_writers_share_one_flush_and_none_is_acknowledged_before_it()
         s.reader.stats(Table::HubMeta).record_count,
         writers as u64 + 1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_wait_while_one_is_applied_are_applied_together() {
+    let s = store(Durability::GroupCommit).await;
+    s.engine.hold_apply();
+    let first = s.write(0).await;
+    eventually("the first apply starts", || {
+        s.engine.applies.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let mut pending = Vec::new();
+    for n in 1..=30 {
+        pending.push(s.write(n).await);
+    }
+    s.engine.release_apply();
+    assert_acked(first.wait(WAIT).await);
+    assert!(futures_results(pending).await.iter().all(Result::is_ok));
+    assert!((0..=30).all(|n| s.visible(n)));
+    // The held write, then one batch of the thirty that waited behind it.
+    assert_eq!(s.engine.applies.load(Ordering::SeqCst), 2);
+    assert_eq!(s.reader.stats(Table::HubMeta).record_count, 31);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
