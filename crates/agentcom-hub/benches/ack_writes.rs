@@ -115,10 +115,7 @@ fn main() {
 async fn run(durability: Durability, writers: usize, run_for: Duration) -> RunReport {
     let dir = tempfile::tempdir().expect("temporary directory");
     let engine: Arc<dyn Engine> = Arc::new(SledEngine::open(dir.path()).expect("open sled"));
-    let args = StoreArgs {
-        engine: engine.clone(),
-        durability,
-    };
+    let args = StoreArgs::new(engine.clone(), durability);
     let (store, handle) = Actor::spawn(None, StoreActor, args)
         .await
         .expect("spawn store actor");

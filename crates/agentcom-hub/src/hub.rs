@@ -121,7 +121,7 @@ impl Hub {
         });
 
         let s = services.clone();
-        let (e, durability) = (engine.clone(), settings.durability);
+        let store_args = StoreArgs::new(engine.clone(), settings.durability);
         let mut config = ChildSpec::new("config", "service", config_s, {
             let s = s.clone();
             move || {
@@ -154,13 +154,7 @@ impl Hub {
         }
         let children = vec![
             ChildSpec::new("store", "service", store_s, move || {
-                (
-                    StoreActor,
-                    StoreArgs {
-                        engine: e.clone(),
-                        durability,
-                    },
-                )
+                (StoreActor, store_args.clone())
             }),
             ChildSpec::new("pubsub", "service", pubsub_s, {
                 let subs = s.subscriptions.clone();

@@ -1,17 +1,16 @@
-//! The store actor: the only writer to the engine, with group commit at both steps.
+//! The store actor: the only writer to the engine, with group commit.
 //!
-//! - **Apply.** Every write waiting in the mailbox is applied in one engine batch (one sled
-//!   transaction): a write is held until the messages sent before it have been read, then
-//!   applied (visible to readers) with them. A sled transaction writes its log buffer to
-//!   disk twice whatever its size, so one per write made that the main cost of a write.
-//! - **Flush.** A write is answered only after a flush that started after it was applied.
-//!   Writes that arrive while a flush is running wait for the next one, so one fsync
-//!   covers many writes: the committer task drains every waiting acknowledgement before
-//!   each flush.
+//! The actor checks each write and hands it to its writer thread, which works in rounds:
+//! it takes every write waiting, applies them in one engine batch (one sled transaction:
+//! sled writes its log buffer to disk twice per transaction whatever its size, so one per
+//! write was the main cost of a write), then flushes once and answers them all. A write is
+//! therefore visible to readers from the start of the round after it arrives, and answered
+//! only after a flush that began after it was applied; writes that arrive during a round
+//! share the next one. The thread blocks on the disk, never an async worker.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentcom_store::{Compaction, Engine, Retired, StoreError, WriteOp};
@@ -29,9 +28,6 @@ pub type WriteResult = Result<(), StoreError>;
 pub enum StoreMsg {
     /// Apply a batch atomically and answer once it is durable.
     Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
-    /// Apply the writes held so far (sent by the actor to itself after the first of them,
-    /// so that it follows every message already waiting).
-    ApplyHeld,
     /// Answer once every write sent before this message is applied (visible to readers).
     Barrier(RpcReplyPort<()>),
     /// Start recording every batch applied from now on (for a consistent backup), for the
@@ -78,21 +74,43 @@ pub enum Durability {
     FlushEachWrite,
 }
 
+#[derive(Clone)]
 pub struct StoreArgs {
     pub engine: Arc<dyn Engine>,
     pub durability: Durability,
+    /// Held by the writer thread while it runs: a restarted store's thread starts only
+    /// once its predecessor's has answered every write it took (shared across restarts).
+    pub writer_turn: Arc<Mutex<()>>,
+}
+
+impl StoreArgs {
+    pub fn new(engine: Arc<dyn Engine>, durability: Durability) -> StoreArgs {
+        StoreArgs {
+            engine,
+            durability,
+            writer_turn: Arc::default(),
+        }
+    }
 }
 
 /// The most writes applied in one engine batch.
-const MOST_WRITES_PER_APPLY: usize = 1024;
+const MOST_WRITES_PER_ROUND: usize = 1024;
+
+/// The batches a running capture has recorded, with the run's id.
+type Capture = Arc<Mutex<Option<(u64, Vec<Vec<WriteOp>>)>>>;
+
+/// What the actor hands its writer thread.
+enum Job {
+    Write(Vec<WriteOp>, RpcReplyPort<WriteResult>),
+    /// Answer once every write handed over before is applied.
+    Applied(RpcReplyPort<()>),
+}
 
 pub struct StoreState {
-    engine: Arc<dyn Engine>,
-    /// Writes taken but not yet applied, in the order received.
-    held: Vec<(Vec<WriteOp>, RpcReplyPort<WriteResult>)>,
-    capture: Option<(u64, Vec<Vec<WriteOp>>)>,
-    durability: Durability,
-    committer: mpsc::UnboundedSender<RpcReplyPort<WriteResult>>,
+    capture: Capture,
+    /// `None` once the instance is stopping.
+    writer: Option<std_mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 pub struct StoreActor;
@@ -107,20 +125,24 @@ impl Actor for StoreActor {
         _myself: ActorRef<Self::Msg>,
         args: StoreArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(committer(args.engine.clone(), rx));
+        let (tx, rx) = std_mpsc::channel();
+        let capture = Capture::default();
+        let thread = {
+            let capture = capture.clone();
+            std::thread::Builder::new()
+                .name("agentcom-store".into())
+                .spawn(move || writer(args, capture, rx))?
+        };
         Ok(StoreState {
-            engine: args.engine,
-            held: Vec::new(),
-            capture: None,
-            durability: args.durability,
-            committer: tx,
+            capture,
+            writer: Some(tx),
+            thread: Some(thread),
         })
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -131,50 +153,38 @@ impl Actor for StoreActor {
                     let _ = reply.send(Err(e));
                     return Ok(());
                 }
-                if state.held.is_empty() {
-                    // Should the send fail (the instance is draining), `post_stop` applies
-                    // what is held.
-                    let _ = myself.send_message(StoreMsg::ApplyHeld);
-                }
-                state.held.push((batch, reply));
-                if state.held.len() >= MOST_WRITES_PER_APPLY {
-                    state.apply_held().await;
-                }
+                state.hand_over(Job::Write(batch, reply))?;
             }
-            StoreMsg::ApplyHeld => state.apply_held().await,
-            // Every other message follows the writes sent before it: those are applied first.
-            StoreMsg::Barrier(reply) => {
-                state.apply_held().await;
-                let _ = reply.send(());
-            }
+            StoreMsg::Barrier(reply) => state.hand_over(Job::Applied(reply))?,
+            // The captures follow the writes sent before them: those are applied first.
             StoreMsg::StartCapture(run, reply) => {
-                state.apply_held().await;
-                state.capture = Some((run, Vec::new()));
+                state.all_applied().await?;
+                *state.capture() = Some((run, Vec::new()));
                 let _ = reply.send(());
             }
             StoreMsg::EndCapture(run, reply) => {
-                state.apply_held().await;
-                let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
-                let captured = if ours {
-                    state.capture.take().map(|(_, c)| c)
+                state.all_applied().await?;
+                let mut capture = state.capture();
+                let ours = capture.as_ref().is_some_and(|(r, _)| *r == run);
+                let _ = reply.send(if ours {
+                    capture.take().map(|(_, c)| c)
                 } else {
                     None
-                };
-                let _ = reply.send(captured);
+                });
             }
             StoreMsg::TakeCapture(run, reply) => {
-                state.apply_held().await;
-                let captured = match state.capture.as_mut() {
+                state.all_applied().await?;
+                let captured = match state.capture().as_mut() {
                     Some((r, captured)) if *r == run => Some(std::mem::take(captured)),
                     _ => None,
                 };
                 let _ = reply.send(captured);
             }
             StoreMsg::Switch(run, target, reply) => {
-                state.apply_held().await;
+                state.all_applied().await?;
                 let paused = Instant::now();
-                let ours = state.capture.as_ref().is_some_and(|(r, _)| *r == run);
-                let result = match state.capture.take().filter(|_| ours) {
+                let taken = state.capture().take();
+                let result = match taken.filter(|(r, _)| *r == run) {
                     None => Err(StoreError::Engine(
                         "the writes made during the compaction were not all captured (the \
                          store restarted, or a backup took the capture over)"
@@ -197,63 +207,119 @@ impl Actor for StoreActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        // Writes still held are applied and answered; pending acknowledgements are flushed
-        // by the committer, which ends when the last sender (this state) is dropped.
-        state.apply_held().await;
-        let _ = flush(state.engine.clone()).await;
+        // The writer applies, flushes and answers every write it took, then ends.
+        state.writer = None;
+        if let Some(thread) = state.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, joined).await;
+        }
         Ok(())
     }
 }
 
 impl StoreState {
-    /// Apply every held write, as few engine batches as possible, and hand each applied
-    /// write's answer on to be made durable. Should a combined batch fail, its writes are
-    /// applied one by one, so that one write's failure is its own.
-    async fn apply_held(&mut self) {
-        while !self.held.is_empty() {
-            let take = self.held.len().min(MOST_WRITES_PER_APPLY);
-            let writes: Vec<_> = self.held.drain(..take).collect();
-            if writes.len() > 1 && self.durability == Durability::GroupCommit {
-                let combined: Vec<WriteOp> = writes
-                    .iter()
-                    .flat_map(|(batch, _)| batch.iter().cloned())
-                    .collect();
-                if self.engine.apply(&combined).is_ok() {
-                    for (batch, reply) in writes {
-                        self.applied(batch, reply).await;
-                    }
-                    continue;
-                }
-            }
-            for (batch, reply) in writes {
-                match self.engine.apply(&batch) {
-                    Ok(()) => self.applied(batch, reply).await,
-                    Err(e) => {
-                        tracing::error!(actor = "store", error = %e, "write failed");
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-        }
+    fn hand_over(&self, job: Job) -> Result<(), ActorProcessingErr> {
+        let writer = self.writer.as_ref().ok_or("the store is stopping")?;
+        writer
+            .send(job)
+            .map_err(|_| "the store's writer thread ended".into())
     }
 
-    /// `batch` is applied: record it for a capture running, and answer once it is durable.
-    async fn applied(&mut self, batch: Vec<WriteOp>, reply: RpcReplyPort<WriteResult>) {
-        if let Some((_, capture)) = self.capture.as_mut() {
-            capture.push(batch);
+    /// Wait until every write handed over so far is applied (the writer thread is at most
+    /// one flush away from it).
+    async fn all_applied(&self) -> Result<(), ActorProcessingErr> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.hand_over(Job::Applied(tx.into()))?;
+        tokio::time::timeout(WRITE_TIMEOUT, rx)
+            .await
+            .map_err(|_| "the store's writer did not catch up in time")?
+            .map_err(|_| "the store's writer thread ended")?;
+        Ok(())
+    }
+
+    fn capture(&self) -> std::sync::MutexGuard<'_, Option<(u64, Vec<Vec<WriteOp>>)>> {
+        self.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The writer thread: rounds of apply, flush, answer, until the actor lets go of it.
+fn writer(args: StoreArgs, capture: Capture, jobs: std_mpsc::Receiver<Job>) {
+    let _turn = args.writer_turn.lock().unwrap_or_else(|p| p.into_inner());
+    let engine = args.engine;
+    let mut round = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        round.push(first);
+        while round.len() < MOST_WRITES_PER_ROUND {
+            match jobs.try_recv() {
+                Ok(job) => round.push(job),
+                Err(_) => break,
+            }
         }
-        match self.durability {
+        match args.durability {
             Durability::GroupCommit => {
-                // The committer outlives this instance only while it has waiters.
-                if let Err(mpsc::error::SendError(reply)) = self.committer.send(reply) {
-                    let _ = reply.send(flush(self.engine.clone()).await);
+                let applied = apply_round(engine.as_ref(), &capture, round.drain(..));
+                if !applied.is_empty() {
+                    let result = engine.flush();
+                    for reply in applied {
+                        let _ = reply.send(result.clone());
+                    }
                 }
             }
             Durability::FlushEachWrite => {
-                let _ = reply.send(flush(self.engine.clone()).await);
+                for job in round.drain(..) {
+                    for reply in apply_round(engine.as_ref(), &capture, std::iter::once(job)) {
+                        let _ = reply.send(engine.flush());
+                    }
+                }
             }
         }
     }
+}
+
+/// Apply the writes of a round in one engine batch (one by one should that fail, so that a
+/// write's failure is its own), record them for a running capture, answer the barriers
+/// among them; answers the writes applied, still to be made durable.
+fn apply_round(
+    engine: &dyn Engine,
+    capture: &Capture,
+    round: impl Iterator<Item = Job>,
+) -> Vec<RpcReplyPort<WriteResult>> {
+    let mut writes = Vec::new();
+    let mut barriers = Vec::new();
+    for job in round {
+        match job {
+            Job::Write(batch, reply) => writes.push((batch, reply)),
+            Job::Applied(reply) => barriers.push(reply),
+        }
+    }
+    let combined = writes.len() > 1 && {
+        let all: Vec<WriteOp> = writes
+            .iter()
+            .flat_map(|(batch, _)| batch.iter().cloned())
+            .collect();
+        engine.apply(&all).is_ok()
+    };
+    let mut applied = Vec::with_capacity(writes.len());
+    let mut captured = capture.lock().unwrap_or_else(|p| p.into_inner());
+    for (batch, reply) in writes {
+        match combined.then_some(Ok(())).unwrap_or_else(|| engine.apply(&batch)) {
+            Ok(()) => {
+                if let Some((_, recorded)) = captured.as_mut() {
+                    recorded.push(batch);
+                }
+                applied.push(reply);
+            }
+            Err(e) => {
+                tracing::error!(actor = "store", error = %e, "write failed");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    drop(captured);
+    for reply in barriers {
+        let _ = reply.send(());
+    }
+    applied
 }
 
 /// Replay `captured` into the copy and switch to it, off the async workers (while the
@@ -276,30 +342,6 @@ fn check_batch(batch: &[WriteOp]) -> Result<(), StoreError> {
         WriteOp::Put { table, value, .. } => agentcom_store::check_writable(*table, value),
         WriteOp::Delete { .. } => Ok(()),
     })
-}
-
-async fn flush(engine: Arc<dyn Engine>) -> WriteResult {
-    tokio::task::spawn_blocking(move || engine.flush())
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Engine(format!("flush task failed: {e}"))))
-}
-
-/// Group commit: take every waiting acknowledgement, flush once, answer them all.
-async fn committer(
-    engine: Arc<dyn Engine>,
-    mut waiting: mpsc::UnboundedReceiver<RpcReplyPort<WriteResult>>,
-) {
-    let mut batch = Vec::new();
-    while let Some(first) = waiting.recv().await {
-        batch.push(first);
-        while let Ok(next) = waiting.try_recv() {
-            batch.push(next);
-        }
-        let result = flush(engine.clone()).await;
-        for reply in batch.drain(..) {
-            let _ = reply.send(result.clone());
-        }
-    }
 }
 
 /// Runs the continuations of one actor's writes in the order the writes were sent, so

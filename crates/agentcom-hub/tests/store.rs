@@ -1,6 +1,6 @@
 //! The store actor over sled: acknowledgements follow a flush, concurrent writers share
-//! flushes and engine batches (group commit), and `Barrier` waits for earlier writes to be
-//! applied only.
+//! flushes and engine batches (group commit: rounds of apply, flush, answer), and
+//! `Barrier` waits for earlier writes to be applied only.
 //!
 //! The engine is wrapped so that a test can count flushes and applies, hold a flush or an
 //! apply open (a closed gate) and make the next flush fail: the interleavings are then
@@ -23,13 +23,20 @@ use ractor::Actor;
 /// The engine's record visitor (`agentcom_store`'s `Visitor`, which it does not export).
 type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), StoreError> + 'a;
 
+#[derive(Clone, Copy, PartialEq)]
+enum Gate {
+    Open,
+    Closed { let_through: usize },
+}
+
 /// Sled, with flushes that the test can count, hold and fail.
 struct GatedEngine {
     sled: SledEngine,
     flushes_started: AtomicUsize,
     flushes_done: AtomicUsize,
     fail_next_flush: AtomicBool,
-    open: Mutex<bool>,
+    /// Open, or closed with this many flushes still let through.
+    open: Mutex<Gate>,
     opened: Condvar,
     /// Engine batches applied, and the gate that holds the next one.
     applies: AtomicUsize,
@@ -44,7 +51,7 @@ impl GatedEngine {
             flushes_started: AtomicUsize::new(0),
             flushes_done: AtomicUsize::new(0),
             fail_next_flush: AtomicBool::new(false),
-            open: Mutex::new(true),
+            open: Mutex::new(Gate::Open),
             opened: Condvar::new(),
             applies: AtomicUsize::new(0),
             apply_open: Mutex::new(true),
@@ -64,11 +71,20 @@ impl GatedEngine {
 
     /// Flushes that start from now on block until [`GatedEngine::release`].
     fn hold(&self) {
-        *self.open.lock().unwrap() = false;
+        *self.open.lock().unwrap() = Gate::Closed { let_through: 0 };
+    }
+
+    /// Let one more held flush through, and hold the ones after it.
+    fn let_one_through(&self) {
+        let mut gate = self.open.lock().unwrap();
+        if let Gate::Closed { let_through } = &mut *gate {
+            *let_through += 1;
+        }
+        self.opened.notify_all();
     }
 
     fn release(&self) {
-        *self.open.lock().unwrap() = true;
+        *self.open.lock().unwrap() = Gate::Open;
         self.opened.notify_all();
     }
 
@@ -105,13 +121,17 @@ impl Engine for GatedEngine {
     }
     fn flush(&self) -> Result<(), StoreError> {
         self.flushes_started.fetch_add(1, Ordering::SeqCst);
-        let open = self.open.lock().unwrap();
+        let gate = self.open.lock().unwrap();
         // Bounded, so that a broken test cannot hang forever.
-        let (_open, waited) = self
+        let (mut gate, waited) = self
             .opened
-            .wait_timeout_while(open, WAIT * 2, |open| !*open)
+            .wait_timeout_while(gate, WAIT * 2, |g| *g == Gate::Closed { let_through: 0 })
             .unwrap();
         assert!(!waited.timed_out(), "a held flush was never released");
+        if let Gate::Closed { let_through } = &mut *gate {
+            *let_through -= 1;
+        }
+        drop(gate);
         let result = if self.fail_next_flush.swap(false, Ordering::SeqCst) {
             Err(StoreError::Engine("injected flush failure (test)".into()))
         } else {
@@ -145,10 +165,7 @@ struct Store {
 async fn store(durability: Durability) -> Store {
     let dir = tempfile::tempdir().expect("temporary directory");
     let engine = GatedEngine::open(dir.path());
-    let args = StoreArgs {
-        engine: engine.clone(),
-        durability,
-    };
+    let args = StoreArgs::new(engine.clone(), durability);
     let (actor, _) = Actor::spawn(None, StoreActor, args)
         .await
         .expect("store starts");
@@ -244,18 +261,14 @@ async fn concurrent_writers_share_one_flush_and_none_is_acknowledged_before_it()
             result
         }));
     }
-    // Every write is applied (visible) while the flush is held ...
-    eventually("every write is visible", || {
-        (1..=writers).all(|n| s.visible(n))
-    })
-    .await;
-    // ... and, past this barrier, every one is waiting for the committer.
-    s.barrier().await;
+    // None is acknowledged, or even applied, while the flush before it is held ...
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(
         acked.load(Ordering::SeqCst),
         0,
         "acknowledged before a flush"
     );
+    assert!((1..=writers).all(|n| !s.visible(n)), "applied mid-round");
     assert_eq!(
         s.engine.started(),
         1,
@@ -267,8 +280,11 @@ async fn concurrent_writers_share_one_flush_and_none_is_acknowledged_before_it()
     for task in tasks {
         assert_acked(within("a writer finishes", task).await.unwrap());
     }
-    // One flush for the first write, one shared by the fifty that waited behind it.
-    assert_eq!(s.engine.started(), 2);
+    assert!((0..=writers).all(|n| s.visible(n)));
+    // One round for the first write; the fifty that waited behind it share the next (a
+    // third only if the test's tasks were slower to send than the round to start).
+    assert!(s.engine.started() <= 3, "{} flushes", s.engine.started());
+    assert!(s.engine.applies.load(Ordering::SeqCst) <= 3);
     assert_eq!(
         s.reader.stats(Table::HubMeta).record_count,
         writers as u64 + 1
@@ -292,8 +308,10 @@ async fn writes_that_wait_while_one_is_applied_are_applied_together() {
     assert_acked(first.wait(WAIT).await);
     assert!(futures_results(pending).await.iter().all(Result::is_ok));
     assert!((0..=30).all(|n| s.visible(n)));
-    // The held write, then one batch of the thirty that waited behind it.
-    assert_eq!(s.engine.applies.load(Ordering::SeqCst), 2);
+    // The held write, then one batch of the thirty that waited behind it (two only if the
+    // actor was slower to hand them over than the first round to end).
+    let applies = s.engine.applies.load(Ordering::SeqCst);
+    assert!(applies <= 3, "{applies} engine batches for 31 writes");
     assert_eq!(s.reader.stats(Table::HubMeta).record_count, 31);
 }
 
@@ -307,16 +325,23 @@ async fn barrier_waits_for_earlier_writes_to_be_applied_not_flushed() {
     for n in 1..=20 {
         pending.push(s.write(n).await);
     }
+    let barrier = s.service.request(StoreMsg::Barrier, WAIT).await.unwrap();
+    // The first round ends; the next applies the twenty and answers the barrier, and its
+    // flush is held.
+    s.engine.let_one_through();
+    assert_acked(first.wait(WAIT).await);
+    within("the barrier answers while the flush is held", barrier.wait(WAIT))
+        .await
+        .expect("the barrier answers");
     // No polling: the barrier alone guarantees that everything sent before it is visible.
-    within("the barrier answers while the flush is held", s.barrier()).await;
     for n in 0..=20 {
         assert!(
             s.visible(n),
             "write {n} sent before the barrier is not visible"
         );
     }
+    assert_eq!(s.engine.started(), 2, "the second round's flush is held");
     s.engine.release();
-    assert_acked(first.wait(WAIT).await);
     for reply in pending {
         assert_acked(reply.wait(WAIT).await);
     }
@@ -333,7 +358,6 @@ async fn a_failed_flush_fails_every_write_that_shared_it_but_they_stay_applied()
     for n in 1..=5 {
         pending.push(s.write(n).await);
     }
-    s.barrier().await;
     s.engine.release();
     let results: Vec<_> = futures_results(pending).await;
     assert!(

@@ -89,10 +89,7 @@ pub async fn store_actor(
     let (store, _) = Actor::spawn(
         None,
         StoreActor,
-        StoreArgs {
-            engine,
-            durability: Durability::GroupCommit,
-        },
+        StoreArgs::new(engine, Durability::GroupCommit),
     )
     .await
     .expect("spawn");
