@@ -330,9 +330,12 @@ async fn barrier_waits_for_earlier_writes_to_be_applied_not_flushed() {
     // flush is held.
     s.engine.let_one_through();
     assert_acked(first.wait(WAIT).await);
-    within("the barrier answers while the flush is held", barrier.wait(WAIT))
-        .await
-        .expect("the barrier answers");
+    within(
+        "the barrier answers while the flush is held",
+        barrier.wait(WAIT),
+    )
+    .await
+    .expect("the barrier answers");
     // No polling: the barrier alone guarantees that everything sent before it is visible.
     for n in 0..=20 {
         assert!(
@@ -340,7 +343,10 @@ async fn barrier_waits_for_earlier_writes_to_be_applied_not_flushed() {
             "write {n} sent before the barrier is not visible"
         );
     }
-    eventually("the second round's flush starts", || s.engine.started() == 2).await;
+    eventually("the second round's flush starts", || {
+        s.engine.started() == 2
+    })
+    .await;
     s.engine.release();
     for reply in pending {
         assert_acked(reply.wait(WAIT).await);

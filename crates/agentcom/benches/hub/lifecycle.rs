@@ -37,16 +37,27 @@ pub async fn run(mode: Mode) -> Value {
         feeding.push(tokio::spawn(async move {
             let mut client = Client::connect(&addr).await;
             let mut ids = Vec::new();
+            let mut round_trips = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < tasks {
+                let sent = Instant::now();
                 ids.push(submit_task(&mut client, "lifecycle").await);
+                round_trips.push(sent.elapsed());
             }
-            ids
+            (ids, round_trips)
         }));
     }
     let mut submitted = Vec::with_capacity(tasks);
+    let mut round_trips = Vec::with_capacity(tasks);
     for f in feeding {
-        submitted.extend(f.await.expect("submitter"));
+        let (ids, times) = f.await.expect("submitter");
+        submitted.extend(ids);
+        round_trips.extend(times);
     }
+    round_trips.sort();
+    let submit_ms = |q: f64| {
+        let i = ((round_trips.len() as f64 * q) as usize).min(round_trips.len() - 1);
+        round2(round_trips[i].as_secs_f64() * 1000.0)
+    };
     let submitted_in = start.elapsed();
     crew.completions
         .wait_for(tasks, Duration::from_secs(600))
@@ -79,6 +90,9 @@ pub async fn run(mode: Mode) -> Value {
         "submitters": submitters,
         "seconds": round2(elapsed.as_secs_f64()),
         "submissions_seconds": round2(submitted_in.as_secs_f64()),
+        // Each submitter waits for its answer before the next: the submit round trip bounds
+        // the run when the agents keep up.
+        "submit_ms": {"p50": submit_ms(0.5), "p99": submit_ms(0.99)},
         "cpu_seconds": {"hub": round2(cpu.0), "harness": round2(cpu.1)},
         "tasks_per_s": tasks_per_s.round(),
         "baseline": {"what": "issue 11 target", "tasks_per_s": TARGET_TASKS_PER_S},
