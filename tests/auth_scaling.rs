@@ -153,3 +153,29 @@ async fn registration_and_sign_in_do_not_slow_down_with_many_tokens_and_sessions
     assert_eq!(register(hub, "grown-17").await, 409);
     assert_eq!(register(hub, "small-3").await, 409);
 }
+
+/// Registration reads the store without waiting for the writes in flight of other agents'
+/// registrations, but never past one of its own agent: of many concurrent registrations of
+/// one id exactly one mints, and right after a revoke the id registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registrations_of_one_agent_mint_once_and_a_revoke_frees_the_id() {
+    let hub = TestHub::start().await;
+    let hub = &hub;
+    for round in 0..5 {
+        let ids: Vec<String> = (0..64)
+            .map(|i| format!("other-{round}-{i}"))
+            .chain((0..64).map(|_| "contested".to_string()))
+            .collect();
+        let statuses: Vec<u16> =
+            futures_util::future::join_all(ids.iter().map(|id| register(hub, id))).await;
+        let (others, same) = statuses.split_at(64);
+        assert!(others.iter().all(|s| *s == 201), "{others:?}");
+        let minted = same.iter().filter(|s| **s == 201).count();
+        assert_eq!(minted, 1, "round {round}: {same:?}");
+        assert!(same.iter().all(|s| *s == 201 || *s == 409), "{same:?}");
+        let revoked = hub
+            .request("DELETE", "/admin/tokens/contested", Some(ADMIN), None)
+            .await;
+        assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    }
+}

@@ -9,7 +9,7 @@ use agentcom_store::{StoreReader, TokenRecord};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::service::Service;
-use crate::store::{write_then, InOrder, StoreMsg};
+use crate::store::{write_then, InFlight, InOrder, StoreMsg};
 use crate::{now_ms, tokens, HubError, CALL_TIMEOUT};
 
 pub enum AuthMsg {
@@ -48,7 +48,13 @@ pub struct AuthState {
     store: Service<StoreMsg>,
     order: InOrder,
     session_ttl: Millis,
+    pending: InFlight,
 }
+
+/// Stands for every agent among the agents whose tokens this actor's writes in flight
+/// change (a bootstrap): a registration reads the store at once unless its agent is among
+/// them, and only then waits for those writes to be applied.
+const EVERY_AGENT: &str = "";
 
 impl AuthState {
     /// Wait until every write this actor sent is applied, so that a read sees them.
@@ -91,6 +97,7 @@ impl Actor for AuthActor {
             store: args.store,
             order: InOrder::new(),
             session_ttl: args.session_ttl,
+            pending: InFlight::default(),
         })
     }
 
@@ -104,18 +111,25 @@ impl Actor for AuthActor {
             AuthMsg::Create(agent_id, role, reply) => {
                 let token = tokens::mint();
                 let (record, ops) = tokens::create(&agent_id, role, &token, false, now_ms());
+                let in_flight = state.pending.start(&agent_id);
                 write_then(&state.store, &state.order, ops, reply, move || {
+                    drop(in_flight);
                     (token, record)
                 })
                 .await;
             }
             AuthMsg::Register(agent_id, reply) => {
-                // Serialised here, and read after this actor's earlier writes are applied
-                // (`settled`), so two concurrent registrations cannot both mint.
-                let registered = match state.settled().await {
-                    Ok(()) => tokens::is_registered(&state.reader, &agent_id).map_err(Into::into),
-                    Err(e) => Err(e),
-                };
+                // Serialised here, and read after this actor's earlier writes for the agent
+                // are applied (`settled`), so two concurrent registrations cannot both mint.
+                let settled =
+                    if state.pending.touches(&agent_id) || state.pending.touches(EVERY_AGENT) {
+                        state.settled().await
+                    } else {
+                        Ok(())
+                    };
+                let registered = settled.and_then(|()| {
+                    tokens::is_registered(&state.reader, &agent_id).map_err(Into::into)
+                });
                 match registered {
                     Ok(true) => {
                         let _ = reply.send(Err(HubError::Conflict("agent_id already registered")));
@@ -124,7 +138,9 @@ impl Actor for AuthActor {
                         let token = tokens::mint();
                         let (record, ops) =
                             tokens::create(&agent_id, Role::Agent, &token, false, now_ms());
+                        let in_flight = state.pending.start(&agent_id);
                         write_then(&state.store, &state.order, ops, reply, move || {
+                            drop(in_flight);
                             (token, record)
                         })
                         .await;
@@ -142,7 +158,12 @@ impl Actor for AuthActor {
                 match ops {
                     Ok(ops) => {
                         let n = tokens::revoked_count(&ops);
-                        write_then(&state.store, &state.order, ops, reply, move || n).await;
+                        let in_flight = state.pending.start(&agent_id);
+                        write_then(&state.store, &state.order, ops, reply, move || {
+                            drop(in_flight);
+                            n
+                        })
+                        .await;
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -175,7 +196,13 @@ impl Actor for AuthActor {
                     Err(e) => Err(e),
                 };
                 match ops {
-                    Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,
+                    Ok(ops) => {
+                        let in_flight = state.pending.start(EVERY_AGENT);
+                        write_then(&state.store, &state.order, ops, reply, move || {
+                            drop(in_flight)
+                        })
+                        .await
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }

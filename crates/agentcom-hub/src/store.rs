@@ -347,6 +347,44 @@ fn check_batch(batch: &[WriteOp]) -> Result<(), StoreError> {
     })
 }
 
+/// An actor's writes in flight (sent, not yet known to be applied), counted by a key of the
+/// actor's choosing: a read that depends only on keys with nothing in flight can skip the
+/// wait for the actor's earlier writes to be applied (a [`StoreMsg::Barrier`], which may
+/// wait for a round of the writer).
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One write in flight under a key, until dropped: keep it in the write's continuation,
+/// which runs once the write is durable and is dropped if the write fails.
+pub struct Flying(InFlight, String);
+
+impl InFlight {
+    pub fn start(&self, key: &str) -> Flying {
+        *self.lock().entry(key.to_string()).or_default() += 1;
+        Flying(self.clone(), key.to_string())
+    }
+
+    pub fn touches(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Flying {
+    fn drop(&mut self) {
+        let mut flying = self.0.lock();
+        if let Some(n) = flying.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                flying.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Runs the continuations of one actor's writes in the order the writes were sent, so
 /// that answers and events follow the order of the actor's decisions even when several
 /// writes become durable in the same flush.

@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use crate::service::Service;
-use crate::store::{write_then, InOrder, StoreMsg, WRITE_TIMEOUT};
+use crate::store::{write_then, InFlight, InOrder, StoreMsg, WRITE_TIMEOUT};
 use crate::{HubError, CALL_TIMEOUT};
 
 pub enum ThreadsMsg {
@@ -68,6 +68,8 @@ pub struct ThreadsState {
     order: InOrder,
     /// The index order of the newest indexed message.
     last_seq: u64,
+    /// Messages being indexed, and parents whose replies are, until durable.
+    in_flight: InFlight,
 }
 
 /// `hub_meta` keys of the index order: this prefix and the big-endian sequence number.
@@ -171,9 +173,15 @@ fn reply_numbers(reader: &StoreReader, parent: &str) -> Result<Option<(u64, u64)
 impl ThreadsState {
     /// The writes that index `message`; none if it is indexed already.
     async fn plan(&mut self, message: &Message) -> Result<Vec<WriteOp>, HubError> {
-        // Read after this actor's earlier writes are applied: a reply's number depends on
-        // the replies indexed just before it.
-        self.store.call(StoreMsg::Barrier, CALL_TIMEOUT).await?;
+        // Read after this actor's earlier writes for the same message or parent are
+        // applied: a reply's number depends on the replies indexed just before it. Writes
+        // for other messages do not change what is read here (the pruning below may see
+        // entries already being pruned: it removes them again, which is harmless).
+        let parent = message.reply_to.as_deref();
+        if self.in_flight.touches(&message.id) || parent.is_some_and(|p| self.in_flight.touches(p))
+        {
+            self.store.call(StoreMsg::Barrier, CALL_TIMEOUT).await?;
+        }
         let reader = &self.reader;
         if reader
             .get(Table::ThreadMessages, message.id.as_bytes())?
@@ -320,6 +328,7 @@ impl Actor for Threads {
             limits,
             order: InOrder::new(),
             last_seq,
+            in_flight: InFlight::default(),
         })
     }
 
@@ -331,7 +340,16 @@ impl Actor for Threads {
     ) -> Result<(), ActorProcessingErr> {
         let ThreadsMsg::Index(message, reply) = msg;
         match state.plan(&message).await {
-            Ok(ops) => write_then(&state.store, &state.order, ops, reply, || ()).await,
+            Ok(ops) => {
+                let flying = (
+                    state.in_flight.start(&message.id),
+                    message
+                        .reply_to
+                        .as_deref()
+                        .map(|p| state.in_flight.start(p)),
+                );
+                write_then(&state.store, &state.order, ops, reply, move || drop(flying)).await
+            }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
