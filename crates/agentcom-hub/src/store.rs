@@ -302,10 +302,12 @@ fn apply_round(
     let mut applied = Vec::with_capacity(writes.len());
     let mut captured = capture.lock().unwrap_or_else(|p| p.into_inner());
     for (batch, reply) in writes {
-        match combined
-            .then_some(Ok(()))
-            .unwrap_or_else(|| engine.apply(&batch))
-        {
+        let result = if combined {
+            Ok(())
+        } else {
+            engine.apply(&batch)
+        };
+        match result {
             Ok(()) => {
                 if let Some((_, recorded)) = captured.as_mut() {
                     recorded.push(batch);
