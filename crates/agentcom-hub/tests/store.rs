@@ -213,13 +213,6 @@ impl Store {
             .expect("the store takes the write")
     }
 
-    async fn barrier(&self) {
-        self.service
-            .call(StoreMsg::Barrier, WAIT)
-            .await
-            .expect("the store answers Barrier");
-    }
-
     fn visible(&self, n: usize) -> bool {
         let value = self.reader.get(Table::HubMeta, &key(n)).expect("read");
         value == Some(agentcom_store::encode(&format!("value-{n}")))
