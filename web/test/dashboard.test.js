@@ -327,19 +327,21 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       assert.ok(await button.isVisible());
       assert.equal(await button.innerText(), 'Compact now');
       await expectText('#compactions', /none since the hub started/);
-      // Hold the request until the page's progress state has been seen.
-      let progress = null;
-      await page.route('**/api/admin/compact', async (route) => {
-        progress = await page.evaluate(() => {
-          const b = document.querySelector('#compact-now');
-          return { text: b.innerText, disabled: b.disabled, busy: b.getAttribute('aria-busy'),
-            backup: document.querySelector('#backup-now').disabled, msg: document.querySelector('#compact-msg').innerText };
-        });
-        await route.continue();
+      // Every state the button is rendered in, recorded in the page (no request is held:
+      // interception switched on and off around requests in flight can abort them).
+      await page.evaluate(() => {
+        const b = document.querySelector('#compact-now');
+        window.compactStates = [];
+        window.compactObserver = new MutationObserver(() => window.compactStates.push({
+          text: b.innerText, disabled: b.disabled, busy: b.getAttribute('aria-busy'),
+          backup: document.querySelector('#backup-now').disabled, msg: document.querySelector('#compact-msg').innerText,
+        }));
+        window.compactObserver.observe(b, { attributes: true, childList: true, characterData: true, subtree: true });
       });
       await button.click();
       await expectText('#compact-msg', /^Compacted in .*: reclaimed .* \(.* → .*\), longest write pause [\d.]+ ms$/, 30000);
-      await page.unroute('**/api/admin/compact');
+      const states = await page.evaluate(() => { window.compactObserver.disconnect(); return window.compactStates; });
+      const progress = states.find((s) => s.busy === 'true') || states;
       assert.deepEqual(progress, {
         text: 'Compacting…', disabled: true, busy: 'true', backup: true,
         msg: 'Compacting: copying the live records into a fresh database while writes go on...',

@@ -134,7 +134,7 @@ impl Actor for Dashboard {
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut subscribed =
             Subscribed::new(args.services.subscriptions.clone(), myself.clone(), |e| {
-                Some(DashboardMsg::Event(e.clone()))
+                counted(e).then(|| DashboardMsg::Event(e.clone()))
             });
         subscribed.add(Topic::Tasks);
         subscribed.add(Topic::Presence);
@@ -201,6 +201,20 @@ impl Actor for Dashboard {
             }
         }
         Ok(())
+    }
+}
+
+/// Does the state keep anything of `event` ([`DashboardState::record`], [`store_moment`])?
+/// The others (submissions, assignments, agent state changes: several per task) are not
+/// sent to the actor at all.
+fn counted(event: &HubEvent) -> bool {
+    match event {
+        HubEvent::Task { kind, .. } => matches!(
+            kind,
+            TaskEventKind::Completed | TaskEventKind::DeadLetter | TaskEventKind::Retried
+        ),
+        HubEvent::AgentJoined(_) | HubEvent::AgentLeft(_) => true,
+        _ => store_moment(event).is_some(),
     }
 }
 
