@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+use crate::task::Task;
 use crate::Millis;
 
 /// The most capabilities an agent may declare, or a task may need.
@@ -21,15 +22,6 @@ pub struct Candidate {
     pub capabilities: HashSet<String>,
     /// When the agent last changed state (became idle): the longest idle goes first.
     pub idle_since: Millis,
-}
-
-/// A queued task as the scheduler sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedTask {
-    pub id: String,
-    pub priority: u8,
-    pub created_at: Millis,
-    pub needed: Vec<String>,
 }
 
 /// The names of capabilities given at identify: strings, or objects with a string `name`
@@ -77,65 +69,33 @@ pub fn check_capabilities(caps: &Value) -> Result<(), String> {
     }
 }
 
-/// What matching reads of a queued task.
-pub trait Matchable {
-    fn id(&self) -> &str;
-    fn needed(&self) -> &[String];
+pub fn matches(agent: &Candidate, task: &Task) -> bool {
+    task.needed_capabilities
+        .iter()
+        .all(|n| agent.capabilities.contains(n))
 }
 
-impl Matchable for QueuedTask {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn needed(&self) -> &[String] {
-        &self.needed
-    }
-}
-
-impl Matchable for crate::task::Task {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn needed(&self) -> &[String] {
-        &self.needed_capabilities
-    }
-}
-
-pub fn matches(agent: &Candidate, task: &impl Matchable) -> bool {
-    task.needed().iter().all(|n| agent.capabilities.contains(n))
-}
-
-/// Plan one pass: pairs of (task id, agent id). Tasks go in lane order, FIFO inside a
-/// lane; a task with no matching agent is skipped (no head-of-line blocking); each agent
-/// gets at most one task; `excluded(task, agent)` pairs are never made.
-pub fn plan(
+/// Plan one pass: pairs of (task id, agent id), over queued tasks given in lane order
+/// ([`Task::lane`]). A task with no matching agent is skipped (no head-of-line blocking);
+/// each agent gets at most one task; `excluded(task, agent)` pairs are never made. It
+/// stops as soon as every agent has a task, so a long queue costs a pass only as many
+/// tasks as it takes to find them.
+pub fn plan<'a>(
     agents: &[Candidate],
-    tasks: &[QueuedTask],
-    excluded: impl Fn(&str, &str) -> bool,
-) -> Vec<(String, String)> {
-    let mut order: Vec<&QueuedTask> = tasks.iter().collect();
-    order.sort_by(|a, b| (a.priority, a.created_at, &a.id).cmp(&(b.priority, b.created_at, &b.id)));
-    plan_in_order(agents, order, excluded)
-}
-
-/// [`plan`] over tasks already in lane order: it stops as soon as every agent has a task,
-/// so a long queue costs a pass only as many tasks as it takes to find them.
-pub fn plan_in_order<'a, T: Matchable + 'a>(
-    agents: &[Candidate],
-    tasks_in_order: impl IntoIterator<Item = &'a T>,
+    tasks_in_lane_order: impl IntoIterator<Item = &'a Task>,
     excluded: impl Fn(&str, &str) -> bool,
 ) -> Vec<(String, String)> {
     let mut free: Vec<&Candidate> = agents.iter().collect();
     let mut out = Vec::new();
-    for task in tasks_in_order {
+    for task in tasks_in_lane_order {
         if free.is_empty() {
             break;
         }
         if let Some(i) = free
             .iter()
-            .position(|a| matches(a, task) && !excluded(task.id(), &a.agent_id))
+            .position(|a| matches(a, task) && !excluded(&task.id, &a.agent_id))
         {
-            out.push((task.id().to_string(), free.remove(i).agent_id.clone()));
+            out.push((task.id.clone(), free.remove(i).agent_id.clone()));
         }
     }
     out
@@ -154,13 +114,28 @@ mod tests {
         }
     }
 
-    fn task(id: &str, priority: u8, created_at: Millis, needed: &[&str]) -> QueuedTask {
-        QueuedTask {
-            id: id.into(),
+    fn task(id: &str, priority: u8, created_at: Millis, needed: &[&str]) -> Task {
+        let new = crate::task::NewTask {
+            description: String::new(),
+            metadata: Value::Null,
             priority,
-            created_at,
-            needed: needed.iter().map(|c| c.to_string()).collect(),
-        }
+            max_retries: 0,
+            needed_capabilities: needed.iter().map(|c| c.to_string()).collect(),
+            complete_by: None,
+            submitted_by: "test".into(),
+        };
+        Task::new(id.into(), new, created_at)
+    }
+
+    /// [`plan`] over `tasks` put in lane order, as the task queue keeps them.
+    fn plan_lanes(
+        agents: &[Candidate],
+        tasks: &[Task],
+        excluded: impl Fn(&str, &str) -> bool,
+    ) -> Vec<(String, String)> {
+        let mut order: Vec<&Task> = tasks.iter().collect();
+        order.sort_by(|a, b| a.lane().cmp(&b.lane()));
+        plan(agents, order, excluded)
     }
 
     #[test]
@@ -172,7 +147,7 @@ mod tests {
             task("gpu", 0, 2, &["gpu"]),
             task("normal", 2, 0, &[]),
         ];
-        let plan = plan(&agents, &tasks, |_, _| false);
+        let plan = plan_lanes(&agents, &tasks, |_, _| false);
         assert_eq!(
             plan,
             vec![
@@ -203,7 +178,7 @@ mod tests {
     fn excluded_pairs_are_skipped() {
         let agents = [agent("a", &[])];
         let tasks = [task("t", 2, 0, &[])];
-        assert!(plan(&agents, &tasks, |t, a| t == "t" && a == "a").is_empty());
+        assert!(plan_lanes(&agents, &tasks, |t, a| t == "t" && a == "a").is_empty());
     }
 
     proptest! {
@@ -213,10 +188,10 @@ mod tests {
         ) {
             let names = ["x", "y", "z"];
             let agents: Vec<Candidate> = (0..n_agents).map(|i| agent(&format!("a{i}"), &names[..i % 4])).collect();
-            let tasks: Vec<QueuedTask> = specs.iter().enumerate()
+            let tasks: Vec<Task> = specs.iter().enumerate()
                 .map(|(i, (p, c, need))| task(&format!("t{i}"), *p, *c, need.map(|n| vec![names[n]]).unwrap_or_default().as_slice()))
                 .collect();
-            let pairs = plan(&agents, &tasks, |_, _| false);
+            let pairs = plan_lanes(&agents, &tasks, |_, _| false);
             let mut seen_t = std::collections::HashSet::new();
             let mut seen_a = std::collections::HashSet::new();
             for (t, a) in &pairs {

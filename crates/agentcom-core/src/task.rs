@@ -126,6 +126,12 @@ pub enum FailOutcome {
 }
 
 impl Task {
+    /// Where the task stands in the queue: lanes by priority, FIFO inside a lane (the id
+    /// breaks ties). Both fields are fixed when the task is created.
+    pub fn lane(&self) -> (u8, Millis, &str) {
+        (self.priority, self.created_at, &self.id)
+    }
+
     pub fn new(id: String, t: NewTask, now: Millis) -> Task {
         let mut task = Task {
             id,

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentcom_core::scheduler::{plan_in_order, Candidate};
+use agentcom_core::scheduler::{plan, Candidate};
 use agentcom_core::task::{FailOutcome, NewTask, Task, TaskError, TaskStatus};
 use agentcom_core::Millis;
 use agentcom_store::{decode_or_skip, encode, StoreReader, Table, WriteOp};
@@ -136,7 +136,8 @@ struct Tasks {
 type LaneKey = (u8, Millis, String);
 
 fn lane_key(task: &Task) -> LaneKey {
-    (task.priority, task.created_at, task.id.clone())
+    let (priority, created_at, id) = task.lane();
+    (priority, created_at, id.to_string())
 }
 
 struct Derived {
@@ -515,7 +516,7 @@ impl Actor for TaskQueue {
                 excluded,
                 reply,
             } => {
-                let pairs = plan_in_order(&agents, state.active.queued(), |t, a| {
+                let pairs = plan(&agents, state.active.queued(), |t, a| {
                     excluded.contains(&(t.to_string(), a.to_string()))
                 });
                 let _ = reply.send(pairs);
@@ -569,7 +570,7 @@ fn reply_err<T>(reply: RpcReplyPort<TaskResult<T>>, e: TaskError) {
 
 /// Active tasks in lane order, FIFO inside a lane.
 fn sort(tasks: &mut [Task]) {
-    tasks.sort_by(|a, b| (a.priority, a.created_at, &a.id).cmp(&(b.priority, b.created_at, &b.id)));
+    tasks.sort_by(|a, b| a.lane().cmp(&b.lane()));
 }
 
 impl TaskFilter {
