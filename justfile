@@ -21,13 +21,13 @@ bench *scenarios:
     cargo bench -p agentcom --bench hub -- {{scenarios}}
 
 # The component benchmarks of earlier rounds: group commit, the live backup of 1 GiB
-# inside one process, task throughput with 32 agents, memory per idle connection.
+# inside one process, task throughput with 32 agents (memory per idle connection is the
+# harness's `idle` scenario: `just bench idle`).
 bench-parts:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
     cargo bench -p agentcom-hub --bench compaction
     cargo bench -p agentcom --bench task_throughput
-    cargo bench -p agentcom --bench idle_connections
 
 # Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
 soak:
