@@ -13,6 +13,10 @@
 //! tail-damage cases (a flipped byte or truncation in the log written since its last
 //! start, a damaged segment header, a damaged or missing blob file) without the lost
 //! writes, and panics on others; the store's integrity checks turn these into refusals.
+//!
+//! Where the last writes are depends on how the hub stopped: a clean stop checkpoints the
+//! store, so sled's log holds them (the cases damaging the log stop it so); after a
+//! `kill -9` they are in the store's journal, which the cases damaging the journal use.
 
 mod common;
 
@@ -413,6 +417,13 @@ fn last_record(db: &Path) -> Vec<usize> {
     offsets(&db.join("db"), &marker('B', PHASE_LEN - 1))
 }
 
+/// The store's journal, and the offsets of the last acknowledged record in it.
+fn last_journaled(db: &Path) -> (PathBuf, Vec<usize>) {
+    let journal = db.join("journal");
+    let at = offsets(&journal, &marker('B', PHASE_LEN - 1));
+    (journal, at)
+}
+
 // ---------------------------------------------------------------------------------------
 // The cases
 // ---------------------------------------------------------------------------------------
@@ -420,7 +431,7 @@ fn last_record(db: &Path) -> Vec<usize> {
 /// The log cut just before the last acknowledged write: sled alone opens without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_truncated_before_the_last_write_is_refused() {
-    drill(true, Expect::Refused, |db| {
+    drill(false, Expect::Refused, |db| {
         let at = *last_record(db).iter().min().unwrap();
         truncate(&db.join("db"), at as u64);
     })
@@ -442,7 +453,7 @@ async fn log_truncated_mid_way_is_refused() {
 /// or a cut there, changes nothing; the full scan at open confirms every record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_past_the_written_log_changes_nothing() {
-    drill(true, Expect::Intact, |db| {
+    drill(false, Expect::Intact, |db| {
         let log = db.join("db");
         let len = std::fs::metadata(&log).unwrap().len() as usize;
         let end = *last_record(db).iter().max().unwrap();
@@ -467,7 +478,7 @@ async fn zero_length_log_is_refused() {
 /// message, but its recovery takes it for a torn tail and drops it and all that follows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_byte_in_a_recent_value_is_refused() {
-    drill(true, Expect::Refused, |db| {
+    drill(false, Expect::Refused, |db| {
         let at: Vec<usize> = last_record(db).iter().map(|i| i + 8).collect();
         flip(&db.join("db"), &at);
     })
@@ -502,10 +513,41 @@ async fn flipped_byte_in_an_older_value_is_refused() {
     .await;
 }
 
+/// A flipped byte inside the last acknowledged write's journal record (after a `kill -9`,
+/// the only copy): the record fails its checksum and reads as a torn tail, and the
+/// watermark shows that an acknowledged write went with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flipped_byte_in_the_journal_is_refused() {
+    drill(true, Expect::Refused, |db| {
+        let (journal, at) = last_journaled(db);
+        flip(&journal, &at.iter().map(|i| i + 8).collect::<Vec<_>>());
+    })
+    .await;
+}
+
+/// The journal cut just before the last acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_truncated_before_the_last_write_is_refused() {
+    drill(true, Expect::Refused, |db| {
+        let (journal, at) = last_journaled(db);
+        truncate(&journal, *at.iter().min().unwrap() as u64);
+    })
+    .await;
+}
+
+/// Without its journal, the store lacks the writes made since its last checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_journal_is_refused() {
+    drill(true, Expect::Refused, |db| {
+        std::fs::remove_file(db.join("journal")).unwrap();
+    })
+    .await;
+}
+
 /// sled metadata: the header of every log segment that holds the last write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flipped_segment_header_is_refused() {
-    drill(true, Expect::Refused, |db| {
+    drill(false, Expect::Refused, |db| {
         let mut heads: Vec<usize> = last_record(db)
             .iter()
             .map(|i| i / SEGMENT * SEGMENT + 6)
@@ -674,7 +716,7 @@ async fn damaged_watermark_is_refused() {
 /// The offline commands take the same way: they refuse with the same message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_commands_refuse_a_damaged_store_with_the_restore_command() {
-    let prepared = prepare(true).await;
+    let prepared = prepare(false).await;
     let data = prepared.data.path();
     let db = data.join("db");
     let at: Vec<usize> = last_record(&db).iter().map(|i| i + 8).collect();

@@ -1,7 +1,8 @@
 //! An acknowledgement means the write is on stable storage: the real binary runs under
 //! `strace`, and every acknowledged write must be answered only after an `fsync` or
-//! `fdatasync` of the store's log that began after the request arrived (sled's own flush,
-//! `sync_file_range`, does not count: it neither flushes the disk cache nor the metadata).
+//! `fdatasync` of the store's journal (where every write is appended before sled's trees
+//! take it) that began after the request arrived (sled's own flush, `sync_file_range`,
+//! does not count: it neither flushes the disk cache nor the metadata).
 //!
 //! Needs `strace` (the test command installs it); without it the test fails.
 
@@ -54,10 +55,10 @@ fn calls(lines: &[&str]) -> Vec<Call> {
     out
 }
 
-/// A successful `fsync`/`fdatasync` of the store's log (`…/db/db`).
+/// A successful `fsync`/`fdatasync` of the store's journal (`…/db/journal`).
 fn is_log_sync(call: &Call) -> bool {
     (call.text.starts_with("fsync(") || call.text.starts_with("fdatasync("))
-        && call.text.contains("/db/db>")
+        && call.text.contains("/db/journal>")
         && call.text.ends_with("= 0")
 }
 
@@ -131,7 +132,7 @@ async fn every_acknowledged_write_is_answered_after_a_real_sync() {
                 .iter()
                 .any(|s| is_log_sync(s) && s.began > request.ended && s.ended < answer.began),
             "write {i} was acknowledged (trace line {}) without an fsync/fdatasync of the \
-             store's log between its request (line {}) and its answer",
+             store's journal between its request (line {}) and its answer",
             answer.began + 1,
             request.ended + 1,
         );

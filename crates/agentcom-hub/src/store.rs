@@ -276,6 +276,9 @@ fn writer(args: StoreArgs, capture: Capture, jobs: std_mpsc::Receiver<Job>) {
     }
 }
 
+/// A write taken by the writer thread, with its reply.
+type Taken = (Vec<WriteOp>, RpcReplyPort<WriteResult>);
+
 /// Apply the writes of a round in one engine batch (one by one should that fail, so that a
 /// write's failure is its own), record them for a running capture, answer the barriers
 /// among them; answers the writes applied, still to be made durable.
@@ -292,39 +295,66 @@ fn apply_round(
             Job::Applied(reply) => barriers.push(reply),
         }
     }
-    let combined = writes.len() > 1 && {
-        let all: Vec<WriteOp> = writes
-            .iter()
-            .flat_map(|(batch, _)| batch.iter().cloned())
-            .collect();
-        engine.apply(&all).is_ok()
-    };
-    let mut applied = Vec::with_capacity(writes.len());
+    let together = apply_together(engine, writes);
     let mut captured = capture.lock().unwrap_or_else(|p| p.into_inner());
-    for (batch, reply) in writes {
-        let result = if combined {
-            Ok(())
-        } else {
-            engine.apply(&batch)
-        };
-        match result {
-            Ok(()) => {
-                if let Some((_, recorded)) = captured.as_mut() {
-                    recorded.push(batch);
-                }
-                applied.push(reply);
+    let applied = match together {
+        Ok((batches, replies)) => {
+            if let Some((_, recorded)) = captured.as_mut() {
+                recorded.extend(batches);
             }
-            Err(e) => {
-                tracing::error!(actor = "store", error = %e, "write failed");
-                let _ = reply.send(Err(e));
-            }
+            replies
         }
-    }
+        Err(writes) => {
+            let mut applied = Vec::with_capacity(writes.len());
+            for (batch, reply) in writes {
+                match engine.apply(&batch) {
+                    Ok(()) => {
+                        if let Some((_, recorded)) = captured.as_mut() {
+                            recorded.push(batch);
+                        }
+                        applied.push(reply);
+                    }
+                    Err(e) => {
+                        tracing::error!(actor = "store", error = %e, "write failed");
+                        let _ = reply.send(Err(e));
+                    }
+                }
+            }
+            applied
+        }
+    };
     drop(captured);
     for reply in barriers {
         let _ = reply.send(());
     }
     applied
+}
+
+/// Apply several writes as one engine batch, moving (not copying) their operations into it
+/// and back out: `Ok` with the batches and replies once applied; `Err` hands the writes
+/// back, unapplied, if the engine refused the whole (or there is only one).
+#[allow(clippy::type_complexity)]
+fn apply_together(
+    engine: &dyn Engine,
+    writes: Vec<Taken>,
+) -> Result<(Vec<Vec<WriteOp>>, Vec<RpcReplyPort<WriteResult>>), Vec<Taken>> {
+    if writes.len() < 2 {
+        return Err(writes);
+    }
+    let lens: Vec<usize> = writes.iter().map(|(batch, _)| batch.len()).collect();
+    let (batches, replies): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+    let all: Vec<WriteOp> = batches.into_iter().flatten().collect();
+    let applied = engine.apply(&all).is_ok();
+    let mut ops = all.into_iter();
+    let batches: Vec<Vec<WriteOp>> = lens
+        .iter()
+        .map(|&n| ops.by_ref().take(n).collect())
+        .collect();
+    if applied {
+        Ok((batches, replies))
+    } else {
+        Err(batches.into_iter().zip(replies).collect())
+    }
 }
 
 /// Replay `captured` into the copy and switch to it, off the async workers (while the

@@ -11,6 +11,7 @@ mod durable_dir;
 mod engine;
 mod error;
 mod integrity;
+mod journal;
 pub mod live_dir;
 pub mod quarantine;
 mod records;

@@ -1,9 +1,13 @@
 //! The sled engine: one tree per table, plus an internal `__stats` tree holding the
 //! per-table counters, updated in the same transaction as the writes they count.
 //!
-//! Durability: sled 0.34's own flush writes the log with `sync_file_range`, which neither
-//! flushes the disk's write cache nor the file's metadata, and writes blob files without
-//! any sync at all (sled issue #1452). [`SledFiles`] completes every flush with real syncs.
+//! Durability: the live database journals every batch (see [`crate::journal`]): appended
+//! and synced before sled's trees take it, so a batch is durable when `apply` returns, and
+//! sled's own files are synced only at a checkpoint. sled 0.34's own flush writes the log
+//! with `sync_file_range`, which neither flushes the disk's write cache nor the file's
+//! metadata, and writes blob files without any sync at all (sled issue #1452): [`SledFiles`]
+//! completes every checkpoint (and every flush of a compaction's copy, which is not
+//! journaled) with real syncs.
 //!
 //! Integrity: opening checks what sled's recovery lets pass (see [`crate::integrity`]): the
 //! commit counter against the watermark file, and every record against the counters. Any
@@ -21,6 +25,7 @@ use sled::Transactional;
 
 use crate::engine::{Compaction, Record, Retired, Visitor};
 use crate::integrity::{self, Watermark, WATERMARK_FILE};
+use crate::journal::{self, Journal, RecordWriter, JOURNAL_FILE};
 use crate::live_dir;
 use crate::{sync_dir, Engine, StoreError, Table, TableStats, WriteOp};
 
@@ -54,7 +59,18 @@ struct SledDb {
     /// The greatest commit number of a batch applied (its `apply` returned).
     commits: AtomicU64,
     files: Mutex<SledFiles>,
+    /// Held to read, and to apply a journaled batch to the trees: readers see a batch whole
+    /// or not at all (sled's transactions gave that; plain inserts do not).
+    visible: RwLock<()>,
 }
+
+/// The journal grows up to this size between checkpoints.
+const CHECKPOINT_BYTES: u64 = 32 << 20;
+/// A batch holding a value this large is checkpointed at once: sled keeps such values in
+/// blob files written without any sync, and opening a log that points to a blob lost in a
+/// crash fails inside sled (before the journal could restore it). sled's threshold is a
+/// quarter of its 512 KiB segments; this stays well below it.
+const LARGE_VALUE: usize = 64 * 1024;
 
 /// The files sled 0.34.7 keeps under its directory, and what has been synced of them.
 ///
@@ -78,6 +94,13 @@ struct SledFiles {
     blobs: BTreeSet<OsString>,
     /// Set once the store passed its checks at open.
     watermark: Option<Watermark>,
+    /// Whether batches are journaled (the live database) or applied in sled transactions
+    /// and made durable by a flush of sled's files (a compaction's copy, until its switch).
+    journaled: bool,
+    /// The journal, once started; `None` while journaled only if its restart failed.
+    journal: Option<Journal>,
+    /// A checkpoint is due at the next flush.
+    checkpoint_due: bool,
 }
 
 impl SledFiles {
@@ -91,6 +114,9 @@ impl SledFiles {
             dir_entries: BTreeSet::new(),
             blobs: BTreeSet::new(),
             watermark: None,
+            journaled: false,
+            journal: None,
+            checkpoint_due: false,
         };
         for name in list_dir(dir)? {
             let path = dir.join(&name);
@@ -168,7 +194,7 @@ impl SledEngine {
             .map_err(|e| io_failed("cannot tell which database is live", e))?;
         let path = live_dir::live_path(data_dir)
             .map_err(|e| io_failed("cannot open the live database", e))?;
-        let db = SledDb::open(data_dir, &path, CACHE_BYTES)?;
+        let db = SledDb::open(data_dir, &path, CACHE_BYTES, true)?;
         for stale in live_dir::remove_stale(data_dir, &live_name)
             .map_err(|e| io_failed("cannot remove what an interrupted compaction left", e))?
         {
@@ -198,18 +224,29 @@ const LOCK_FILE: &str = "LOCK";
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl SledDb {
-    fn open(data_dir: &Path, path: &Path, cache_bytes: u64) -> Result<SledDb, StoreError> {
-        integrity::catch_panic(|| SledDb::open_checked(data_dir, path, cache_bytes)).unwrap_or_else(
-            |panic| {
+    /// Open (or create) the database at `path`; `journaled` for the live database, which
+    /// replays its journal first.
+    fn open(
+        data_dir: &Path,
+        path: &Path,
+        cache_bytes: u64,
+        journaled: bool,
+    ) -> Result<SledDb, StoreError> {
+        integrity::catch_panic(|| SledDb::open_checked(data_dir, path, cache_bytes, journaled))
+            .unwrap_or_else(|panic| {
                 Err(StoreError::Open {
                     path: path.display().to_string(),
                     reason: format!("the storage engine failed while reading it: {panic}"),
                 })
-            },
-        )
+            })
     }
 
-    fn open_checked(data_dir: &Path, path: &Path, cache_bytes: u64) -> Result<SledDb, StoreError> {
+    fn open_checked(
+        data_dir: &Path,
+        path: &Path,
+        cache_bytes: u64,
+        journaled: bool,
+    ) -> Result<SledDb, StoreError> {
         let damaged = |reason: String| StoreError::Open {
             path: path.display().to_string(),
             reason,
@@ -248,9 +285,13 @@ impl SledDb {
             next_commit: AtomicU64::new(1),
             commits: AtomicU64::new(0),
             files: Mutex::new(files),
+            visible: RwLock::new(()),
         };
         let read_failed = |e: StoreError| damaged(format!("reading it failed: {e}"));
-        let commits = engine.load_stats().map_err(read_failed)?;
+        let mut commits = engine.load_stats().map_err(read_failed)?;
+        if journaled {
+            commits = engine.replay().map_err(damaged)?;
+        }
         if let Some(durable) = watermark.filter(|&w| w > commits) {
             return Err(damaged(format!(
                 "acknowledged writes are missing: its log ends at commit {commits}, but commit \
@@ -262,13 +303,197 @@ impl SledDb {
         // The store is sound: record the commit it reached (durable: sled's recovery read it
         // from the synced log, or the flush above wrote it) and watch it from now on.
         let created = Watermark::create(path, commits).map_err(sync_failed)?;
-        engine
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .watermark = Some(created);
+        let mut files = engine.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.watermark = Some(created);
+        files.journaled = journaled;
+        if journaled {
+            engine.checkpoint(&mut files)?;
+        }
+        drop(files);
         engine.flush()?;
         Ok(engine)
+    }
+
+    /// Replay the journal over what sled recovered (see [`crate::journal`]) and return the
+    /// store's commit number after it.
+    fn replay(&self) -> Result<u64, String> {
+        let recovered = self.commits.load(Ordering::Acquire);
+        let path = self.path.join(JOURNAL_FILE);
+        let Some(contents) = journal::read(&path, self.trees.len())? else {
+            return Ok(recovered);
+        };
+        let Some(base) = contents.base else {
+            return Ok(recovered);
+        };
+        let last = contents.records.last().map_or(base, |(c, _)| base.max(*c));
+        if recovered < base {
+            return Err(format!(
+                "acknowledged writes are missing: the database ends at commit {recovered},                  but it had been made durable up to commit {base} (the journal's checkpoint).                  The log was truncated or damaged, and the storage engine dropped everything                  after the damage"
+            ));
+        }
+        if recovered > last {
+            return Err(format!(
+                "the journal {} ends at commit {last}, but the database holds commit                  {recovered}, which was journaled before it was applied: the journal was                  truncated or damaged",
+                path.display()
+            ));
+        }
+        let mut replayed = 0;
+        for (commit, entries) in contents.records {
+            if commit <= base {
+                // Already in the checkpoint (what is left of a journal emptied by a restart
+                // that a crash cut short).
+                continue;
+            }
+            for entry in entries {
+                let tree = &self.trees[entry.tree];
+                let done = match entry.value {
+                    Some(value) => tree.insert(entry.key, value).map(drop),
+                    None => tree.remove(entry.key).map(drop),
+                };
+                done.map_err(|e| format!("replaying the journal failed: {e}"))?;
+            }
+            replayed += 1;
+        }
+        if replayed > 0 {
+            tracing::info!(path = %self.path.display(), batches = replayed, "replayed the journal");
+        }
+        self.load_stats()
+            .map_err(|e| format!("reading it after the journal's replay failed: {e}"))
+    }
+
+    /// Make sled's files durable and start the journal afresh: every batch applied so far is
+    /// in them.
+    fn checkpoint(&self, files: &mut SledFiles) -> Result<(), StoreError> {
+        let failed = |e: std::io::Error| {
+            StoreError::Engine(format!("could not checkpoint the store's files: {e}"))
+        };
+        let commits = self.commits.load(Ordering::Acquire);
+        self.db.flush()?;
+        files.sync().map_err(failed)?;
+        if let Some(w) = &files.watermark {
+            w.store(commits).map_err(failed)?;
+        }
+        // No batch is being applied (journaled ones hold `files`; a compaction's copy is
+        // checkpointed while the store waits): the journal's records number on from here,
+        // even if a failed transaction of the copy used a number.
+        self.next_commit.store(commits + 1, Ordering::Release);
+        files.journal = None;
+        files.journal =
+            Some(Journal::restart(&files.dir, commits, 2 * CHECKPOINT_BYTES).map_err(failed)?);
+        files.checkpoint_due = false;
+        Ok(())
+    }
+
+    /// Journal every batch from now on (a compaction's copy, before it becomes live).
+    fn start_journal(&self) -> Result<(), StoreError> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.journaled = true;
+        self.checkpoint(&mut files)
+    }
+
+    /// Apply a batch through the journal: its record (with the counters it changes) appended
+    /// and synced, then applied to the trees. Durable once it returns.
+    fn apply_journaled(&self, batch: &[WriteOp], files: &mut SledFiles) -> Result<(), StoreError> {
+        let journal = files.journal.as_mut().ok_or_else(|| {
+            StoreError::Engine(
+                "the journal could not be restarted; no write is accepted until the hub                  restarts"
+                    .into(),
+            )
+        })?;
+        let commit = self.next_commit.load(Ordering::Acquire);
+        let mut record = RecordWriter::new(commit);
+        // The size of each key's value as of the batch's previous write to it.
+        let mut sizes: std::collections::HashMap<(usize, &[u8]), Option<usize>> =
+            std::collections::HashMap::new();
+        let mut deltas: Vec<(Table, i64, i64)> = Vec::new();
+        let mut large = false;
+        for op in batch {
+            let table = op.table();
+            let i = table.index();
+            let key = match op {
+                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.as_slice(),
+            };
+            let prev = match sizes.get(&(i, key)) {
+                Some(size) => *size,
+                None => self.trees[i].get(key)?.map(|v| v.len()),
+            };
+            let size = match op {
+                WriteOp::Put { value, .. } => {
+                    record.put(i, key, value);
+                    large |= value.len() >= LARGE_VALUE;
+                    Some(value.len())
+                }
+                WriteOp::Delete { .. } => {
+                    record.delete(i, key);
+                    None
+                }
+            };
+            sizes.insert((i, key), size);
+            let len = |size: Option<usize>| size.map_or(0, |s| (key.len() + s) as i64);
+            let dc = i64::from(size.is_some()) - i64::from(prev.is_some());
+            let db = len(size) - len(prev);
+            match deltas.iter_mut().find(|(t, _, _)| *t == table) {
+                Some(entry) => {
+                    entry.1 += dc;
+                    entry.2 += db;
+                }
+                None => deltas.push((table, dc, db)),
+            }
+        }
+        let mut new_stats = Vec::with_capacity(deltas.len());
+        for (table, dc, db) in deltas {
+            let old = self.stats(table);
+            let new = TableStats {
+                record_count: old.record_count.saturating_add_signed(dc),
+                logical_bytes: old.logical_bytes.saturating_add_signed(db),
+            };
+            record.put(
+                STATS_INDEX,
+                &[table.index() as u8],
+                &encode_stats(new, commit),
+            );
+            new_stats.push((table, new));
+        }
+        journal
+            .append(&record.finish())
+            .map_err(StoreError::Engine)?;
+        let visible = self.visible.write().unwrap_or_else(|p| p.into_inner());
+        let applied = batch
+            .iter()
+            .try_for_each(|op| match op {
+                WriteOp::Put { table, key, value } => self.trees[table.index()]
+                    .insert(key.as_slice(), value.as_slice())
+                    .map(drop),
+                WriteOp::Delete { table, key } => {
+                    self.trees[table.index()].remove(key.as_slice()).map(drop)
+                }
+            })
+            .and_then(|()| {
+                new_stats.iter().try_for_each(|(table, s)| {
+                    self.trees[STATS_INDEX]
+                        .insert([table.index() as u8], &encode_stats(*s, commit))
+                        .map(drop)
+                })
+            });
+        drop(visible);
+        if let Err(e) = applied {
+            // Durable in the journal but not (wholly) in the trees: the next start replays it.
+            let why = format!(
+                "the storage engine failed while applying a journaled write ({e}); no write \
+                 is accepted until the hub restarts"
+            );
+            files.journal = None;
+            return Err(StoreError::Engine(why));
+        }
+        for (table, s) in new_stats {
+            self.counts[table.index()].store(s.record_count, Ordering::Relaxed);
+            self.bytes[table.index()].store(s.logical_bytes, Ordering::Relaxed);
+        }
+        self.commits.fetch_max(commit, Ordering::Release);
+        self.next_commit.store(commit + 1, Ordering::Release);
+        let journal_len = files.journal.as_ref().map_or(0, Journal::len);
+        files.checkpoint_due |= large || journal_len >= CHECKPOINT_BYTES;
+        Ok(())
     }
 
     /// Load the persisted counters and return the store's commit number. A table without a
@@ -421,10 +646,17 @@ fn apply_in_tx(
 }
 
 impl Drop for SledDb {
-    /// Sync the watermark at a clean close (between closes the kernel writes it back). A
-    /// failure only leaves it lagging, which weakens the next open's check but loses nothing.
+    /// Checkpoint a journaled database at a clean close, so that the next open has nothing
+    /// to replay, and sync the watermark (between closes the kernel writes it back). A
+    /// failure only leaves the journal to replay, or the watermark lagging, which weakens
+    /// the next open's check but loses nothing.
     fn drop(&mut self) {
-        let files = self.files.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.journal.is_some() {
+            if let Err(e) = self.checkpoint(&mut files) {
+                tracing::warn!(path = %self.path.display(), error = %e, "no checkpoint at close: the next start replays the journal");
+            }
+        }
         if let Some(w) = &files.watermark {
             let _ = w.sync();
         }
@@ -433,10 +665,12 @@ impl Drop for SledDb {
 
 impl Engine for SledDb {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
         Ok(self.trees[table.index()].get(key)?.map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
+        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
         self.trees[table.index()]
             .scan_prefix(prefix)
             .map(|entry| {
@@ -456,6 +690,7 @@ impl Engine for SledDb {
         if from >= to {
             return Ok(Vec::new());
         }
+        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
         self.trees[table.index()]
             .range(from..to)
             .take(limit)
@@ -467,6 +702,7 @@ impl Engine for SledDb {
     }
 
     fn last_with_prefix(&self, table: Table, prefix: &[u8]) -> Result<Option<Record>, StoreError> {
+        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
         match self.trees[table.index()].scan_prefix(prefix).next_back() {
             Some(entry) => {
                 let (k, v) = entry?;
@@ -488,6 +724,11 @@ impl Engine for SledDb {
         if batch.is_empty() {
             return Ok(());
         }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.journaled {
+            return self.apply_journaled(batch, &mut files);
+        }
+        drop(files);
         let commit = self.next_commit.fetch_add(1, Ordering::AcqRel);
         let new_stats = self.trees[..]
             .transaction(|views| apply_in_tx(views, batch, commit))
@@ -512,6 +753,18 @@ impl Engine for SledDb {
         // Every batch up to this commit was applied before sled's flush begins: the flush
         // and the syncs cover it, so the watermark may claim it once they are done.
         let commits = self.commits.load(Ordering::Acquire);
+        if files.journaled {
+            // Every batch applied is durable already: its journal record was synced first.
+            if files.checkpoint_due {
+                return self.checkpoint(&mut files);
+            }
+            return match &files.watermark {
+                Some(w) => w.store(commits).map_err(|e| {
+                    StoreError::Engine(format!("could not write the commit watermark: {e}"))
+                }),
+                None => Ok(()),
+            };
+        }
         self.db.flush()?;
         let synced = files.sync().and_then(|()| match &files.watermark {
             Some(w) => w.store(commits),
@@ -528,7 +781,9 @@ impl Engine for SledDb {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let journal = files.journal.as_ref().map_or(0, Journal::len);
+        Ok(self.db.size_on_disk()? + journal)
     }
 
     fn was_recovered(&self) -> bool {
@@ -612,7 +867,7 @@ impl Engine for SledEngine {
                 StoreError::Engine(format!("cannot remove {}: {e}", path.display()))
             })?;
         }
-        let target = SledDb::open(&self.data_dir, &path, CACHE_BYTES)?;
+        let target = SledDb::open(&self.data_dir, &path, CACHE_BYTES, false)?;
         Ok(Box::new(SledCompaction {
             data_dir: self.data_dir.clone(),
             live: self.live.clone(),
@@ -667,7 +922,7 @@ impl Compaction for SledCompaction {
 
     fn switch(mut self: Box<Self>) -> Result<Retired, StoreError> {
         let target = self.target.take().expect("switched once");
-        if let Err(e) = target.flush() {
+        if let Err(e) = target.flush().and_then(|()| target.start_journal()) {
             self.target = Some(target);
             return Err(e);
         }
@@ -778,7 +1033,8 @@ mod tests {
                     || name == "conf"
                     || name == "blobs"
                     || name.starts_with("snap.")
-                    || name == WATERMARK_FILE,
+                    || name == WATERMARK_FILE
+                    || name == JOURNAL_FILE,
                 "sled wrote a file the syncs do not know: {name}"
             );
         }
@@ -954,6 +1210,126 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(last.starts_with(b"value of r2-0199"));
+    }
+
+    /// Copy a data directory as it is on disk now (what a `kill -9` leaves), lock file aside.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else if entry.file_name() != LOCK_FILE {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// Writes of every kind, then the directory as a crash leaves it: sled has written none
+    /// of them (its buffer is written out at a checkpoint or when full), the journal has
+    /// them all, and opening the copy replays them, counters included.
+    fn journaled_writes_then_crash(dir: &Path, copy: &Path) -> SledEngine {
+        let engine = SledEngine::open(dir).unwrap();
+        for i in 0..50 {
+            engine
+                .apply(&[
+                    put(Table::ChannelHistory, &format!("k{i:02}"), &"v".repeat(i)),
+                    put(Table::HubMeta, "last", &i.to_string()),
+                ])
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        engine
+            .apply(&[
+                WriteOp::Delete {
+                    table: Table::ChannelHistory,
+                    key: b"k07".to_vec(),
+                },
+                put(Table::ChannelHistory, "k08", "overwritten"),
+                WriteOp::Delete {
+                    table: Table::ChannelHistory,
+                    key: b"k08".to_vec(),
+                },
+            ])
+            .unwrap();
+        engine.flush().unwrap();
+        copy_dir(dir, copy);
+        engine
+    }
+
+    #[test]
+    fn a_crash_after_journaled_writes_loses_none_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let live = journaled_writes_then_crash(dir.path(), copy.path());
+        let expected: Vec<Record> = live.scan_prefix(Table::ChannelHistory, b"").unwrap();
+        assert_eq!(expected.len(), 48);
+        let journal = std::fs::metadata(copy.path().join("db").join(JOURNAL_FILE)).unwrap();
+        assert!(journal.len() > 1000, "the writes are in the journal");
+        let reopened = SledEngine::open(copy.path()).unwrap();
+        assert_eq!(
+            reopened.scan_prefix(Table::ChannelHistory, b"").unwrap(),
+            expected
+        );
+        for table in [Table::ChannelHistory, Table::HubMeta] {
+            assert_eq!(reopened.stats(table), live.stats(table), "{table}");
+        }
+        assert_eq!(
+            reopened.get(Table::HubMeta, b"last").unwrap().unwrap(),
+            b"49"
+        );
+        assert_eq!(
+            reopened.live().commits.load(Ordering::Acquire),
+            live.live().commits.load(Ordering::Acquire)
+        );
+        // The open checkpointed: nothing is left to replay.
+        drop(reopened);
+        let contents = journal::read(&copy.path().join("db").join(JOURNAL_FILE), 14)
+            .unwrap()
+            .unwrap();
+        assert!(contents.records.is_empty());
+    }
+
+    #[test]
+    fn a_journal_missing_acknowledged_writes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let _live = journaled_writes_then_crash(dir.path(), copy.path());
+        let path = copy.path().join("db").join(JOURNAL_FILE);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 2).unwrap();
+        drop(f);
+        let reason = refusal(copy.path());
+        assert!(
+            reason.contains("acknowledged writes are missing"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_batch_with_a_large_value_is_checkpointed_at_its_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(dir.path()).unwrap();
+        let path = dir.path().join("db").join(JOURNAL_FILE);
+        engine.apply(&[put(Table::HubMeta, "small", "1")]).unwrap();
+        engine.flush().unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        engine
+            .apply(&[WriteOp::Put {
+                table: Table::HubMeta,
+                key: b"big".to_vec(),
+                value: vec![b'x'; LARGE_VALUE],
+            }])
+            .unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > before + LARGE_VALUE as u64);
+        engine.flush().unwrap();
+        let contents = journal::read(&path, 14).unwrap().unwrap();
+        assert!(
+            contents.records.is_empty(),
+            "the checkpoint began a new generation of the journal"
+        );
     }
 
     #[test]
