@@ -201,10 +201,16 @@ fn be64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
+/// The file is extended this much at a time, with zeros written out, so that the records'
+/// syncs overwrite blocks already allocated and written.
+const EXTEND: u64 = 1 << 20;
+
 /// The journal open for appending.
 pub(crate) struct Journal {
     file: File,
     len: u64,
+    /// The file's size: written (zeros or old records) up to here.
+    allocated: u64,
     /// Set when a sync failed: what the kernel kept of the file is unknown (a failed
     /// `fdatasync` may leave pages marked clean that never reached the disk), so no later
     /// write may be acknowledged until the hub restarts and replays what is there.
@@ -224,8 +230,10 @@ impl Journal {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        if file.metadata()?.len() > keep {
+        let mut allocated = file.metadata()?.len();
+        if allocated > keep {
             file.set_len(0)?;
+            allocated = 0;
         }
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(&MAGIC);
@@ -240,6 +248,7 @@ impl Journal {
         Ok(Journal {
             file,
             len: HEADER_LEN as u64,
+            allocated: allocated.max(HEADER_LEN as u64),
             broken: None,
         })
     }
@@ -251,6 +260,16 @@ impl Journal {
         }
         // A failed write leaves at most a partial record after the last good one, which
         // the next append overwrites (and which reads as a torn tail meanwhile).
+        let end = self.len + record.len() as u64;
+        if end > self.allocated {
+            // Zeros read as the end of the journal (no record is numbered 0).
+            let to = end.div_ceil(EXTEND) * EXTEND;
+            let zeros = vec![0u8; (to - end) as usize];
+            self.file
+                .write_all_at(&zeros, end)
+                .map_err(|e| format!("cannot extend the journal: {e}"))?;
+            self.allocated = to;
+        }
         self.file
             .write_all_at(record, self.len)
             .map_err(|e| format!("cannot write to the journal: {e}"))?;
