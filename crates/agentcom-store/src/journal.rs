@@ -15,12 +15,13 @@
 //! counters included. Replaying them in order restores exactly the state after the last
 //! durable batch. A torn last record (a crash during its append) was never acknowledged.
 //!
-//! The file is reused, not emptied, at each checkpoint: its header is rewritten and records
+//! The file grows 1 MiB at a time, zeros written out with the record that needs the room,
+//! and is reused, not emptied, at each checkpoint: its header is rewritten and records
 //! overwrite the old ones from the start. Overwriting blocks already written needs no
-//! metadata update, so each sync is one data write and a cache flush (appending to a
-//! growing file also commits the file system's journal). The records of a generation are
-//! numbered on from its header's commit, so a stale record (numbered at or below it) ends
-//! the journal like a torn one.
+//! metadata update, so most syncs are one data write and a cache flush (a sync of a
+//! growing file also commits the file system's own journal). The records of a generation
+//! are numbered on from its header's commit, so a stale record (numbered at or below it)
+//! or the zeros past the end read as the end of the journal, like a torn record.
 //!
 //! Format, integers big-endian:
 //! - header: `ACJ1`, the checkpoint's commit number (u64), CRC-32 of both (u32);
