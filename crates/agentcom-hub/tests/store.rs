@@ -319,6 +319,11 @@ async fn barrier_waits_for_earlier_writes_to_be_applied_not_flushed() {
         pending.push(s.write(n).await);
     }
     let barrier = s.service.request(StoreMsg::Barrier, WAIT).await.unwrap();
+    // `request` returns once the actor has the message, not once it has handed it to its
+    // writer: a round that began before the barrier reached the writer would leave it to
+    // the round after, whose flush this test holds. The actor hands 21 messages over in
+    // microseconds; give it far more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // The first round ends; the next applies the twenty and answers the barrier, and its
     // flush is held.
     s.engine.let_one_through();
