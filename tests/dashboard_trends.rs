@@ -131,3 +131,50 @@ async fn the_snapshot_carries_completions_queue_depth_and_store_points() {
         "{measured} vs {bytes_after}"
     );
 }
+
+/// Snapshots are built once for every request waiting, and a request that arrives while
+/// one is being built waits for the next: so under a steady stream of requests each
+/// answer still shows every task acknowledged before its request was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_snapshots_are_never_older_than_their_request() {
+    let hub = TestHub::start().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut background = Vec::new();
+    for _ in 0..6 {
+        let (addr, stop) = (hub.addr.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r =
+                    common::request(&addr, "GET", "/api/dashboard/state", Some(ADMIN), None).await;
+                assert_eq!(r.status, 200, "{r:?}");
+                answered += 1;
+            }
+            answered
+        }));
+    }
+    for submitted in 1..=30u64 {
+        let r = hub
+            .send_json(
+                "POST",
+                "/api/tasks",
+                Some(ADMIN),
+                json!({"description": format!("fresh {submitted}")}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        let reads = (0..4).map(|_| hub.get("/api/dashboard/state", Some(ADMIN)));
+        for r in futures_util::future::join_all(reads).await {
+            assert_eq!(r.status, 200, "{r:?}");
+            let queued = r.json["queue"]["by_status"]["queued"].as_u64().unwrap();
+            assert_eq!(
+                queued, submitted,
+                "a snapshot answered after task {submitted} was acknowledged shows {queued}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in background {
+        assert!(b.await.unwrap() > 0, "the background readers were answered");
+    }
+}

@@ -24,8 +24,8 @@ pub fn json(status: StatusCode, body: Value) -> Response {
 }
 
 /// An answer whose JSON text is already made.
-pub fn json_text(status: StatusCode, body: String) -> Response {
-    let mut res = hyper::Response::new(Full::new(Bytes::from(body)));
+pub fn json_text(status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut res = hyper::Response::new(Full::new(body.into()));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -95,7 +95,7 @@ pub async fn dashboard_state(app: &App, req: Request) -> ApiResult {
     let snapshot = app.hub.dashboard_snapshot().await?;
     Ok(crate::api::json_text(
         hyper::StatusCode::OK,
-        crate::wire::snapshot(&snapshot),
+        snapshot.rendered(crate::wire::snapshot),
     ))
 }
 

@@ -8,6 +8,10 @@
 //! depth over the last hour, the store's footprint after the last backups and
 //! compactions), so that a page loaded at any moment draws them at once. They live in
 //! memory: a restarted hub starts them afresh.
+//!
+//! Snapshots are built once for every request waiting: a request that arrives while one
+//! is being built waits for the next, so no answer predates its request, and many
+//! dashboards (or `GET /api/dashboard/state` callers) cost one build and one rendering.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -88,13 +92,49 @@ pub struct Snapshot {
     pub trends: Trends,
 }
 
+/// A snapshot as handed to every request it answers, with the HTTP layer's rendering of
+/// it, made once for all of them.
+#[derive(Debug)]
+pub struct SharedSnapshot {
+    snapshot: Snapshot,
+    rendered: std::sync::OnceLock<bytes::Bytes>,
+}
+
+impl SharedSnapshot {
+    pub fn new(snapshot: Snapshot) -> SharedSnapshot {
+        SharedSnapshot {
+            snapshot,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The snapshot as `render` renders it: run once per snapshot, by whoever asks first.
+    pub fn rendered(&self, render: impl FnOnce(&Snapshot) -> String) -> bytes::Bytes {
+        self.rendered
+            .get_or_init(|| bytes::Bytes::from(render(&self.snapshot)))
+            .clone()
+    }
+}
+
+impl std::ops::Deref for SharedSnapshot {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
 pub enum DashboardMsg {
     Event(Arc<HubEvent>),
     SampleQueue,
     /// The store's footprint, measured just after a backup or a compaction.
     StoreMeasured(Millis, StorePoint),
     NewHour,
-    Snapshot(RpcReplyPort<Snapshot>),
+    /// A snapshot, built after the request arrived (shared with the requests waiting
+    /// with it).
+    Snapshot(RpcReplyPort<Arc<SharedSnapshot>>),
+    /// Build a snapshot for the requests waiting.
+    Build,
 }
 
 pub struct DashboardArgs {
@@ -116,6 +156,8 @@ pub struct DashboardState {
     store_points: Samples<StorePoint>,
     /// Agents seen since start: when each went offline (`None`: online).
     seen: HashMap<String, Option<Millis>>,
+    /// Requests for the next snapshot (a `Build` is on its way while any wait).
+    waiting: Vec<RpcReplyPort<Arc<SharedSnapshot>>>,
     /// Kept for its subscriptions, which end when the state is dropped.
     _subscribed: Subscribed<DashboardMsg>,
 }
@@ -162,6 +204,7 @@ impl Actor for Dashboard {
             completed_per_minute: PerMinute::new((TREND_SPAN_MS / 60_000) as usize),
             store_points: Samples::new(Millis::MAX, STORE_POINTS_KEPT),
             seen,
+            waiting: Vec::new(),
             _subscribed: subscribed,
         })
     }
@@ -197,7 +240,18 @@ impl Actor for Dashboard {
                 state.durations.clear();
             }
             DashboardMsg::Snapshot(reply) => {
-                let _ = reply.send(state.snapshot().await);
+                // Whatever arrives before the `Build` is handled shares its snapshot, which
+                // is begun after all of them arrived.
+                if state.waiting.is_empty() {
+                    myself.send_message(DashboardMsg::Build)?;
+                }
+                state.waiting.push(reply);
+            }
+            DashboardMsg::Build => {
+                let snapshot = Arc::new(SharedSnapshot::new(state.snapshot().await));
+                for reply in state.waiting.drain(..) {
+                    let _ = reply.send(snapshot.clone());
+                }
             }
         }
         Ok(())

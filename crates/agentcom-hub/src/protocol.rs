@@ -156,7 +156,7 @@ pub enum Outbound {
     /// Pubsub events for a dashboard, oldest first (one frame per flush interval).
     Events(Vec<Arc<HubEvent>>),
     /// The dashboard snapshot.
-    Snapshot(Box<crate::dashboard::Snapshot>),
+    Snapshot(std::sync::Arc<crate::dashboard::SharedSnapshot>),
     /// The answer to a dashboard's `retry_task`.
     RetryResult {
         task_id: String,

@@ -652,7 +652,9 @@ impl Services {
     }
 
     /// The dashboard snapshot.
-    pub async fn dashboard_snapshot(&self) -> Result<crate::dashboard::Snapshot, HubError> {
+    pub async fn dashboard_snapshot(
+        &self,
+    ) -> Result<Arc<crate::dashboard::SharedSnapshot>, HubError> {
         Ok(self
             .dashboard
             .call(crate::dashboard::DashboardMsg::Snapshot, CALL_TIMEOUT)

@@ -417,7 +417,7 @@ async fn dashboard_request(
 ) {
     match request {
         DashboardRequest::RequestSnapshot => match state.services.dashboard_snapshot().await {
-            Ok(snapshot) => state.push(myself, Outbound::Snapshot(Box::new(snapshot))),
+            Ok(snapshot) => state.push(myself, Outbound::Snapshot(snapshot)),
             Err(e) => state.push(
                 myself,
                 Outbound::Error {
