@@ -36,8 +36,9 @@ pub enum ChannelsMsg {
     /// Publish on a channel; answers with the channel sequence number once durable.
     Publish(String, Message, RpcReplyPort<Result<u64, HubError>>),
     /// Take back a publish whose mailbox copies failed: its entry goes, the entries it
-    /// trimmed come back (sent by the actor to itself).
-    Undo(Undo),
+    /// trimmed come back (sent by the actor to itself). Answers once that is durable, or
+    /// has failed (which is logged).
+    Undo(Undo, RpcReplyPort<()>),
 }
 
 /// What one publish changed in a channel's history.
@@ -319,7 +320,15 @@ impl Actor for Channels {
                             }
                             .await;
                             if let Err(e) = copied {
-                                let _ = myself.send_message(ChannelsMsg::Undo(undo));
+                                // Answered once the entry is gone: the error means "not
+                                // published" to a reader who looks right after it.
+                                let (tx, rx) = ractor::concurrency::oneshot();
+                                if myself
+                                    .send_message(ChannelsMsg::Undo(undo, tx.into()))
+                                    .is_ok()
+                                {
+                                    let _ = tokio::time::timeout(WRITE_TIMEOUT, rx).await;
+                                }
                                 return Err(e);
                             }
                         }
@@ -338,7 +347,7 @@ impl Actor for Channels {
                     let _ = reply.send(result);
                 });
             }
-            ChannelsMsg::Undo(undo) => {
+            ChannelsMsg::Undo(undo, done) => {
                 let mut ops = vec![WriteOp::Delete {
                     table: Table::ChannelHistory,
                     key: channel_history_key(&undo.channel, undo.seq),
@@ -363,17 +372,27 @@ impl Actor for Channels {
                         value: raw,
                     });
                 }
-                let (tx, rx) = ractor::concurrency::oneshot();
-                write_then(&state.args.store, &state.order, ops, tx.into(), || ()).await;
-                let channel = undo.channel;
-                state.order.then(async move {
-                    if !matches!(rx.await, Ok(Ok(()))) {
+                // Not through `state.order`: the publish's continuation, which runs there,
+                // waits for this answer.
+                let pending = state
+                    .args
+                    .store
+                    .request(|port| StoreMsg::Write(ops, port), DEFAULT_WAIT)
+                    .await;
+                let (channel, seq) = (undo.channel, undo.seq);
+                tokio::spawn(async move {
+                    let written = match pending {
+                        Ok(pending) => matches!(pending.wait(WRITE_TIMEOUT).await, Ok(Ok(()))),
+                        Err(_) => false,
+                    };
+                    if !written {
                         tracing::error!(
                             channel,
-                            seq = undo.seq,
+                            seq,
                             "a publish whose mailbox copies failed stays in the channel's history"
                         );
                     }
+                    let _ = done.send(());
                 });
             }
         }
