@@ -214,6 +214,7 @@ pub fn encode_shared(frame: &Outbound) -> Utf8Bytes {
     let (message, channel) = match frame {
         Outbound::Push(AgentPush::Message(m)) => (m, false),
         Outbound::Push(AgentPush::ChannelMessage { message, .. }) => (message, true),
+        Outbound::Events(batch) => return encode_batch(frame, batch),
         _ => return encode(frame).into(),
     };
     // While `message` is held, no other message can have its address.
@@ -226,6 +227,25 @@ pub fn encode_shared(frame: &Outbound) -> Utf8Bytes {
     }
     let text: Utf8Bytes = encode(frame).into();
     *last = Some((Arc::downgrade(message), channel, text.clone()));
+    text
+}
+
+/// The last dashboard batch encoded, and its text.
+type LastBatch = Option<(Weak<Vec<Arc<HubEvent>>>, Utf8Bytes)>;
+static LAST_BATCH: Mutex<LastBatch> = Mutex::new(None);
+
+/// A dashboard batch is the same frame for every dashboard (`agentcom_hub::feed`): encoded
+/// once, while the first connection to send it holds the lock, and shared by the rest.
+fn encode_batch(frame: &Outbound, batch: &Arc<Vec<Arc<HubEvent>>>) -> Utf8Bytes {
+    let mut last = LAST_BATCH.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, text)) = last
+        .as_ref()
+        .filter(|(b, _)| Weak::as_ptr(b) == Arc::as_ptr(batch))
+    {
+        return text.clone();
+    }
+    let text: Utf8Bytes = encode(frame).into();
+    *last = Some((Arc::downgrade(batch), text.clone()));
     text
 }
 

@@ -18,6 +18,9 @@ pub enum Topic {
     Channel(String),
     Backups,
     Actors,
+    /// The events of the topics a dashboard follows, one batch per flush interval (see
+    /// [`crate::feed`]).
+    DashboardFeed,
 }
 
 impl Topic {
@@ -30,6 +33,7 @@ impl Topic {
             Topic::Channel(c) => format!("channel:{c}"),
             Topic::Backups => "backups".into(),
             Topic::Actors => "actors".into(),
+            Topic::DashboardFeed => "dashboard_feed".into(),
         }
     }
 }
@@ -97,6 +101,8 @@ pub enum HubEvent {
         timestamp: u64,
         error: String,
     },
+    /// Topic `dashboard_feed`: the events of one flush interval, in order.
+    DashboardBatch(Arc<Vec<Arc<HubEvent>>>),
 }
 
 /// The task queue's events (reference §1.5).

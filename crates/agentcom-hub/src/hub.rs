@@ -15,6 +15,7 @@ use crate::backup::{BackupActor, BackupArgs, BackupMsg};
 use crate::channels::{Channels, ChannelsArgs, ChannelsMsg};
 use crate::config::{ConfigActor, ConfigArgs, ConfigMsg};
 use crate::dashboard::{Dashboard, DashboardArgs, DashboardMsg};
+use crate::feed::{DashboardFeed, FeedArgs, FeedMsg};
 use crate::history::{HistoryArgs, HistoryMsg, MessageHistory};
 use crate::mailbox::{Mailbox, MailboxArgs, MailboxMsg};
 use crate::notifier::{Notifier, NotifierArgs, NotifierMsg};
@@ -81,6 +82,7 @@ impl Hub {
         let backup_s = slot::<BackupMsg>();
         let notifier_s = slot::<NotifierMsg>();
         let dashboard_s = slot::<DashboardMsg>();
+        let feed_s = slot::<FeedMsg>();
         let (tasks_s, agents_s, scheduler_s) = (
             slot::<TaskMsg>(),
             slot::<AgentsMsg>(),
@@ -316,6 +318,17 @@ impl Hub {
                         sample_interval: s.settings.queue_sample_interval,
                     };
                     (Dashboard, args)
+                }
+            }),
+            ChildSpec::new("dashboard_feed", "service", feed_s, {
+                let s = s.clone();
+                move || {
+                    let args = FeedArgs {
+                        subscriptions: s.subscriptions.clone(),
+                        publisher: s.publisher.clone(),
+                        flush_interval: s.settings.dashboard_flush_interval,
+                    };
+                    (DashboardFeed, args)
                 }
             }),
             ChildSpec::new("reaper", "service", reaper_s, {

@@ -16,6 +16,7 @@ pub mod compaction;
 pub mod config;
 pub mod dashboard;
 pub mod events;
+pub mod feed;
 pub mod history;
 mod hub;
 pub mod mailbox;

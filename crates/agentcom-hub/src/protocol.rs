@@ -153,8 +153,9 @@ pub enum Outbound {
     },
     Reply(AgentReply),
     Push(AgentPush),
-    /// Pubsub events for a dashboard, oldest first (one frame per flush interval).
-    Events(Vec<Arc<HubEvent>>),
+    /// Pubsub events for a dashboard, oldest first (one frame per flush interval): the
+    /// same batch for every dashboard (see [`crate::feed`]).
+    Events(Arc<Vec<Arc<HubEvent>>>),
     /// The dashboard snapshot.
     Snapshot(std::sync::Arc<crate::dashboard::SharedSnapshot>),
     /// The answer to a dashboard's `retry_task`.

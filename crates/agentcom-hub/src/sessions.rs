@@ -32,6 +32,9 @@ pub const OUTBOUND_QUEUE: usize = 128;
 /// session's (unbounded) mailbox.
 pub const INBOUND_IN_FLIGHT: usize = 16;
 
+/// A dashboard batch with more events than this is replaced by a fresh snapshot.
+pub const MOST_EVENTS_PER_FRAME: usize = 1000;
+
 /// How long a revocation waits for one session to check its credential (a session busy
 /// for longer still checks it, when it gets to the message).
 pub const RECHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -121,8 +124,6 @@ pub enum SessionMsg {
     /// holds; if not, release what the connection held and close it (4003). Answers
     /// whether it closed.
     Recheck(RpcReplyPort<bool>),
-    /// Send the dashboard events gathered since the last flush.
-    Flush,
     /// The identify deadline passed: an agent connection that has not identified yet is
     /// closed (pings and other frames do not keep it open).
     IdentifyDeadline,
@@ -148,8 +149,6 @@ pub struct SessionState {
     pub(crate) agent: AgentSession,
     /// Who opened the connection (dashboards) or identified on it (agents).
     pub(crate) principal: Option<Principal>,
-    /// Dashboard events waiting for the next flush.
-    pending: Vec<Arc<HubEvent>>,
     /// An agent connection's place among those not identified yet; dropped at identify.
     pub(crate) waiting: Option<Waiting>,
 }
@@ -179,7 +178,6 @@ impl Actor for Session {
             subscribed: Subscribed::new(subscriptions, myself.clone(), wrap),
             agent: AgentSession::default(),
             principal: args.principal,
-            pending: Vec::new(),
             waiting: None,
         };
         // A credential that lapsed between the upgrade and now (a revocation that listed
@@ -214,13 +212,12 @@ impl Actor for Session {
             state.waiting = Some(room.enter(myself.clone()));
         }
         if args.kind == SessionKind::Dashboard {
-            for topic in [Topic::Actors, Topic::Tasks, Topic::Presence, Topic::Backups] {
-                state.subscribe(topic);
-            }
-            // The snapshot comes first, then the events (reference §4.1).
+            // The snapshot comes first, then the events (reference §4.1): asked for before
+            // the feed is followed, so that no batch is ahead of it in the mailbox.
             let _ = myself.send_message(SessionMsg::Inbound(Inbound::Dashboard(
                 DashboardRequest::RequestSnapshot,
             )));
+            state.subscribe(Topic::DashboardFeed);
         }
         Ok(state)
     }
@@ -246,25 +243,18 @@ impl Actor for Session {
                 }
                 drop(permit);
             }
-            SessionMsg::Flush => {
-                let events = std::mem::take(&mut state.pending);
-                if !events.is_empty() {
-                    state.push(&myself, Outbound::Events(events));
-                }
-            }
             SessionMsg::Deliver(event) => match state.kind {
                 SessionKind::Dashboard => {
-                    if state.pending.is_empty() {
-                        let every = state.services.settings.dashboard_flush_interval;
-                        myself.send_after(every, || SessionMsg::Flush);
-                    }
-                    state.pending.push(event);
-                    // A consumer this far behind gets a fresh snapshot instead (SPEC §2).
-                    if state.pending.len() > 1000 {
-                        state.pending.clear();
+                    let HubEvent::DashboardBatch(batch) = event.as_ref() else {
+                        return Ok(());
+                    };
+                    // A batch this large is sent as a fresh snapshot instead (SPEC §2).
+                    if batch.len() > MOST_EVENTS_PER_FRAME {
                         let _ = myself.send_message(SessionMsg::Inbound(Inbound::Dashboard(
                             DashboardRequest::RequestSnapshot,
                         )));
+                    } else {
+                        state.push(&myself, Outbound::Events(batch.clone()));
                     }
                 }
                 SessionKind::Agent => {
