@@ -59,8 +59,9 @@ struct SledDb {
     /// The greatest commit number of a batch applied (its `apply` returned).
     commits: AtomicU64,
     files: Mutex<SledFiles>,
-    /// Held to read, and to apply a journaled batch to the trees: readers see a batch whole
-    /// or not at all (sled's transactions gave that; plain inserts do not).
+    /// Held to read one key (`get`, `last_with_prefix`), and to apply a journaled batch to
+    /// the trees: such reads see a batch whole or not at all, as sled's transactions gave
+    /// them. Scans do not hold it (nor did they see batches whole under transactions).
     visible: RwLock<()>,
 }
 
@@ -670,7 +671,8 @@ impl Engine for SledDb {
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<Record>, StoreError> {
-        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
+        // Scans do not hold `visible`: a long one would hold up the writer, and every read
+        // behind it. As with sled's transactions, a scan may see part of a batch.
         self.trees[table.index()]
             .scan_prefix(prefix)
             .map(|entry| {
@@ -690,7 +692,6 @@ impl Engine for SledDb {
         if from >= to {
             return Ok(Vec::new());
         }
-        let _visible = self.visible.read().unwrap_or_else(|p| p.into_inner());
         self.trees[table.index()]
             .range(from..to)
             .take(limit)
