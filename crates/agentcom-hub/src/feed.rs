@@ -50,11 +50,16 @@ impl Actor for DashboardFeed {
         myself: ActorRef<Self::Msg>,
         args: FeedArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Nothing is gathered while no dashboard follows the feed: with none open, the
+        // feed costs the task lifecycle nothing but this check per event.
+        let table = args.subscriptions.clone();
+        let dashboards_open: Arc<dyn Fn() -> bool + Send + Sync> =
+            Arc::new(move || table.count(&Topic::DashboardFeed) > 0);
         let mut subscribed = Subscribed::new(args.subscriptions, myself, |e| {
             Some(FeedMsg::Event(e.clone()))
         });
         for topic in DASHBOARD_TOPICS {
-            subscribed.add(topic);
+            subscribed.add_when(topic, dashboards_open.clone());
         }
         Ok(FeedState {
             publisher: args.publisher,

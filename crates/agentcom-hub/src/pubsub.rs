@@ -82,15 +82,26 @@ impl<M: ractor::Message> Subscribed<M> {
     }
 
     pub fn add(&mut self, topic: Topic) {
+        self.add_when(topic, Arc::new(|| true));
+    }
+
+    /// As [`Subscribed::add`], but events published while `when()` is false are skipped
+    /// without a message.
+    pub fn add_when(&mut self, topic: Topic, when: Arc<dyn Fn() -> bool + Send + Sync>) {
         if self.ids.contains_key(&topic) {
             return;
         }
         let (actor, wrap) = (self.actor.clone(), self.wrap);
         let id = self.table.subscribe(
             topic.clone(),
-            Arc::new(move |event| match wrap(event) {
-                Some(msg) => actor.send_message(msg).is_ok(),
-                None => true,
+            Arc::new(move |event| {
+                if !when() {
+                    return true;
+                }
+                match wrap(event) {
+                    Some(msg) => actor.send_message(msg).is_ok(),
+                    None => true,
+                }
             }),
         );
         self.ids.insert(topic, id);
