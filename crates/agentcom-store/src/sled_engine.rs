@@ -329,12 +329,17 @@ impl SledDb {
         let last = contents.records.last().map_or(base, |(c, _)| base.max(*c));
         if recovered < base {
             return Err(format!(
-                "acknowledged writes are missing: the database ends at commit {recovered},                  but it had been made durable up to commit {base} (the journal's checkpoint).                  The log was truncated or damaged, and the storage engine dropped everything                  after the damage"
+                "acknowledged writes are missing: the database ends at commit {recovered}, \
+                 but it had been made durable up to commit {base} (the journal's checkpoint). \
+                 The log was truncated or damaged, and the storage engine dropped everything \
+                 after the damage"
             ));
         }
         if recovered > last {
             return Err(format!(
-                "the journal {} ends at commit {last}, but the database holds commit                  {recovered}, which was journaled before it was applied: the journal was                  truncated or damaged",
+                "the journal {} ends at commit {last}, but the database holds commit \
+                 {recovered}, which was journaled before it was applied: the journal was \
+                 truncated or damaged",
                 path.display()
             ));
         }
@@ -397,7 +402,8 @@ impl SledDb {
     fn apply_journaled(&self, batch: &[WriteOp], files: &mut SledFiles) -> Result<(), StoreError> {
         let journal = files.journal.as_mut().ok_or_else(|| {
             StoreError::Engine(
-                "the journal could not be restarted; no write is accepted until the hub                  restarts"
+                "the store stopped taking writes after a failure of its journal or of its storage \
+                 engine (logged when it happened); restart the hub"
                     .into(),
             )
         })?;
