@@ -1317,6 +1317,30 @@ mod tests {
         );
     }
 
+    /// sled's log holding a batch that the journal no longer reaches: every batch is
+    /// journaled before sled sees it, so the journal lost it.
+    #[test]
+    fn a_log_ahead_of_its_journal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let live = journaled_writes_then_crash(dir.path(), copy.path());
+        // sled writes out everything it holds (no checkpoint: the journal stays as it is).
+        live.live().db.flush().unwrap();
+        std::fs::remove_dir_all(copy.path()).unwrap();
+        copy_dir(dir.path(), copy.path());
+        let path = copy.path().join("db").join(JOURNAL_FILE);
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes.windows(3).position(|w| w == b"k40").unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(at as u64).unwrap();
+        drop(f);
+        let reason = refusal(copy.path());
+        assert!(
+            reason.contains("the journal was truncated or damaged"),
+            "{reason}"
+        );
+    }
+
     #[test]
     fn a_batch_with_a_large_value_is_checkpointed_at_its_flush() {
         let dir = tempfile::tempdir().unwrap();
