@@ -21,13 +21,12 @@ bench *scenarios:
     cargo bench -p agentcom --bench hub -- {{scenarios}}
 
 # The component benchmarks of earlier rounds: group commit, the live backup of 1 GiB
-# inside one process, task throughput with 32 agents (memory per idle connection is the
-# harness's `idle` scenario: `just bench idle`).
+# inside one process, online compaction (task throughput and memory per idle connection
+# are the harness's `lifecycle` and `idle` scenarios: `just bench lifecycle idle`).
 bench-parts:
     cargo bench -p agentcom-hub --bench ack_writes
     cargo bench -p agentcom-hub --bench backup
     cargo bench -p agentcom-hub --bench compaction
-    cargo bench -p agentcom --bench task_throughput
 
 # Crash drill soak: 200 kill -9 trials under mixed load (tests/crash_drill.rs; 20 by default).
 soak:
