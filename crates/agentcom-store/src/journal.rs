@@ -286,7 +286,7 @@ impl Journal {
         Ok(())
     }
 
-    /// Bytes in the file.
+    /// Where the next record goes: the bytes of the current generation, header included.
     pub fn len(&self) -> u64 {
         self.len
     }

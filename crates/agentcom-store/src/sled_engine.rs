@@ -326,7 +326,8 @@ impl SledDb {
         let Some(base) = contents.base else {
             return Ok(recovered);
         };
-        let last = contents.records.last().map_or(base, |(c, _)| base.max(*c));
+        // The records number on from `base` (`journal::read` stops at any other).
+        let last = contents.records.last().map_or(base, |(c, _)| *c);
         if recovered < base {
             return Err(format!(
                 "acknowledged writes are missing: the database ends at commit {recovered}, \
@@ -344,12 +345,7 @@ impl SledDb {
             ));
         }
         let mut replayed = 0;
-        for (commit, entries) in contents.records {
-            if commit <= base {
-                // Already in the checkpoint (what is left of a journal emptied by a restart
-                // that a crash cut short).
-                continue;
-            }
+        for (_, entries) in contents.records {
             for entry in entries {
                 let tree = &self.trees[entry.tree];
                 let done = match entry.value {
@@ -383,11 +379,18 @@ impl SledDb {
         // checkpointed while the store waits): the journal's records number on from here,
         // even if a failed transaction of the copy used a number.
         self.next_commit.store(commits + 1, Ordering::Release);
+        // A journal that cannot be restarted takes no more writes (until the hub restarts).
         files.journal = None;
         files.journal =
             Some(Journal::restart(&files.dir, commits, 2 * CHECKPOINT_BYTES).map_err(failed)?);
         files.checkpoint_due = false;
         Ok(())
+    }
+
+    /// Stop journaling: a database replaced by a compaction takes no more writes, and its
+    /// close is no reason for a checkpoint (its directory is about to be removed).
+    fn retire(&self) {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).journal = None;
     }
 
     /// Journal every batch from now on (a compaction's copy, before it becomes live).
@@ -412,7 +415,7 @@ impl SledDb {
         // The size of each key's value as of the batch's previous write to it.
         let mut sizes: std::collections::HashMap<(usize, &[u8]), Option<usize>> =
             std::collections::HashMap::new();
-        let mut deltas: Vec<(Table, i64, i64)> = Vec::new();
+        let mut deltas = Deltas::default();
         let mut large = false;
         for op in batch {
             let table = op.table();
@@ -436,24 +439,11 @@ impl SledDb {
                 }
             };
             sizes.insert((i, key), size);
-            let len = |size: Option<usize>| size.map_or(0, |s| (key.len() + s) as i64);
-            let dc = i64::from(size.is_some()) - i64::from(prev.is_some());
-            let db = len(size) - len(prev);
-            match deltas.iter_mut().find(|(t, _, _)| *t == table) {
-                Some(entry) => {
-                    entry.1 += dc;
-                    entry.2 += db;
-                }
-                None => deltas.push((table, dc, db)),
-            }
+            deltas.add(table, key.len(), prev, size);
         }
-        let mut new_stats = Vec::with_capacity(deltas.len());
-        for (table, dc, db) in deltas {
-            let old = self.stats(table);
-            let new = TableStats {
-                record_count: old.record_count.saturating_add_signed(dc),
-                logical_bytes: old.logical_bytes.saturating_add_signed(db),
-            };
+        let mut new_stats = Vec::with_capacity(deltas.0.len());
+        for (table, dc, db) in deltas.0 {
+            let new = Deltas::adjust(self.stats(table), dc, db);
             record.put(
                 STATS_INDEX,
                 &[table.index() as u8],
@@ -601,6 +591,35 @@ fn decode_stats(raw: &[u8]) -> (TableStats, u64) {
     (stats, word(16..24))
 }
 
+/// What a batch changes in the counters of the tables it touches: (table, records, bytes),
+/// in the order the tables are first touched.
+#[derive(Default)]
+struct Deltas(Vec<(Table, i64, i64)>);
+
+impl Deltas {
+    /// A key of `table` whose value goes from `prev` to `new` bytes (`None`: absent).
+    fn add(&mut self, table: Table, key_len: usize, prev: Option<usize>, new: Option<usize>) {
+        let bytes = |size: Option<usize>| size.map_or(0, |s| (key_len + s) as i64);
+        let dc = i64::from(new.is_some()) - i64::from(prev.is_some());
+        let db = bytes(new) - bytes(prev);
+        match self.0.iter_mut().find(|(t, _, _)| *t == table) {
+            Some(entry) => {
+                entry.1 += dc;
+                entry.2 += db;
+            }
+            None => self.0.push((table, dc, db)),
+        }
+    }
+
+    /// `old` counters after a change of `dc` records and `db` bytes.
+    fn adjust(old: TableStats, dc: i64, db: i64) -> TableStats {
+        TableStats {
+            record_count: old.record_count.saturating_add_signed(dc),
+            logical_bytes: old.logical_bytes.saturating_add_signed(db),
+        }
+    }
+}
+
 /// Apply `batch` inside a transaction, recording `commit` with the counters of every table
 /// it touches, and return their new stats.
 fn apply_in_tx(
@@ -608,43 +627,30 @@ fn apply_in_tx(
     batch: &[WriteOp],
     commit: u64,
 ) -> ConflictableTransactionResult<Vec<(Table, TableStats)>, ()> {
-    let mut deltas: Vec<(Table, i64, i64)> = Vec::new();
+    let mut deltas = Deltas::default();
     for op in batch {
         let table = op.table();
         let view = &views[table.index()];
-        let (dc, db) = match op {
+        match op {
             WriteOp::Put { key, value, .. } => {
-                let new_len = (key.len() + value.len()) as i64;
-                match view.insert(key.as_slice(), value.as_slice())? {
-                    Some(prev) => (0, new_len - (key.len() + prev.len()) as i64),
-                    None => (1, new_len),
-                }
+                let prev = view.insert(key.as_slice(), value.as_slice())?;
+                deltas.add(table, key.len(), prev.map(|v| v.len()), Some(value.len()));
             }
-            WriteOp::Delete { key, .. } => match view.remove(key.as_slice())? {
-                Some(prev) => (-1, -((key.len() + prev.len()) as i64)),
-                None => (0, 0),
-            },
-        };
-        match deltas.iter_mut().find(|(t, _, _)| *t == table) {
-            Some(entry) => {
-                entry.1 += dc;
-                entry.2 += db;
+            WriteOp::Delete { key, .. } => {
+                let prev = view.remove(key.as_slice())?;
+                deltas.add(table, key.len(), prev.map(|v| v.len()), None);
             }
-            None => deltas.push((table, dc, db)),
         }
     }
     let stats_view = &views[STATS_INDEX];
-    let mut out = Vec::with_capacity(deltas.len());
-    for (table, dc, db) in deltas {
+    let mut out = Vec::with_capacity(deltas.0.len());
+    for (table, dc, db) in deltas.0 {
         let key = [table.index() as u8];
         let (old, old_commit) = stats_view
             .get(key)?
             .map(|raw| decode_stats(&raw))
             .unwrap_or_default();
-        let new = TableStats {
-            record_count: old.record_count.saturating_add_signed(dc),
-            logical_bytes: old.logical_bytes.saturating_add_signed(db),
-        };
+        let new = Deltas::adjust(old, dc, db);
         // Never backwards: concurrent batches may commit out of their numbers' order.
         stats_view.insert(&key, &encode_stats(new, commit.max(old_commit)))?;
         out.push((table, new));
@@ -948,6 +954,7 @@ impl Compaction for SledCompaction {
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut *live, Arc::new(target));
         drop(live);
+        old.retire();
         let dir = old.path.clone();
         Ok(Retired::new(old, dir, self.data_dir.clone()))
     }
