@@ -202,51 +202,51 @@ fn parse_object(obj: &Map<String, Value>) -> Result<AgentRequest, Reject> {
     })
 }
 
-/// The last message push encoded: the message, whether as a channel message, and its text.
-type LastPush = Option<(Weak<Message>, bool, Utf8Bytes)>;
-static LAST_PUSH: Mutex<LastPush> = Mutex::new(None);
+/// The last frame encoded from one shared value (a `T` behind an `Arc`, and a `K` telling
+/// frames of the same value apart), with its text.
+struct LastEncoded<T, K>(Mutex<Option<(Weak<T>, K, Utf8Bytes)>>);
 
-/// The text of an outbound frame, ready to send. A message push is the same frame for
-/// every recipient of one broadcast or channel publish, so its text is made once and
-/// shared by every connection it goes to (the connections write it, in turn, from one
-/// buffer): a 1 MiB broadcast to 1,000 agents that read slowly holds 1 MiB, not 1 GiB.
-pub fn encode_shared(frame: &Outbound) -> Utf8Bytes {
-    let (message, channel) = match frame {
-        Outbound::Push(AgentPush::Message(m)) => (m, false),
-        Outbound::Push(AgentPush::ChannelMessage { message, .. }) => (message, true),
-        Outbound::Events(batch) => return encode_batch(frame, batch),
-        _ => return encode(frame).into(),
-    };
-    // While `message` is held, no other message can have its address.
-    let same = |(last, was_channel, _): &(Weak<Message>, bool, Utf8Bytes)| {
-        *was_channel == channel && Weak::as_ptr(last) == Arc::as_ptr(message)
-    };
-    let mut last = LAST_PUSH.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(entry) = last.as_ref().filter(|e| same(e)) {
-        return entry.2.clone();
+impl<T, K: PartialEq> LastEncoded<T, K> {
+    const fn new() -> Self {
+        LastEncoded(Mutex::new(None))
     }
-    let text: Utf8Bytes = encode(frame).into();
-    *last = Some((Arc::downgrade(message), channel, text.clone()));
-    text
+
+    /// The text of `frame`, made from `shared`: encoded once, while the first connection
+    /// to send it holds the lock, and shared by the rest. While `shared` is held, no other
+    /// value can have its address.
+    fn text(&self, shared: &Arc<T>, kind: K, frame: &Outbound) -> Utf8Bytes {
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |(was, was_kind, _): &&(Weak<T>, K, Utf8Bytes)| {
+            *was_kind == kind && Weak::as_ptr(was) == Arc::as_ptr(shared)
+        };
+        if let Some((_, _, text)) = last.as_ref().filter(same) {
+            return text.clone();
+        }
+        let text: Utf8Bytes = encode(frame).into();
+        *last = Some((Arc::downgrade(shared), kind, text.clone()));
+        text
+    }
 }
 
-/// The last dashboard batch encoded, and its text.
-type LastBatch = Option<(Weak<Vec<Arc<HubEvent>>>, Utf8Bytes)>;
-static LAST_BATCH: Mutex<LastBatch> = Mutex::new(None);
+/// The last message push (and whether as a channel message).
+static LAST_PUSH: LastEncoded<Message, bool> = LastEncoded::new();
+/// The last dashboard batch (`agentcom_hub::feed`).
+static LAST_BATCH: LastEncoded<Vec<Arc<HubEvent>>, ()> = LastEncoded::new();
 
-/// A dashboard batch is the same frame for every dashboard (`agentcom_hub::feed`): encoded
-/// once, while the first connection to send it holds the lock, and shared by the rest.
-fn encode_batch(frame: &Outbound, batch: &Arc<Vec<Arc<HubEvent>>>) -> Utf8Bytes {
-    let mut last = LAST_BATCH.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, text)) = last
-        .as_ref()
-        .filter(|(b, _)| Weak::as_ptr(b) == Arc::as_ptr(batch))
-    {
-        return text.clone();
+/// The text of an outbound frame, ready to send. A message push is the same frame for
+/// every recipient of one broadcast or channel publish, and a dashboard batch the same for
+/// every dashboard, so its text is made once and shared by every connection it goes to
+/// (the connections write it, in turn, from one buffer): a 1 MiB broadcast to 1,000 agents
+/// that read slowly holds 1 MiB, not 1 GiB.
+pub fn encode_shared(frame: &Outbound) -> Utf8Bytes {
+    match frame {
+        Outbound::Push(AgentPush::Message(m)) => LAST_PUSH.text(m, false, frame),
+        Outbound::Push(AgentPush::ChannelMessage { message, .. }) => {
+            LAST_PUSH.text(message, true, frame)
+        }
+        Outbound::Events(batch) => LAST_BATCH.text(batch, (), frame),
+        _ => encode(frame).into(),
     }
-    let text: Utf8Bytes = encode(frame).into();
-    *last = Some((Arc::downgrade(batch), text.clone()));
-    text
 }
 
 /// The JSON text of an outbound frame.

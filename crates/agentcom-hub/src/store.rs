@@ -279,6 +279,9 @@ fn writer(args: StoreArgs, capture: Capture, jobs: std_mpsc::Receiver<Job>) {
 /// A write taken by the writer thread, with its reply.
 type Taken = (Vec<WriteOp>, RpcReplyPort<WriteResult>);
 
+/// Writes applied: their batches (for a capture) and their replies, in order.
+type Applied = (Vec<Vec<WriteOp>>, Vec<RpcReplyPort<WriteResult>>);
+
 /// Apply the writes of a round in one engine batch (one by one should that fail, so that a
 /// write's failure is its own), record them for a running capture, answer the barriers
 /// among them; answers the writes applied, still to be made durable.
@@ -295,34 +298,14 @@ fn apply_round(
             Job::Applied(reply) => barriers.push(reply),
         }
     }
-    let together = apply_together(engine, writes);
-    let mut captured = capture.lock().unwrap_or_else(|p| p.into_inner());
-    let applied = match together {
-        Ok((batches, replies)) => {
-            if let Some((_, recorded)) = captured.as_mut() {
-                recorded.extend(batches);
-            }
-            replies
-        }
-        Err(writes) => {
-            let mut applied = Vec::with_capacity(writes.len());
-            for (batch, reply) in writes {
-                match engine.apply(&batch) {
-                    Ok(()) => {
-                        if let Some((_, recorded)) = captured.as_mut() {
-                            recorded.push(batch);
-                        }
-                        applied.push(reply);
-                    }
-                    Err(e) => {
-                        tracing::error!(actor = "store", error = %e, "write failed");
-                        let _ = reply.send(Err(e));
-                    }
-                }
-            }
-            applied
-        }
+    let (batches, applied) = match apply_together(engine, writes) {
+        Ok(together) => together,
+        Err(writes) => apply_each(engine, writes),
     };
+    let mut captured = capture.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, recorded)) = captured.as_mut() {
+        recorded.extend(batches);
+    }
     drop(captured);
     for reply in barriers {
         let _ = reply.send(());
@@ -333,11 +316,7 @@ fn apply_round(
 /// Apply several writes as one engine batch, moving (not copying) their operations into it
 /// and back out: `Ok` with the batches and replies once applied; `Err` hands the writes
 /// back, unapplied, if the engine refused the whole (or there is only one).
-#[allow(clippy::type_complexity)]
-fn apply_together(
-    engine: &dyn Engine,
-    writes: Vec<Taken>,
-) -> Result<(Vec<Vec<WriteOp>>, Vec<RpcReplyPort<WriteResult>>), Vec<Taken>> {
+fn apply_together(engine: &dyn Engine, writes: Vec<Taken>) -> Result<Applied, Vec<Taken>> {
     if writes.len() < 2 {
         return Err(writes);
     }
@@ -355,6 +334,28 @@ fn apply_together(
     } else {
         Err(batches.into_iter().zip(replies).collect())
     }
+}
+
+/// Apply writes one by one, each failure answered as its own: the batches and replies of
+/// those applied.
+fn apply_each(engine: &dyn Engine, writes: Vec<Taken>) -> Applied {
+    let mut applied = (
+        Vec::with_capacity(writes.len()),
+        Vec::with_capacity(writes.len()),
+    );
+    for (batch, reply) in writes {
+        match engine.apply(&batch) {
+            Ok(()) => {
+                applied.0.push(batch);
+                applied.1.push(reply);
+            }
+            Err(e) => {
+                tracing::error!(actor = "store", error = %e, "write failed");
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+    applied
 }
 
 /// Replay `captured` into the copy and switch to it, off the async workers (while the
