@@ -105,6 +105,7 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
   const dataDir = path.join(tmp, 'data');
   const adminToken = crypto.randomBytes(32).toString('hex');
   let hub = await startHub({ dataDir, adminToken, bind: '127.0.0.1:0' });
+  const hubs = [hub];
   const base = hub.base;
   let context;
   const started = Date.now();
@@ -128,7 +129,7 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
     const failed = [];
     page.on('console', (m) => { if (m.type() === 'error' || m.type() === 'warning') consoleErrors.push(m.text()); });
     page.on('response', (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
-    page.on('requestfailed', (r) => failed.push(`failed ${r.url()}`));
+    page.on('requestfailed', (r) => failed.push(`failed ${r.url()}: ${(r.failure() || {}).errorText}`));
     page.on('websocket', (ws) => {
       ws.on('framesent', (f) => sent.push(String(f.payload)));
       ws.on('framereceived', (f) => { try { received.push(JSON.parse(String(f.payload)).type); } catch (e) { /* binary */ } });
@@ -405,6 +406,7 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
       await stopHub(hub);
       await expectText('#conn-text', /^Disconnected/);
       hub = await startHub({ dataDir, adminToken, bind: '127.0.0.1:' + port });
+      hubs.push(hub);
       await expectText('#conn-text', /^Connected$/, 15000);
       await expectText('#last-backup', /just now|ago/); // the last backup is found on disk (F2)
       assert.ok(await page.locator('#app').isVisible(), 'still signed in');
@@ -420,6 +422,8 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
   } finally {
     if (context) await context.close().catch(() => {});
     await stopHub(hub);
+    // The hubs' warnings and errors (RUST_LOG=warn), to diagnose a failure above.
+    hubs.forEach((h, i) => { if (h.log().trim()) console.error(`hub ${i + 1} logged:\n${h.log()}`); });
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 });

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use agentcom_core::task::{FailOutcome, TaskError};
 
-use crate::agents::{AgentsMsg, FsmMsg};
+use crate::agents::AgentsMsg;
 use crate::events::{HubEvent, Topic};
 use crate::presence::{PresenceEntry, PresenceMsg};
 use crate::protocol::{AgentPush, AgentReply, AgentRequest, Outbound};
@@ -62,11 +62,7 @@ pub fn showed_life(myself: &ActorRef<SessionMsg>, state: &SessionState) {
         .services
         .presence_table
         .touch(agent_id, myself.get_id());
-    if state.services.agent_table.is_unresponsive(agent_id) {
-        if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-            let _ = fsm.send_message(FsmMsg::ShowedLife);
-        }
-    }
+    state.services.agent_table.showed_life(agent_id);
 }
 
 /// Answer one request from the agent.
@@ -299,11 +295,7 @@ async fn task_accepted(state: &mut SessionState, agent_id: &str, task_id: String
         .await
     {
         Ok(Ok(_)) => {
-            if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-                let _ = fsm
-                    .call(|r| FsmMsg::Accepted(task_id.clone(), r), Some(CALL_TIMEOUT))
-                    .await;
-            }
+            state.services.agent_table.accepted(agent_id, &task_id);
             Outbound::Reply(AgentReply::TaskAck {
                 task_id,
                 status: "accepted",
@@ -325,11 +317,7 @@ async fn task_recovering(state: &mut SessionState, agent_id: &str, task_id: Stri
         .await
     {
         Ok(Some(task)) if task.is_assigned_to(agent_id) => {
-            if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-                let _ = fsm
-                    .call(|r| FsmMsg::Resume(task_id.clone(), r), Some(CALL_TIMEOUT))
-                    .await;
-            }
+            state.services.agent_table.resume(agent_id, &task_id);
             Outbound::Reply(AgentReply::TaskContinue {
                 task_id,
                 generation: task.generation,
@@ -352,9 +340,7 @@ fn refused(
     if let HubError::Task(TaskError::NotAssignee | TaskError::InvalidState | TaskError::NotFound) =
         e
     {
-        if let Some(fsm) = state.services.agent_table.fsm_of(agent_id) {
-            let _ = fsm.send_message(FsmMsg::Released(task_id.to_string()));
-        }
+        state.services.agent_table.released(agent_id, task_id);
     }
     match e {
         HubError::Task(reason) => error(&format!("{prefix}: {reason}")),

@@ -1,19 +1,22 @@
-//! Agent FSMs (reference §5.5): one actor per identified agent under the `agents`
-//! supervisor, each the only writer of its row in the shared [`AgentTable`] (which the
-//! scheduler and the HTTP layer read without waiting).
+//! Agent FSMs (reference §5.5) as rows of the shared [`AgentTable`]: one row per
+//! identified agent, moved by whoever sees the event (the scheduler, the task queue, the
+//! agent's session, its acceptance timer) under the table's lock, and read by the
+//! scheduler and the HTTP layer without waiting. The `agents` actor serialises each
+//! agent's connects and disconnects. An FSM is not an actor of its own: an actor per
+//! agent cost about 5.5 KB of every connection (docs/BENCHMARKS.md, "Memory per idle
+//! agent connection") and an actor hop per transition.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use agentcom_core::fsm::{AgentFsm, AgentState};
 use agentcom_core::scheduler::{capability_names, Candidate};
 use agentcom_core::task::{Task, TaskStatus};
 use agentcom_core::Millis;
-use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
+use tokio::task::AbortHandle;
 
 use crate::presence::PresenceTable;
 use crate::protocol::AgentPush;
@@ -36,49 +39,67 @@ pub struct AgentView {
 
 struct Row {
     view: AgentView,
-    actor: ActorRef<FsmMsg>,
+    /// The connection the agent's pushes go to (its newest, F5).
+    session: ActorRef<SessionMsg>,
+    /// Numbers each assignment, so that a stale acceptance timer is ignored.
+    assignment: u64,
+    /// The current assignment's acceptance timer, stopped once it is moot.
+    timer: Option<AbortHandle>,
 }
 
-#[derive(Default)]
+impl Row {
+    fn stop_timer(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+/// What an FSM's transitions reach beyond its row.
+#[derive(Clone)]
+pub struct FsmServices {
+    pub publisher: crate::pubsub::Publisher,
+    pub presence: Arc<PresenceTable>,
+    pub task_queue: Service<TaskMsg>,
+    pub scheduler: Service<SchedulerMsg>,
+    pub accept_timeout: Duration,
+}
+
+/// Every identified agent's FSM. Each transition happens under the write lock and
+/// publishes the new state before the lock is released, so that observers see an agent's
+/// states in the order they were taken.
 pub struct AgentTable {
     rows: RwLock<HashMap<String, Row>>,
+    services: FsmServices,
 }
 
 impl AgentTable {
-    /// The agent's FSM, if it is alive.
-    pub fn fsm_of(&self, agent_id: &str) -> Option<ActorRef<FsmMsg>> {
-        let rows = self.rows.read().expect("agents lock");
-        rows.get(agent_id)
-            .map(|r| r.actor.clone())
-            .filter(|a| a.get_status() != ActorStatus::Stopped)
-    }
-
-    fn remove_if(&self, agent_id: &str, actor: &ActorId) {
-        let mut rows = self.rows.write().expect("agents lock");
-        if rows
-            .get(agent_id)
-            .is_some_and(|r| r.actor.get_id() == *actor)
-        {
-            rows.remove(agent_id);
+    pub fn new(services: FsmServices) -> Self {
+        AgentTable {
+            rows: RwLock::default(),
+            services,
         }
     }
 
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Row>> {
+        self.rows.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Row>> {
+        self.rows.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Is the agent connected (identified, its FSM running)?
+    pub fn contains(&self, agent_id: &str) -> bool {
+        self.read().contains_key(agent_id)
+    }
+
     pub fn get(&self, agent_id: &str) -> Option<AgentView> {
-        self.rows
-            .read()
-            .expect("agents lock")
-            .get(agent_id)
-            .map(|r| r.view.clone())
+        self.read().get(agent_id).map(|r| r.view.clone())
     }
 
     pub fn list(&self) -> Vec<AgentView> {
-        let mut list: Vec<AgentView> = self
-            .rows
-            .read()
-            .expect("agents lock")
-            .values()
-            .map(|r| r.view.clone())
-            .collect();
+        let mut list: Vec<AgentView> = self.read().values().map(|r| r.view.clone()).collect();
         list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         list
     }
@@ -87,7 +108,7 @@ impl AgentTable {
     /// FSM's last change), so that work spreads over equally able agents instead of going
     /// to the first by id every time.
     pub fn available(&self) -> Vec<Candidate> {
-        let rows = self.rows.read().expect("agents lock");
+        let rows = self.read();
         let mut out: Vec<Candidate> = rows
             .values()
             .filter(|r| r.view.fsm.is_available())
@@ -103,257 +124,196 @@ impl AgentTable {
 
     /// Is the agent connected and working on (has accepted) this task? (F8)
     pub fn is_working_on(&self, agent_id: &str, task_id: &str) -> bool {
-        self.rows
-            .read()
-            .expect("agents lock")
-            .get(agent_id)
-            .is_some_and(|r| {
-                matches!(r.view.fsm.state, AgentState::Working | AgentState::Blocked)
-                    && r.view.fsm.current_task.as_deref() == Some(task_id)
-            })
+        self.read().get(agent_id).is_some_and(|r| {
+            matches!(r.view.fsm.state, AgentState::Working | AgentState::Blocked)
+                && r.view.fsm.current_task.as_deref() == Some(task_id)
+        })
     }
 
     pub fn is_unresponsive(&self, agent_id: &str) -> bool {
-        self.rows
-            .read()
-            .expect("agents lock")
+        self.read()
             .get(agent_id)
             .is_some_and(|r| r.view.fsm.unresponsive)
     }
-}
 
-pub enum FsmMsg {
-    /// The scheduler offers a task: answers whether the agent took it (idle → assigned).
-    Assign(String, RpcReplyPort<bool>),
-    /// The queue recorded the assignment: answers the connection to push it to, if the
-    /// FSM still holds the task (`None`: the agent left meanwhile; the caller reclaims).
-    Confirm(String, RpcReplyPort<Option<ActorRef<SessionMsg>>>),
-    /// The agent accepted its task; answers once the FSM moved (so the ack implies it).
-    Accepted(String, RpcReplyPort<()>),
+    /// The scheduler (or an admin push) offers a task: idle → assigned, with an
+    /// acceptance timer. Answers whether the agent took it.
+    pub fn assign(self: &Arc<Self>, agent_id: &str, task_id: &str) -> bool {
+        let mut rows = self.write();
+        let Some(row) = rows.get_mut(agent_id) else {
+            return false;
+        };
+        if !row.view.fsm.assign(task_id, now_ms()) {
+            return false;
+        }
+        self.start_timer(row, task_id);
+        self.publish(row);
+        true
+    }
+
+    /// The queue recorded the assignment: the connection to push it to, if the FSM still
+    /// holds the task (`None`: the agent left meanwhile; the caller reclaims).
+    pub fn confirm(&self, agent_id: &str, task_id: &str) -> Option<ActorRef<SessionMsg>> {
+        self.read()
+            .get(agent_id)
+            .filter(|r| r.view.fsm.current_task.as_deref() == Some(task_id))
+            .map(|r| r.session.clone())
+    }
+
+    /// The agent accepted its task: assigned → working.
+    pub fn accepted(&self, agent_id: &str, task_id: &str) {
+        self.transition(agent_id, |fsm, now| fsm.accepted(task_id, now));
+    }
+
     /// The task left the agent (completed, failed, reclaimed, rejected, refused).
-    Released(String),
-    /// `task_continue`: the agent resumes a task assigned to it.
-    Resume(String, RpcReplyPort<()>),
-    ShowedLife,
-    AcceptTimeout(String, u64),
-    /// A newer connection identified as this agent.
-    Rebind {
-        session: ActorRef<SessionMsg>,
-        name: String,
-        capabilities: Value,
-    },
-    /// A connection of this agent closed: if it is the FSM's connection, reclaim the
-    /// agent's tasks (durably), stop, and answer `true`.
-    SessionDown(ActorId, RpcReplyPort<bool>),
-}
-
-pub struct FsmArgs {
-    pub agent_id: String,
-    pub name: String,
-    pub capabilities: Value,
-    pub session: ActorRef<SessionMsg>,
-    /// A task the queue already has assigned to this agent (adopted at start).
-    pub adopt: Option<String>,
-    pub services: FsmServices,
-}
-
-#[derive(Clone)]
-pub struct FsmServices {
-    pub table: Arc<AgentTable>,
-    pub publisher: crate::pubsub::Publisher,
-    pub presence: Arc<PresenceTable>,
-    pub task_queue: Service<TaskMsg>,
-    pub scheduler: Service<SchedulerMsg>,
-    pub accept_timeout: Duration,
-}
-
-pub struct FsmState {
-    agent_id: String,
-    fsm: AgentFsm,
-    session: ActorRef<SessionMsg>,
-    services: FsmServices,
-    /// Numbers each assignment, so that a stale acceptance timer is ignored.
-    assignment: u64,
-}
-
-pub struct AgentFsmActor;
-
-impl Actor for AgentFsmActor {
-    type Msg = FsmMsg;
-    type State = FsmState;
-    type Arguments = FsmArgs;
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        args: FsmArgs,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        let now = now_ms();
-        let mut state = FsmState {
-            agent_id: args.agent_id.clone(),
-            fsm: AgentFsm::new(now),
-            session: args.session.clone(),
-            services: args.services,
-            assignment: 0,
-        };
-        let view = AgentView {
-            agent_id: args.agent_id.clone(),
-            name: args.name,
-            fsm: state.fsm.clone(),
-            capabilities: args.capabilities,
-            connected_at: now,
-        };
-        state
-            .services
-            .table
-            .rows
-            .write()
-            .expect("agents lock")
-            .insert(
-                args.agent_id,
-                Row {
-                    view,
-                    actor: myself.clone(),
-                },
-            );
-        if let Some(task_id) = args.adopt {
-            state.fsm.assign(&task_id, now);
-            state.start_timer(&myself, &task_id);
-        }
-        state.publish();
-        Ok(state)
+    pub fn released(&self, agent_id: &str, task_id: &str) {
+        self.transition(agent_id, |fsm, now| fsm.released(task_id, now));
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // Boxed: the handler's state machine lives only while it runs, not in every
-        // connected agent's FSM task (memory per agent).
-        Box::pin(handle_fsm(myself, msg, state)).await
-    }
-
-    async fn post_stop(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        state
-            .services
-            .table
-            .remove_if(&state.agent_id, &myself.get_id());
-        Ok(())
-    }
-}
-
-async fn handle_fsm(
-    myself: ActorRef<FsmMsg>,
-    msg: FsmMsg,
-    state: &mut FsmState,
-) -> Result<(), ActorProcessingErr> {
-    let now = now_ms();
-    match msg {
-        FsmMsg::Assign(task_id, reply) => {
-            let took = state.fsm.assign(&task_id, now);
-            if took {
-                state.start_timer(&myself, &task_id);
-                state.publish();
-            }
-            let _ = reply.send(took);
-        }
-        FsmMsg::Confirm(task_id, reply) => {
-            let holds = state.fsm.current_task.as_deref() == Some(task_id.as_str());
-            let _ = reply.send(holds.then(|| state.session.clone()));
-        }
-        FsmMsg::Accepted(task_id, reply) => {
-            if state.fsm.accepted(&task_id, now) {
-                state.publish();
-            }
-            let _ = reply.send(());
-        }
-        FsmMsg::Released(task_id) => {
-            if state.fsm.released(&task_id, now) {
-                state.publish();
-            }
-        }
-        FsmMsg::Resume(task_id, reply) => {
-            state.fsm.resume(&task_id, now);
-            state.publish();
-            let _ = reply.send(());
-        }
-        FsmMsg::ShowedLife => {
-            if state.fsm.unresponsive {
-                state.fsm.showed_life();
-                state.publish();
-            }
-        }
-        FsmMsg::AcceptTimeout(task_id, assignment) => {
-            if assignment == state.assignment && state.fsm.accept_timed_out(&task_id, now) {
-                tracing::warn!(agent_id = %state.agent_id, %task_id, "task not accepted in time; reclaiming it");
-                state.reclaim(&task_id, "accept_timeout").await;
-                state.publish();
-            }
-        }
-        FsmMsg::Rebind {
-            session,
-            name,
-            capabilities,
-        } => {
-            state.session = session;
-            if let Some(row) = state
-                .services
-                .table
-                .rows
-                .write()
-                .expect("agents lock")
-                .get_mut(&state.agent_id)
-            {
-                row.view.name = name;
-                row.view.capabilities = capabilities;
-            }
-            state.publish();
-        }
-        FsmMsg::SessionDown(session, reply) => {
-            let ours = session == state.session.get_id();
-            if ours {
-                // Reclaim every task the queue has assigned to this agent.
-                let filter = TaskFilter {
-                    status: Some(TaskStatus::Assigned),
-                    assigned_to: Some(state.agent_id.clone()),
-                    ..TaskFilter::default()
-                };
-                let listed = state
-                    .services
-                    .task_queue
-                    .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
-                    .await;
-                for task in listed.unwrap_or_default() {
-                    state.reclaim_now(&task.id, "agent_disconnect").await;
-                }
-                myself.stop(Some("agent disconnected".into()));
-            }
-            let _ = reply.send(ours);
-        }
-    }
-    Ok(())
-}
-
-impl FsmState {
-    fn start_timer(&mut self, myself: &ActorRef<FsmMsg>, task_id: &str) {
-        self.assignment += 1;
-        let (task_id, assignment) = (task_id.to_string(), self.assignment);
-        myself.send_after(self.services.accept_timeout, move || {
-            FsmMsg::AcceptTimeout(task_id, assignment)
+    /// `task_continue`: the agent resumes a task assigned to it (F12).
+    pub fn resume(&self, agent_id: &str, task_id: &str) {
+        self.transition(agent_id, |fsm, now| {
+            fsm.resume(task_id, now);
+            true
         });
     }
 
+    /// Any frame from the agent clears `unresponsive` (F10).
+    pub fn showed_life(&self, agent_id: &str) {
+        if self.is_unresponsive(agent_id) {
+            self.transition(agent_id, |fsm, _| {
+                let was = fsm.unresponsive;
+                fsm.showed_life();
+                was
+            });
+        }
+    }
+
+    /// Apply `step` to the agent's FSM; when it changed the FSM, the acceptance timer is
+    /// moot (no transition but the timer's own keeps a task waiting for acceptance) and
+    /// the new state is published.
+    fn transition(&self, agent_id: &str, step: impl FnOnce(&mut AgentFsm, Millis) -> bool) {
+        let mut rows = self.write();
+        let Some(row) = rows.get_mut(agent_id) else {
+            return;
+        };
+        if step(&mut row.view.fsm, now_ms()) {
+            row.stop_timer();
+            self.publish(row);
+        }
+    }
+
+    fn start_timer(self: &Arc<Self>, row: &mut Row, task_id: &str) {
+        row.stop_timer();
+        row.assignment += 1;
+        let (table, timeout) = (Arc::downgrade(self), self.services.accept_timeout);
+        let (agent_id, task_id, assignment) = (
+            row.view.agent_id.clone(),
+            task_id.to_string(),
+            row.assignment,
+        );
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            accept_timed_out(table, agent_id, task_id, assignment).await;
+        });
+        row.timer = Some(timer.abort_handle());
+    }
+
+    /// Mirror the FSM into presence and the event stream; wake the scheduler when the
+    /// agent became available. Called with the row locked.
+    fn publish(&self, row: &Row) {
+        let (agent_id, fsm) = (&row.view.agent_id, &row.view.fsm);
+        self.services
+            .presence
+            .set_fsm_state(agent_id, fsm.state.as_str());
+        self.services.publisher.publish(
+            crate::events::Topic::Presence,
+            crate::events::HubEvent::AgentState {
+                agent_id: agent_id.clone(),
+                fsm_state: fsm.state.as_str(),
+                current_task_id: fsm.current_task.clone(),
+                unresponsive: fsm.unresponsive,
+                last_state_change: fsm.last_state_change,
+            },
+        );
+        if fsm.is_available() {
+            if let Some(s) = self.services.scheduler.current() {
+                let _ = s.send_message(SchedulerMsg::Kick);
+            }
+        }
+    }
+
+    /// A first connection of the agent: its FSM starts, holding `adopt` (a task the
+    /// queue already has assigned to it) if any.
+    fn bind(
+        self: &Arc<Self>,
+        agent_id: String,
+        name: String,
+        capabilities: Value,
+        session: ActorRef<SessionMsg>,
+        adopt: Option<String>,
+    ) {
+        let now = now_ms();
+        let mut row = Row {
+            view: AgentView {
+                agent_id: agent_id.clone(),
+                name,
+                fsm: AgentFsm::new(now),
+                capabilities,
+                connected_at: now,
+            },
+            session,
+            assignment: 0,
+            timer: None,
+        };
+        if let Some(task_id) = adopt {
+            row.view.fsm.assign(&task_id, now);
+            self.start_timer(&mut row, &task_id);
+        }
+        let mut rows = self.write();
+        self.publish(&row);
+        if let Some(mut old) = rows.insert(agent_id, row) {
+            old.stop_timer();
+        }
+    }
+
+    /// A newer connection identified as a connected agent (F5). False if the agent's FSM
+    /// has meanwhile ended.
+    fn rebind(
+        &self,
+        agent_id: &str,
+        name: String,
+        capabilities: Value,
+        session: ActorRef<SessionMsg>,
+    ) -> bool {
+        let mut rows = self.write();
+        let Some(row) = rows.get_mut(agent_id) else {
+            return false;
+        };
+        row.session = session;
+        row.view.name = name;
+        row.view.capabilities = capabilities;
+        self.publish(row);
+        true
+    }
+
+    /// A connection of the agent closed: if it is the one its FSM is bound to, the FSM
+    /// ends (true).
+    fn unbind(&self, agent_id: &str, session: ActorId) -> bool {
+        let mut rows = self.write();
+        match rows.get_mut(agent_id) {
+            Some(row) if row.session.get_id() == session => row.stop_timer(),
+            _ => return false,
+        }
+        rows.remove(agent_id);
+        true
+    }
+
     /// Reclaim and wait until the reclaim is durable (so that a reconnecting agent sees it).
-    async fn reclaim_now(&self, task_id: &str, reason: &str) {
+    async fn reclaim_now(&self, agent_id: &str, task_id: &str, reason: &str) {
         let (t, a, r) = (
             task_id.to_string(),
-            self.agent_id.clone(),
+            agent_id.to_string(),
             reason.to_string(),
         );
         let msg = |reply| TaskMsg::Reclaim {
@@ -363,75 +323,80 @@ impl FsmState {
             reply: Some(reply),
         };
         if let Err(e) = self.services.task_queue.call(msg, CALL_TIMEOUT).await {
-            tracing::error!(agent_id = %self.agent_id, task_id, error = %e, "reclaim failed");
+            tracing::error!(agent_id, task_id, error = %e, "reclaim failed");
         }
     }
 
-    async fn reclaim(&self, task_id: &str, reason: &str) {
-        let msg = TaskMsg::Reclaim {
-            task_id: task_id.to_string(),
-            from: Some(self.agent_id.clone()),
-            reason: reason.to_string(),
-            reply: None,
+    /// The tasks the queue has assigned to the agent.
+    async fn assigned_to(&self, agent_id: &str) -> Vec<Task> {
+        let filter = TaskFilter {
+            status: Some(TaskStatus::Assigned),
+            assigned_to: Some(agent_id.to_string()),
+            ..TaskFilter::default()
         };
-        if let Err(e) = self.services.task_queue.send(msg, DEFAULT_WAIT).await {
-            tracing::error!(agent_id = %self.agent_id, task_id, error = %e, "reclaim not delivered");
-        }
-    }
-
-    /// Mirror the FSM into the shared table and presence; wake the scheduler when the agent
-    /// becomes available.
-    fn publish(&self) {
-        if let Some(row) = self
-            .services
-            .table
-            .rows
-            .write()
-            .expect("agents lock")
-            .get_mut(&self.agent_id)
-        {
-            row.view.fsm = self.fsm.clone();
-        }
         self.services
-            .presence
-            .set_fsm_state(&self.agent_id, self.fsm.state.as_str());
-        self.services.publisher.publish(
-            crate::events::Topic::Presence,
-            crate::events::HubEvent::AgentState {
-                agent_id: self.agent_id.clone(),
-                fsm_state: self.fsm.state.as_str(),
-                current_task_id: self.fsm.current_task.clone(),
-                unresponsive: self.fsm.unresponsive,
-                last_state_change: self.fsm.last_state_change,
-            },
-        );
-        if self.fsm.is_available() {
-            if let Some(s) = self.services.scheduler.current() {
-                let _ = s.send_message(SchedulerMsg::Kick);
-            }
-        }
+            .task_queue
+            .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
+            .await
+            .unwrap_or_default()
     }
 }
 
-/// Push a task the queue has just recorded as assigned to the agent of `fsm`. The agent
-/// may have left between its FSM taking the task and the queue's record (its disconnect
-/// then found nothing to reclaim), so the FSM confirms first: it handles its disconnect
-/// strictly before or after the confirmation. Without a confirmation the task goes back
-/// to the queue at once instead of waiting for the stuck sweep.
-pub async fn hand_over(fsm: &ActorRef<FsmMsg>, task: Task, task_queue: &Service<TaskMsg>) {
-    let t = task.id.clone();
-    let confirmed = fsm
-        .call(|r| FsmMsg::Confirm(t, r), Some(CALL_TIMEOUT))
-        .await;
-    if let Ok(ractor::rpc::CallResult::Success(Some(session))) = confirmed {
+/// An assignment's acceptance timer fired: if the agent still has not accepted that
+/// task, it goes idle and unresponsive, and the task goes back to the queue.
+async fn accept_timed_out(table: Weak<AgentTable>, agent_id: String, task_id: String, n: u64) {
+    let Some(table) = table.upgrade() else {
+        return;
+    };
+    let timed_out = {
+        let mut rows = table.write();
+        match rows.get_mut(&agent_id) {
+            Some(row) if row.assignment == n => {
+                // This task is the timer: dropped, not aborted, so that it goes on.
+                row.timer = None;
+                let timed_out = row.view.fsm.accept_timed_out(&task_id, now_ms());
+                if timed_out {
+                    table.publish(row);
+                }
+                timed_out
+            }
+            _ => false,
+        }
+    };
+    if !timed_out {
+        return;
+    }
+    tracing::warn!(%agent_id, %task_id, "task not accepted in time; reclaiming it");
+    let msg = TaskMsg::Reclaim {
+        task_id: task_id.clone(),
+        from: Some(agent_id.clone()),
+        reason: "accept_timeout".into(),
+        reply: None,
+    };
+    if let Err(e) = table.services.task_queue.send(msg, DEFAULT_WAIT).await {
+        tracing::error!(%agent_id, %task_id, error = %e, "reclaim not delivered");
+    }
+}
+
+/// Push a task the queue has just recorded as assigned to `agent_id`. The agent may have
+/// left between its FSM taking the task and the queue's record (its disconnect then found
+/// nothing to reclaim), so the FSM confirms first, under the table's lock: strictly before
+/// or after the disconnect ends it. Without a confirmation the task goes back to the
+/// queue at once instead of waiting for the stuck sweep.
+pub async fn hand_over(
+    agents: &AgentTable,
+    agent_id: &str,
+    task: Task,
+    task_queue: &Service<TaskMsg>,
+) {
+    if let Some(session) = agents.confirm(agent_id, &task.id) {
         let _ = session.send_message(SessionMsg::Push(AgentPush::TaskAssign(Arc::new(task))));
         return;
     }
-    let agent_id = task.assigned_to.clone();
-    tracing::info!(task_id = %task.id, ?agent_id, "agent left while being assigned; reclaiming");
+    tracing::info!(task_id = %task.id, agent_id, "agent left while being assigned; reclaiming");
     let reclaim = |reply| TaskMsg::Reclaim {
         task_id: task.id,
-        from: agent_id,
+        from: Some(agent_id.to_string()),
         reason: "agent_disconnect".into(),
         reply: Some(reply),
     };
@@ -460,94 +425,70 @@ pub enum AgentsMsg {
     },
 }
 
-/// The `agents` supervisor: parent of every FSM. FSMs are not restarted: an FSM that
-/// ends is an agent that left.
+/// The `agents` actor: starts, rebinds and ends agents' FSMs (rows of the shared
+/// [`AgentTable`], which outlives a restart of this actor).
 pub struct Agents;
 
 impl Actor for Agents {
     type Msg = AgentsMsg;
-    type State = FsmServices;
-    type Arguments = FsmServices;
+    type State = Arc<AgentTable>;
+    type Arguments = Arc<AgentTable>;
 
     async fn pre_start(
         &self,
         _: ActorRef<Self::Msg>,
-        services: FsmServices,
+        table: Arc<AgentTable>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(services)
+        Ok(table)
     }
 
     async fn handle(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        services: &mut Self::State,
+        table: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (agent_id, name, capabilities, session, reply) = match msg {
+        match msg {
             AgentsMsg::Connect {
                 agent_id,
                 name,
                 capabilities,
                 session,
                 reply,
-            } => (agent_id, name, capabilities, session, reply),
+            } => {
+                if !table.rebind(
+                    &agent_id,
+                    name.clone(),
+                    capabilities.clone(),
+                    session.clone(),
+                ) {
+                    let adopt = table
+                        .assigned_to(&agent_id)
+                        .await
+                        .into_iter()
+                        .next()
+                        .map(|t| t.id);
+                    table.bind(agent_id, name, capabilities, session, adopt);
+                }
+                let _ = reply.send(());
+            }
             AgentsMsg::Disconnect {
                 agent_id,
                 session,
                 reply,
             } => {
-                if let Some(fsm) = services.table.fsm_of(&agent_id) {
-                    let stopped = fsm
-                        .call(|r| FsmMsg::SessionDown(session, r), Some(CALL_TIMEOUT))
-                        .await;
-                    if matches!(stopped, Ok(ractor::rpc::CallResult::Success(true))) {
-                        services.table.remove_if(&agent_id, &fsm.get_id());
+                // The FSM ends first, so that no new assignment reaches it; then every task
+                // the queue has assigned to the agent is reclaimed, durably, before a
+                // reconnect of the agent (queued behind this) starts a fresh FSM.
+                if table.unbind(&agent_id, session) {
+                    for task in table.assigned_to(&agent_id).await {
+                        table
+                            .reclaim_now(&agent_id, &task.id, "agent_disconnect")
+                            .await;
                     }
                 }
                 let _ = reply.send(());
-                return Ok(());
             }
-        };
-        if let Some(fsm) = services.table.fsm_of(&agent_id) {
-            let _ = fsm.send_message(FsmMsg::Rebind {
-                session,
-                name,
-                capabilities,
-            });
-        } else {
-            let filter = TaskFilter {
-                status: Some(TaskStatus::Assigned),
-                assigned_to: Some(agent_id.clone()),
-                ..TaskFilter::default()
-            };
-            let adopt = services
-                .task_queue
-                .call(|r| TaskMsg::List(filter, r), CALL_TIMEOUT)
-                .await
-                .ok()
-                .and_then(|tasks| tasks.into_iter().next().map(|t| t.id));
-            let args = FsmArgs {
-                agent_id,
-                name,
-                capabilities,
-                session,
-                adopt,
-                services: services.clone(),
-            };
-            Actor::spawn_linked(None, AgentFsmActor, args, myself.get_cell()).await?;
-        }
-        let _ = reply.send(());
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        _: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(_, err) = event {
-            tracing::error!(error = %err, "agent FSM crashed");
         }
         Ok(())
     }

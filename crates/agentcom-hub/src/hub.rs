@@ -88,12 +88,21 @@ impl Hub {
             slot::<AgentsMsg>(),
             slot::<SchedulerMsg>(),
         );
+        let publisher = Publisher::new(pubsub_s.service("pubsub"));
+        let presence_table = Arc::new(PresenceTable::default());
+        let agent_table = Arc::new(AgentTable::new(FsmServices {
+            publisher: publisher.clone(),
+            presence: presence_table.clone(),
+            task_queue: tasks_s.service("task_queue"),
+            scheduler: scheduler_s.service("scheduler"),
+            accept_timeout: settings.accept_timeout,
+        }));
         let services = Arc::new(Services {
             settings: settings.clone(),
             reader: reader.clone(),
-            publisher: Publisher::new(pubsub_s.service("pubsub")),
+            publisher,
             subscriptions: Arc::new(Subscriptions::default()),
-            presence_table: Arc::new(PresenceTable::default()),
+            presence_table,
             analytics_table: Arc::new(AnalyticsTable::default()),
             store: store_s.service("store"),
             config: config_s.service("config"),
@@ -105,7 +114,7 @@ impl Hub {
             threads: threads_s.service("threads"),
             analytics: analytics_s.service("analytics"),
             sessions: sessions_s.service("sessions"),
-            agent_table: Arc::new(AgentTable::default()),
+            agent_table,
             agents: agents_s.service("agents"),
             task_queue: tasks_s.service("task_queue"),
             scheduler: scheduler_s.service("scheduler"),
@@ -248,19 +257,11 @@ impl Hub {
                     (TaskQueue, args)
                 }
             }),
-            ChildSpec::new("agents", "supervisor", agents_s, {
+            // Not restartable by operators: a disconnect lost from its mailbox would leave
+            // the agent's FSM and tasks behind.
+            ChildSpec::new("agents", "service", agents_s, {
                 let s = s.clone();
-                move || {
-                    let services = FsmServices {
-                        table: s.agent_table.clone(),
-                        publisher: s.publisher.clone(),
-                        presence: s.presence_table.clone(),
-                        task_queue: s.task_queue.clone(),
-                        scheduler: s.scheduler.clone(),
-                        accept_timeout: s.settings.accept_timeout,
-                    };
-                    (Agents, services)
-                }
+                move || (Agents, s.agent_table.clone())
             })
             .permanent(),
             ChildSpec::new("scheduler", "service", scheduler_s, {

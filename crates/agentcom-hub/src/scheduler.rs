@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::agents::{hand_over, AgentTable, FsmMsg};
+use crate::agents::{hand_over, AgentTable};
 use crate::events::{HubEvent, TaskEventKind, Topic};
 use crate::pubsub::{Subscribed, Subscriptions};
 use crate::service::Service;
@@ -113,29 +113,20 @@ impl Actor for Scheduler {
 /// One assignment: the FSM leaves idle first (F11), then the queue records it durably,
 /// then the FSM confirms and the agent is told (`hand_over`).
 async fn assign(args: &SchedulerArgs, task_id: String, agent_id: String) {
-    let Some(fsm) = args.agents.fsm_of(&agent_id) else {
-        return;
-    };
-    let t = task_id.clone();
-    if !matches!(
-        fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await,
-        Ok(ractor::rpc::CallResult::Success(true))
-    ) {
+    if !args.agents.assign(&agent_id, &task_id) {
         return;
     }
     if !args.test_assign_pause.is_zero() {
         tokio::time::sleep(args.test_assign_pause).await;
     }
-    let t = task_id.clone();
+    let (t, a) = (task_id.clone(), agent_id.clone());
     match args
         .task_queue
-        .call(|r| TaskMsg::Assign(t, agent_id, r), CALL_TIMEOUT)
+        .call(|r| TaskMsg::Assign(t, a, r), CALL_TIMEOUT)
         .await
     {
-        Ok(Ok(task)) => hand_over(&fsm, task, &args.task_queue).await,
-        _ => {
-            let _ = fsm.send_message(FsmMsg::Released(task_id));
-        }
+        Ok(Ok(task)) => hand_over(&args.agents, &agent_id, task, &args.task_queue).await,
+        _ => args.agents.released(&agent_id, &task_id),
     }
 }
 

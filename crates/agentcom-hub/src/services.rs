@@ -11,7 +11,6 @@ use agentcom_store::{StoreReader, TokenRecord};
 use ractor::ActorId;
 use serde_json::Value;
 
-use crate::agents::FsmMsg;
 use crate::agents::{AgentTable, AgentsMsg};
 use crate::analytics::{AnalyticsMsg, AnalyticsTable};
 use crate::auth::AuthMsg;
@@ -492,14 +491,11 @@ impl Services {
     /// Give a new task straight to a connected agent (admin push-task). It is a real task
     /// (F14): the agent's FSM takes it first, so a busy agent is refused, not overloaded.
     pub async fn push_task(&self, agent_id: &str, new: NewTask) -> Result<Task, HubError> {
-        let fsm = self
-            .agent_table
-            .fsm_of(agent_id)
-            .ok_or(HubError::NotFound("agent_not_connected"))?;
+        if !self.agent_table.contains(agent_id) {
+            return Err(HubError::NotFound("agent_not_connected"));
+        }
         let id = task_id();
-        let t = id.clone();
-        let took = fsm.call(|r| FsmMsg::Assign(t, r), Some(CALL_TIMEOUT)).await;
-        if !matches!(took, Ok(ractor::rpc::CallResult::Success(true))) {
+        if !self.agent_table.assign(agent_id, &id) {
             return Err(HubError::Conflict("agent_busy"));
         }
         let a = agent_id.to_string();
@@ -515,11 +511,11 @@ impl Services {
         let task = match submitted {
             Ok(task) => task,
             Err(e) => {
-                let _ = fsm.send_message(FsmMsg::Released(id));
+                self.agent_table.released(agent_id, &id);
                 return Err(e);
             }
         };
-        crate::agents::hand_over(&fsm, task.clone(), &self.task_queue).await;
+        crate::agents::hand_over(&self.agent_table, agent_id, task.clone(), &self.task_queue).await;
         Ok(task)
     }
 

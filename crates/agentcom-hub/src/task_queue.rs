@@ -14,7 +14,7 @@ use agentcom_store::{decode_or_skip, encode, StoreReader, Table, WriteOp};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 
-use crate::agents::{AgentTable, FsmMsg};
+use crate::agents::AgentTable;
 use crate::events::{HubEvent, TaskEventKind, Topic};
 use crate::pubsub::Publisher;
 use crate::service::Service;
@@ -652,9 +652,7 @@ impl TaskQueueState {
                 );
             }
             if let Some(agent_id) = release {
-                if let Some(fsm) = agents.fsm_of(&agent_id) {
-                    let _ = fsm.send_message(FsmMsg::Released(task.id.clone()));
-                }
+                agents.released(&agent_id, &task.id);
             }
             task
         })

@@ -12,7 +12,6 @@ use agentcom_core::config::{ConfigKey, ConfigValue};
 use agentcom_core::fsm::AgentState;
 use agentcom_core::supervision::RestartPolicy;
 use agentcom_core::task::{FailOutcome, Task, TaskStatus};
-use agentcom_hub::agents::FsmMsg;
 use agentcom_hub::events::{ActorEventKind, HubEvent, Topic};
 use agentcom_hub::supervisor::ChildStatus;
 use agentcom_hub::task_queue::{TaskFilter, TaskMsg};
@@ -123,11 +122,12 @@ async fn a_task_queue_restart_reloads_dead_letters_and_leaves_the_fsms_alone() {
         .await
         .unwrap()
         .expect("touched");
-    let fsm = hub.agent_table.fsm_of("alpha").expect("alpha's FSM");
-    let id = working.id.clone();
-    fsm.call(|r| FsmMsg::Accepted(id, r), Some(WAIT))
-        .await
-        .unwrap();
+    hub.agent_table.accepted("alpha", &working.id);
+    let connected_at = hub
+        .agent_table
+        .get("alpha")
+        .expect("alpha's row")
+        .connected_at;
 
     hub.restart_actor("task_queue").await.expect("restarted");
 
@@ -148,12 +148,9 @@ async fn a_task_queue_restart_reloads_dead_letters_and_leaves_the_fsms_alone() {
         ),
         (TaskStatus::Assigned, Some("alpha"), 1)
     );
-    // The FSM is the same actor, still working on its task.
-    assert_eq!(
-        hub.agent_table.fsm_of("alpha").map(|f| f.get_id()),
-        Some(fsm.get_id())
-    );
+    // The FSM is the same, still working on its task.
     let view = hub.agent_table.get("alpha").expect("alpha's row");
+    assert_eq!(view.connected_at, connected_at);
     assert_eq!(
         (view.fsm.state, view.fsm.current_task.as_deref()),
         (AgentState::Working, Some(working.id.as_str()))

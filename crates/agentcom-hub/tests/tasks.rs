@@ -5,7 +5,6 @@ mod common;
 
 use agentcom_core::fsm::{AgentFsm, AgentState};
 use agentcom_core::task::{Task, TaskError, TaskStatus};
-use agentcom_hub::agents::FsmMsg;
 use agentcom_hub::events::{HubEvent, TaskEventKind, Topic};
 use agentcom_hub::task_queue::TaskMsg;
 use agentcom_hub::{Hub, HubError};
@@ -35,14 +34,8 @@ async fn accept(hub: &Hub, agent_id: &str, task_id: &str) {
         .await
         .expect("task_queue answers")
         .expect("the assignee may touch its task");
-    let fsm = hub
-        .agent_table
-        .fsm_of(agent_id)
-        .expect("the agent has an FSM");
-    let t = task_id.to_string();
-    fsm.call(|r| FsmMsg::Accepted(t, r), Some(WAIT))
-        .await
-        .expect("the FSM answers");
+    assert!(hub.agent_table.contains(agent_id), "the agent has an FSM");
+    hub.agent_table.accepted(agent_id, task_id);
 }
 
 async fn complete(
@@ -295,8 +288,7 @@ async fn an_assignment_not_accepted_in_time_is_reclaimed_and_the_agent_skipped()
     );
 
     // Once it shows life it is offered the task again.
-    let fsm_ref = hub.agent_table.fsm_of("alpha").expect("alpha's FSM");
-    fsm_ref.send_message(FsmMsg::ShowedLife).expect("FSM runs");
+    hub.agent_table.showed_life("alpha");
     let again = alpha.next_task().await;
     assert_eq!((again.id.as_str(), again.generation), (task.id.as_str(), 3));
     hub.shutdown().await;
