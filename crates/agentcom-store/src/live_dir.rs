@@ -10,7 +10,9 @@
 //!
 //! Without `CURRENT` the live database is `db` (every store before compaction existed, and
 //! every store since restored from a backup). A `CURRENT` that names a missing directory is
-//! refused rather than replaced with an empty store.
+//! refused rather than replaced with an empty store, and so is a missing `CURRENT` when
+//! `db` is gone but later generations are there: a fresh store would be opened over them,
+//! and they would be removed as stale.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -63,7 +65,40 @@ pub fn live_path(data_dir: &Path) -> io::Result<PathBuf> {
             format!("{CURRENT} names {name}, which is missing: the database was moved or deleted"),
         ));
     }
+    if name == FIRST && !path.exists() {
+        let mut later = generations(data_dir)?;
+        later.sort_by_key(|n| generation(n));
+        if !later.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "there is no {CURRENT} and no {FIRST}, but there is {}: {CURRENT}, which \
+                     names the live one, was lost; write the newest complete one's name \
+                     into {CURRENT} to open it",
+                    later.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(path)
+}
+
+/// The generation directories after the first (`db.<n>`) in the data directory.
+fn generations(data_dir: &Path) -> io::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if generation(&name).is_some_and(|g| g > 0) && entry.file_type()?.is_dir() {
+            found.push(name);
+        }
+    }
+    Ok(found)
 }
 
 /// The directory for the next generation after `live`.
@@ -157,6 +192,23 @@ mod tests {
         assert!(live_path(dir.path()).is_err());
         std::fs::write(dir.path().join(CURRENT), "../elsewhere\n").unwrap();
         assert!(live_name(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_lost_current_is_refused_when_db_is_gone_but_later_generations_are_there() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            live_path(dir.path()).unwrap(),
+            dir.path().join("db"),
+            "a new store"
+        );
+        std::fs::create_dir(dir.path().join("db.2")).unwrap();
+        std::fs::create_dir(dir.path().join("db.1")).unwrap();
+        let e = live_path(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("but there is db.1, db.2"), "{e}");
+        // With `db` there, the later ones are an interrupted compaction's copy.
+        std::fs::create_dir(dir.path().join("db")).unwrap();
+        assert_eq!(live_path(dir.path()).unwrap(), dir.path().join("db"));
     }
 
     #[test]

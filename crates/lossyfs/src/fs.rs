@@ -10,7 +10,10 @@
 //!   `<backing>.lossyfs-unsynced`, and [`power_on`] (run by the next mount) removes
 //!   them, with everything under them: after a power cut, a file or directory whose
 //!   parent was never fsynced is gone. A rename carries the unsynced mark to the new
-//!   name (it also replaces its target at once, durably).
+//!   name. A rename is atomic, as POSIX has it: when an unsynced name replaces a durable
+//!   file, that file is kept aside (a hard link in `<backing>.lossyfs-replaced`) until the
+//!   directory is fsynced, and [`power_on`] puts it back, so that after a power cut the
+//!   name holds the old file or the new one, never nothing.
 //! - **Other metadata** (unlink, rmdir, chmod, a rename of a synced name) is applied at
 //!   once and is durable at once: a removal never comes back, a synced file never
 //!   reappears under its old name.
@@ -74,9 +77,24 @@ pub struct LossyFs {
     next_fh: u64,
     /// Names created since their parent directory was last fsynced: parent → names.
     unsynced: HashMap<u64, BTreeSet<OsString>>,
+    /// Durable files that a rename of an unsynced name replaced, kept aside (in `stash`)
+    /// until their directory is fsynced: (parent, name) → the file kept.
+    replaced: HashMap<(u64, OsString), PathBuf>,
+    next_stash: u64,
     /// Where the unsynced names are listed, for [`power_on`] to remove.
     journal: PathBuf,
 }
+
+/// Where the durable files replaced by renames of unsynced names are kept.
+pub fn stash_path(root: &Path) -> PathBuf {
+    let mut name = root.as_os_str().to_os_string();
+    name.push(".lossyfs-replaced");
+    PathBuf::from(name)
+}
+
+/// In the journal, a name that replaced a durable file is followed by this byte and the
+/// path of the file kept aside.
+const REPLACED: u8 = 1;
 
 /// The journal of unsynced names of the backing directory `root`.
 pub fn journal_path(root: &Path) -> PathBuf {
@@ -95,20 +113,34 @@ pub fn power_on(root: &Path) -> io::Result<Vec<PathBuf>> {
         Err(e) => return Err(e),
     };
     let mut removed = Vec::new();
-    for rel in listed.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+    for entry in listed.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let mut parts = entry.splitn(2, |b| *b == REPLACED);
+        let rel = parts.next().unwrap_or_default();
+        let kept = parts.next().map(|k| PathBuf::from(OsStr::from_bytes(k)));
         let path = root.join(OsStr::from_bytes(rel));
         let gone = match fs::symlink_metadata(&path) {
             Ok(md) if md.is_dir() => fs::remove_dir_all(&path),
             Ok(_) => fs::remove_file(&path),
             // Under a directory removed already.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         };
         gone?;
+        if let Some(kept) = kept {
+            fs::rename(kept, &path)?;
+        }
         removed.push(PathBuf::from(OsStr::from_bytes(rel)));
     }
     fs::remove_file(&journal)?;
+    remove_stash(root)?;
     Ok(removed)
+}
+
+fn remove_stash(root: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(stash_path(root)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn errno(e: &io::Error) -> i32 {
@@ -156,6 +188,8 @@ impl LossyFs {
             dirs: HashMap::new(),
             next_fh: 1,
             unsynced: HashMap::new(),
+            replaced: HashMap::new(),
+            next_stash: 0,
             journal,
         }
     }
@@ -171,7 +205,9 @@ impl LossyFs {
         if names.is_empty() {
             self.unsynced.remove(&parent);
         }
-        if changed {
+        // A name made durable, or removed (durably at once), drops what it replaced.
+        let dropped = !unsynced && self.forget_replaced(parent, name);
+        if changed || dropped {
             self.write_journal()?;
         }
         Ok(())
@@ -192,6 +228,10 @@ impl LossyFs {
             let dir = dir.strip_prefix(&self.root).expect("under the root");
             for name in names {
                 list.extend_from_slice(dir.join(name).as_os_str().as_bytes());
+                if let Some(kept) = self.replaced.get(&(*parent, name.clone())) {
+                    list.push(REPLACED);
+                    list.extend_from_slice(kept.as_os_str().as_bytes());
+                }
                 list.push(0);
             }
         }
@@ -199,6 +239,37 @@ impl LossyFs {
         tmp.push(".tmp");
         fs::write(&tmp, &list)?;
         fs::rename(&tmp, &self.journal)
+    }
+
+    /// Keep the durable file at `to` aside, for [`power_on`] to put back should the
+    /// unsynced name about to replace it not survive.
+    fn keep_replaced(&mut self, parent: u64, name: &OsStr, to: &Path) -> io::Result<()> {
+        let key = (parent, name.to_os_string());
+        if self.replaced.contains_key(&key) {
+            return Ok(()); // The durable file is kept already; `to` is an unsynced one.
+        }
+        let stash = stash_path(&self.root);
+        fs::create_dir_all(&stash)?;
+        let kept = stash.join(self.next_stash.to_string());
+        self.next_stash += 1;
+        fs::hard_link(to, &kept)?;
+        self.replaced.insert(key, kept);
+        Ok(())
+    }
+
+    /// Forget the file a name replaced (its replacement is durable, or the name is gone
+    /// durably). Answers whether there was one.
+    fn forget_replaced(&mut self, parent: u64, name: &OsStr) -> bool {
+        match self.replaced.remove(&(parent, name.to_os_string())) {
+            Some(kept) => {
+                let _ = fs::remove_file(kept);
+                if self.replaced.is_empty() {
+                    let _ = fs::remove_dir(stash_path(&self.root));
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     fn path(&self, ino: u64) -> io::Result<PathBuf> {
@@ -333,7 +404,8 @@ impl Filesystem for LossyFs {
             }
         }
         self.unsynced.clear();
-        if let Err(e) = self.write_journal() {
+        self.replaced.clear();
+        if let Err(e) = self.write_journal().and_then(|()| remove_stash(&self.root)) {
             eprintln!("lossyfs: clearing the journal at unmount: {e}");
         }
     }
@@ -442,14 +514,24 @@ impl Filesystem for LossyFs {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        // The new name is unsynced if and only if the old one was.
+        let was_unsynced = self.unsynced.get(&parent).is_some_and(|n| n.contains(name));
         let result = (|| {
             let from = self.path(parent)?.join(name);
             let to = self.path(newparent)?.join(newname);
             if flags & !libc::RENAME_NOREPLACE != 0 {
                 return Err(io::Error::from_raw_os_error(libc::EINVAL));
             }
-            if flags & libc::RENAME_NOREPLACE != 0 && fs::symlink_metadata(&to).is_ok() {
+            let target = fs::symlink_metadata(&to);
+            if flags & libc::RENAME_NOREPLACE != 0 && target.is_ok() {
                 return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            let target_durable = !self
+                .unsynced
+                .get(&newparent)
+                .is_some_and(|n| n.contains(newname));
+            if was_unsynced && target.is_ok_and(|md| md.is_file()) && target_durable {
+                self.keep_replaced(newparent, newname, &to)?;
             }
             fs::rename(&from, &to)
         })();
@@ -465,8 +547,10 @@ impl Filesystem for LossyFs {
             self.children
                 .insert((newparent, newname.to_os_string()), ino);
         }
-        // The new name is unsynced if and only if the old one was.
-        let was_unsynced = self.unsynced.get(&parent).is_some_and(|n| n.contains(name));
+        if !was_unsynced {
+            // A durable name replaced its target durably.
+            self.forget_replaced(newparent, newname);
+        }
         let marked = self
             .set_unsynced(parent, name, false)
             .and_then(|()| self.set_unsynced(newparent, newname, was_unsynced));
@@ -634,6 +718,15 @@ impl Filesystem for LossyFs {
     fn fsyncdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _data: bool, reply: ReplyEmpty) {
         if IGNORE_FSYNC.load(Ordering::Relaxed) || self.unsynced.remove(&ino).is_none() {
             return reply.ok();
+        }
+        let kept: Vec<OsString> = self
+            .replaced
+            .keys()
+            .filter(|(parent, _)| *parent == ino)
+            .map(|(_, name)| name.clone())
+            .collect();
+        for name in kept {
+            self.forget_replaced(ino, &name);
         }
         match self.write_journal() {
             Ok(()) => reply.ok(),

@@ -232,6 +232,47 @@ fn new_names_are_durable_only_once_their_directory_is_fsynced() {
     assert_eq!(read(&d.join("y")), b"");
 }
 
+/// A rename is atomic: an unsynced name renamed over a durable file leaves, after a power
+/// cut, the old file under that name (not nothing); once the directory is fsynced, the
+/// new one. A second rename over the same name before the fsync keeps the durable one.
+#[test]
+fn a_rename_over_a_durable_file_leaves_the_old_file_or_the_new_one() {
+    let (_tmp, backing, mnt) = dirs();
+    let write_synced = |path: &Path, data: &[u8]| {
+        let mut f = File::create(path).unwrap();
+        f.write_all(data).unwrap();
+        f.sync_all().unwrap();
+    };
+    let mut m = Mount::new(&backing, &mnt, false);
+    write_synced(&mnt.join("CURRENT"), b"db.1");
+    write_synced(&mnt.join("OTHER"), b"old other");
+    fsync_dir(&mnt);
+    write_synced(&mnt.join("CURRENT.tmp"), b"db.2");
+    fs::rename(mnt.join("CURRENT.tmp"), mnt.join("CURRENT")).unwrap();
+    write_synced(&mnt.join("CURRENT.tmp"), b"db.3");
+    fs::rename(mnt.join("CURRENT.tmp"), mnt.join("CURRENT")).unwrap();
+    assert_eq!(read(&mnt.join("CURRENT")), b"db.3");
+    write_synced(&mnt.join("OTHER.tmp"), b"new other");
+    fs::rename(mnt.join("OTHER.tmp"), mnt.join("OTHER")).unwrap();
+    fs::remove_file(mnt.join("OTHER")).unwrap(); // a removal is durable at once
+    m.power_cut();
+
+    let mut m = Mount::new(&backing, &mnt, false);
+    assert_eq!(names(&mnt), ["CURRENT"]);
+    assert_eq!(read(&mnt.join("CURRENT")), b"db.1");
+    write_synced(&mnt.join("CURRENT.tmp"), b"db.4");
+    fs::rename(mnt.join("CURRENT.tmp"), mnt.join("CURRENT")).unwrap();
+    fsync_dir(&mnt);
+    m.power_cut();
+
+    let _m = Mount::new(&backing, &mnt, false);
+    assert_eq!(read(&mnt.join("CURRENT")), b"db.4");
+    assert!(
+        !lossyfs::fs::stash_path(&backing).exists(),
+        "nothing kept aside"
+    );
+}
+
 /// What sled does with its files: pwrite at offsets, truncate, read back, rename over an
 /// existing file, list a directory, lock with flock, statfs.
 #[test]
