@@ -189,16 +189,17 @@ impl AgentTable {
         }
     }
 
-    /// Apply `step` to the agent's FSM; when it changed the FSM, the acceptance timer is
-    /// moot (no transition but the timer's own keeps a task waiting for acceptance) and
-    /// the new state is published.
+    /// Apply `step` to the agent's FSM; when it changed the FSM, the new state is
+    /// published, and the acceptance timer stopped unless a task still awaits acceptance.
     fn transition(&self, agent_id: &str, step: impl FnOnce(&mut AgentFsm, Millis) -> bool) {
         let mut rows = self.write();
         let Some(row) = rows.get_mut(agent_id) else {
             return;
         };
         if step(&mut row.view.fsm, now_ms()) {
-            row.stop_timer();
+            if row.view.fsm.state != AgentState::Assigned {
+                row.stop_timer();
+            }
             self.publish(row);
         }
     }

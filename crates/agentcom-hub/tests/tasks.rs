@@ -293,3 +293,46 @@ async fn an_assignment_not_accepted_in_time_is_reclaimed_and_the_agent_skipped()
     assert_eq!((again.id.as_str(), again.generation), (task.id.as_str(), 3));
     hub.shutdown().await;
 }
+
+/// The acceptance timer stops once the task is accepted, and only then: a task pushed by
+/// an admin to an unresponsive agent still times out after the agent shows life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acceptance_timer_stops_at_acceptance_and_not_at_a_sign_of_life() {
+    let t = start_hub(|s| s.accept_timeout = Duration::from_millis(200)).await;
+    let hub = &t.hub;
+    let mut events = EventLog::subscribe(&hub.subscriptions, Topic::Tasks);
+    let mut alpha = Agent::connect(hub, "alpha").await;
+    let accepted = hub.submit_task(new_task("accepted", 3)).await.unwrap();
+    assert_eq!(alpha.next_task().await.id, accepted.id);
+    accept(hub, "alpha", &accepted.id).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fsm_is(hub, "alpha", AgentState::Working, Some(&accepted.id)).await;
+    complete(hub, "alpha", &accepted.id, 1)
+        .await
+        .expect("completed");
+
+    // Unresponsive: an ignored task times out.
+    let ignored = hub.submit_task(new_task("ignored", 3)).await.unwrap();
+    assert_eq!(alpha.next_task().await.id, ignored.id);
+    eventually("alpha is unresponsive", || {
+        fsm(hub, "alpha").is_some_and(|f| f.unresponsive)
+    })
+    .await;
+    // An admin push reaches it all the same; a sign of life does not stop the timer.
+    let pushed = hub
+        .push_task("alpha", new_task("pushed", 3))
+        .await
+        .expect("pushed to an idle agent");
+    hub.agent_table.showed_life("alpha");
+    let reclaimed = events
+        .next_where("the pushed task's reclaim", |e| match e {
+            HubEvent::Task {
+                kind: TaskEventKind::Reclaimed,
+                task: t,
+            } if t.id == pushed.id => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reclaimed.history[0].details, json!("accept_timeout"));
+    hub.shutdown().await;
+}
