@@ -126,7 +126,9 @@ pub fn power_on(root: &Path) -> io::Result<Vec<PathBuf>> {
             Err(e) => Err(e),
         };
         gone?;
-        if let Some(kept) = kept {
+        // Put back the durable file the name replaced, unless its directory is gone too
+        // (itself a name that did not survive).
+        if let Some(kept) = kept.filter(|_| path.parent().is_some_and(Path::is_dir)) {
             fs::rename(kept, &path)?;
         }
         removed.push(PathBuf::from(OsStr::from_bytes(rel)));

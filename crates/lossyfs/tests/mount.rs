@@ -265,12 +265,24 @@ fn a_rename_over_a_durable_file_leaves_the_old_file_or_the_new_one() {
     fsync_dir(&mnt);
     m.power_cut();
 
-    let _m = Mount::new(&backing, &mnt, false);
+    let mut m = Mount::new(&backing, &mnt, false);
     assert_eq!(read(&mnt.join("CURRENT")), b"db.4");
     assert!(
         !lossyfs::fs::stash_path(&backing).exists(),
         "nothing kept aside"
     );
+
+    // A rename over a durable file in a directory that is itself not durable: the whole
+    // directory goes, and nothing is put back.
+    fs::create_dir(mnt.join("new")).unwrap();
+    write_synced(&mnt.join("new/conf"), b"old conf");
+    fsync_dir(&mnt.join("new"));
+    write_synced(&mnt.join("new/conf.tmp"), b"new conf");
+    fs::rename(mnt.join("new/conf.tmp"), mnt.join("new/conf")).unwrap();
+    m.power_cut();
+    let _m = Mount::new(&backing, &mnt, false);
+    assert_eq!(names(&mnt), ["CURRENT"]);
+    assert!(!lossyfs::fs::stash_path(&backing).exists());
 }
 
 /// What sled does with its files: pwrite at offsets, truncate, read back, rename over an
