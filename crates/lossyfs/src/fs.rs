@@ -80,6 +80,9 @@ pub struct LossyFs {
     /// Durable files that a rename of an unsynced name replaced, kept aside (in `stash`)
     /// until their directory is fsynced: (parent, name) → the file kept.
     replaced: HashMap<(u64, OsString), PathBuf>,
+    /// Kept files no longer needed, removed once the journal no longer lists them (a
+    /// power cut in between must not leave the journal naming a file that is gone).
+    discarded: Vec<PathBuf>,
     next_stash: u64,
     /// Where the unsynced names are listed, for [`power_on`] to remove.
     journal: PathBuf,
@@ -191,6 +194,7 @@ impl LossyFs {
             next_fh: 1,
             unsynced: HashMap::new(),
             replaced: HashMap::new(),
+            discarded: Vec::new(),
             next_stash: 0,
             journal,
         }
@@ -217,7 +221,18 @@ impl LossyFs {
 
     /// The journal lists every unsynced name, relative to the root, NUL-separated. It is
     /// replaced by a rename, so a power cut leaves the old list or the new one.
-    fn write_journal(&self) -> io::Result<()> {
+    fn write_journal(&mut self) -> io::Result<()> {
+        self.write_list()?;
+        for kept in self.discarded.drain(..) {
+            let _ = fs::remove_file(kept);
+        }
+        if self.replaced.is_empty() {
+            let _ = fs::remove_dir(stash_path(&self.root));
+        }
+        Ok(())
+    }
+
+    fn write_list(&self) -> io::Result<()> {
         if self.unsynced.is_empty() {
             return match fs::remove_file(&self.journal) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -260,14 +275,12 @@ impl LossyFs {
     }
 
     /// Forget the file a name replaced (its replacement is durable, or the name is gone
-    /// durably). Answers whether there was one.
+    /// durably); it is removed at the next [`Self::write_journal`]. Answers whether there
+    /// was one.
     fn forget_replaced(&mut self, parent: u64, name: &OsStr) -> bool {
         match self.replaced.remove(&(parent, name.to_os_string())) {
             Some(kept) => {
-                let _ = fs::remove_file(kept);
-                if self.replaced.is_empty() {
-                    let _ = fs::remove_dir(stash_path(&self.root));
-                }
+                self.discarded.push(kept);
                 true
             }
             None => false,
@@ -548,10 +561,6 @@ impl Filesystem for LossyFs {
             }
             self.children
                 .insert((newparent, newname.to_os_string()), ino);
-        }
-        if !was_unsynced {
-            // A durable name replaced its target durably.
-            self.forget_replaced(newparent, newname);
         }
         let marked = self
             .set_unsynced(parent, name, false)
