@@ -38,6 +38,20 @@ async fn accept(hub: &Hub, agent_id: &str, task_id: &str) {
     hub.agent_table.accepted(agent_id, task_id);
 }
 
+/// The reason of the next reclaim of `task_id` on the `tasks` topic.
+async fn reclaim_of(events: &mut EventLog, task_id: &str) -> serde_json::Value {
+    let reclaimed = events
+        .next_where("the task's reclaim", |e| match e {
+            HubEvent::Task {
+                kind: TaskEventKind::Reclaimed,
+                task: t,
+            } if t.id == task_id => Some(t.clone()),
+            _ => None,
+        })
+        .await;
+    reclaimed.history[0].details.clone()
+}
+
 async fn complete(
     hub: &Hub,
     agent_id: &str,
@@ -268,16 +282,10 @@ async fn an_assignment_not_accepted_in_time_is_reclaimed_and_the_agent_skipped()
         .expect("submitted");
     assert_eq!(alpha.next_task().await.generation, 1);
 
-    let reclaimed = events
-        .next_where("the reclaim after the accept timeout", |e| match e {
-            HubEvent::Task {
-                kind: TaskEventKind::Reclaimed,
-                task: t,
-            } if t.id == task.id => Some(t.clone()),
-            _ => None,
-        })
-        .await;
-    assert_eq!(reclaimed.history[0].details, json!("accept_timeout"));
+    assert_eq!(
+        reclaim_of(&mut events, &task.id).await,
+        json!("accept_timeout")
+    );
     eventually("alpha is idle and unresponsive", || {
         fsm(hub, "alpha").is_some_and(|f| f.state == AgentState::Idle && f.unresponsive)
     })
@@ -324,15 +332,9 @@ async fn the_acceptance_timer_stops_at_acceptance_and_not_at_a_sign_of_life() {
         .await
         .expect("pushed to an idle agent");
     hub.agent_table.showed_life("alpha");
-    let reclaimed = events
-        .next_where("the pushed task's reclaim", |e| match e {
-            HubEvent::Task {
-                kind: TaskEventKind::Reclaimed,
-                task: t,
-            } if t.id == pushed.id => Some(t.clone()),
-            _ => None,
-        })
-        .await;
-    assert_eq!(reclaimed.history[0].details, json!("accept_timeout"));
+    assert_eq!(
+        reclaim_of(&mut events, &pushed.id).await,
+        json!("accept_timeout")
+    );
     hub.shutdown().await;
 }
