@@ -278,6 +278,42 @@ async fn a_compaction_under_load_keeps_every_acknowledged_write_and_every_sessio
     for w in workers {
         w.abort();
     }
+
+    // A lost `CURRENT` is refused, not replaced with an empty store (which would then
+    // remove db.1 as stale); written back, it opens the store again.
+    hub.terminate().await;
+    let current = hub.data_dir().join("CURRENT");
+    std::fs::remove_file(&current).unwrap();
+    let refused = tokio::process::Command::new(common::binary())
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-token",
+            ADMIN,
+            "--data-dir",
+        ])
+        .arg(hub.data_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run agentcom")
+        .wait_with_output();
+    let out = tokio::time::timeout(Duration::from_secs(20), refused)
+        .await
+        .expect("the hub started without CURRENT instead of refusing")
+        .expect("agentcom's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without CURRENT: {stderr}");
+    assert!(
+        stderr.contains("no CURRENT and no db, but there is db.1"),
+        "{stderr}"
+    );
+    assert!(hub.data_dir().join("db.1").is_dir(), "db.1 is kept");
+    std::fs::write(&current, "db.1\n").unwrap();
+    hub.restart().await;
+    assert_all_present(&hub, &carol, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
