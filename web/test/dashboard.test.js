@@ -33,7 +33,7 @@ const CHROMIUM_ARGS = [
 function startHub({ dataDir, adminToken, bind }) {
   const proc = spawn(BIN, [
     'serve', '--bind', bind, '--data-dir', dataDir, '--admin-token', adminToken, '--backup-interval', '1h',
-  ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1', RUST_LOG: 'warn' } });
+  ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NO_COLOR: '1', AGENTCOM_LOG: 'warn' } });
   let log = '';
   proc.stderr.on('data', (d) => { log += d; });
   return new Promise((resolve, reject) => {
@@ -430,7 +430,7 @@ test('dashboard in a real browser against the real hub', { timeout: 120000 }, as
   } finally {
     if (context) await context.close().catch(() => {});
     await stopHub(hub);
-    // The hubs' warnings and errors (RUST_LOG=warn), to diagnose a failure above.
+    // The hubs' warnings and errors (AGENTCOM_LOG=warn), to diagnose a failure above.
     hubs.forEach((h, i) => { if (h.log().trim()) console.error(`hub ${i + 1} logged:\n${h.log()}`); });
     fs.rmSync(tmp, { recursive: true, force: true });
   }
