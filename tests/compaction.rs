@@ -284,28 +284,14 @@ async fn a_compaction_under_load_keeps_every_acknowledged_write_and_every_sessio
     hub.terminate().await;
     let current = hub.data_dir().join("CURRENT");
     std::fs::remove_file(&current).unwrap();
-    let refused = tokio::process::Command::new(common::binary())
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--admin-token",
-            ADMIN,
-            "--data-dir",
-        ])
-        .arg(hub.data_dir())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run agentcom")
-        .wait_with_output();
-    let out = tokio::time::timeout(Duration::from_secs(20), refused)
-        .await
-        .expect("the hub started without CURRENT instead of refusing")
-        .expect("agentcom's output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started without CURRENT: {stderr}");
+    let (code, stderr) = match common::serve(hub.data_dir()).await {
+        common::Started::Refused { code, stderr } => (code, stderr),
+        common::Started::Serving(served) => {
+            served.kill9().await;
+            panic!("the hub started without CURRENT instead of refusing");
+        }
+    };
+    assert_ne!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("no CURRENT and no db, but there is db.1"),
         "{stderr}"

@@ -12,7 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -1008,4 +1008,90 @@ pub fn raise_open_file_limit() -> u64 {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
     lim.rlim_cur
+}
+
+/// A hub started by [`serve`].
+pub struct Served {
+    pub addr: String,
+    pub child: tokio::process::Child,
+}
+
+impl Served {
+    pub async fn kill9(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub async fn terminate(mut self) {
+        let pid = self.child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the hub exits after SIGTERM")
+            .expect("exit status");
+        assert!(exit.success(), "clean shutdown: {exit:?}");
+    }
+}
+
+/// What `agentcom serve` did with the data directory.
+pub enum Started {
+    Serving(Served),
+    Refused { code: Option<i32>, stderr: String },
+}
+
+/// Run `agentcom serve` on `data` until it listens or exits (a refusal, with its stderr).
+pub async fn serve(data: &Path) -> Started {
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .args(["--bind", "127.0.0.1:0", "--admin-token", ADMIN])
+        .args(["--backup-interval", "1h"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("AGENTCOM_LOG", "warn")
+        .env_remove("AGENTCOM_BACKUP_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start agentcom");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr_text = tokio::spawn(async move {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all).await;
+        eprint!("{all}");
+        all
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(rest) = line.strip_prefix("AgentCom listening on http://") {
+                return Some(rest.trim().to_string());
+            }
+        }
+        None
+    })
+    .await
+    .expect("agentcom starts or exits within 60 s");
+    match listening {
+        Some(addr) => {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Started::Serving(Served { addr, child })
+        }
+        None => {
+            let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .expect("exits")
+                .expect("exit status");
+            Started::Refused {
+                code: status.code(),
+                stderr: stderr_text.await.unwrap(),
+            }
+        }
+    }
 }
