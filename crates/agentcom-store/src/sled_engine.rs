@@ -1151,15 +1151,7 @@ mod tests {
     fn a_truncated_log_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         two_runs(dir.path(), 0);
-        let log = dir.path().join("db/db");
-        let bytes = std::fs::read(&log).unwrap();
-        let needle = b"value of r2-0199";
-        let at = (0..bytes.len() - needle.len())
-            .find(|&i| &bytes[i..i + needle.len()] == needle)
-            .unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
-        f.set_len(at as u64).unwrap();
-        drop(f);
+        cut_at(&dir.path().join("db/db"), b"value of r2-0199");
         let reason = refusal(dir.path());
         assert!(
             reason.contains("acknowledged writes are missing"),
@@ -1240,6 +1232,17 @@ mod tests {
         }
     }
 
+    /// Truncate `file` where `needle` first appears (inside the record that wrote it).
+    fn cut_at(file: &Path, needle: &[u8]) {
+        let bytes = std::fs::read(file).unwrap();
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.set_len(at as u64).unwrap();
+    }
+
     /// Writes of every kind, then the directory as a crash leaves it: sled has written none
     /// of them (its buffer is written out at a checkpoint or when full), the journal has
     /// them all, and opening the copy replays them, counters included.
@@ -1310,13 +1313,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let copy = tempfile::tempdir().unwrap();
         let _live = journaled_writes_then_crash(dir.path(), copy.path());
-        let path = copy.path().join("db").join(JOURNAL_FILE);
         // Cut inside the record that wrote `k30`.
-        let bytes = std::fs::read(&path).unwrap();
-        let at = bytes.windows(3).position(|w| w == b"k30").unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(at as u64).unwrap();
-        drop(f);
+        cut_at(&copy.path().join("db").join(JOURNAL_FILE), b"k30");
         let reason = refusal(copy.path());
         assert!(
             reason.contains("acknowledged writes are missing"),
@@ -1335,12 +1333,7 @@ mod tests {
         live.live().db.flush().unwrap();
         std::fs::remove_dir_all(copy.path()).unwrap();
         copy_dir(dir.path(), copy.path());
-        let path = copy.path().join("db").join(JOURNAL_FILE);
-        let bytes = std::fs::read(&path).unwrap();
-        let at = bytes.windows(3).position(|w| w == b"k40").unwrap();
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        f.set_len(at as u64).unwrap();
-        drop(f);
+        cut_at(&copy.path().join("db").join(JOURNAL_FILE), b"k40");
         let reason = refusal(copy.path());
         assert!(
             reason.contains("the journal was truncated or damaged"),
