@@ -278,24 +278,21 @@ impl AgentTable {
         }
     }
 
-    /// A newer connection identified as a connected agent (F5). False if the agent's FSM
-    /// has meanwhile ended.
+    /// A newer connection identified as a connected agent (F5).
     fn rebind(
         &self,
         agent_id: &str,
         name: String,
         capabilities: Value,
         session: ActorRef<SessionMsg>,
-    ) -> bool {
+    ) {
         let mut rows = self.write();
-        let Some(row) = rows.get_mut(agent_id) else {
-            return false;
-        };
-        row.session = session;
-        row.view.name = name;
-        row.view.capabilities = capabilities;
-        self.publish(row);
-        true
+        if let Some(row) = rows.get_mut(agent_id) {
+            row.session = session;
+            row.view.name = name;
+            row.view.capabilities = capabilities;
+            self.publish(row);
+        }
     }
 
     /// A connection of the agent closed: if it is the one its FSM is bound to, the FSM
@@ -457,12 +454,10 @@ impl Actor for Agents {
                 session,
                 reply,
             } => {
-                if !table.rebind(
-                    &agent_id,
-                    name.clone(),
-                    capabilities.clone(),
-                    session.clone(),
-                ) {
+                // Rows come and go only here, so the row found is the one rebound.
+                if table.contains(&agent_id) {
+                    table.rebind(&agent_id, name, capabilities, session);
+                } else {
                     let adopt = table
                         .assigned_to(&agent_id)
                         .await
