@@ -261,16 +261,12 @@ impl LossyFs {
     /// Keep the durable file at `to` aside, for [`power_on`] to put back should the
     /// unsynced name about to replace it not survive.
     fn keep_replaced(&mut self, parent: u64, name: &OsStr, to: &Path) -> io::Result<()> {
-        let key = (parent, name.to_os_string());
-        if self.replaced.contains_key(&key) {
-            return Ok(()); // The durable file is kept already; `to` is an unsynced one.
-        }
         let stash = stash_path(&self.root);
         fs::create_dir_all(&stash)?;
         let kept = stash.join(self.next_stash.to_string());
         self.next_stash += 1;
         fs::hard_link(to, &kept)?;
-        self.replaced.insert(key, kept);
+        self.replaced.insert((parent, name.to_os_string()), kept);
         Ok(())
     }
 
@@ -730,15 +726,9 @@ impl Filesystem for LossyFs {
         if IGNORE_FSYNC.load(Ordering::Relaxed) || self.unsynced.remove(&ino).is_none() {
             return reply.ok();
         }
-        let kept: Vec<OsString> = self
-            .replaced
-            .keys()
-            .filter(|(parent, _)| *parent == ino)
-            .map(|(_, name)| name.clone())
-            .collect();
-        for name in kept {
-            self.forget_replaced(ino, &name);
-        }
+        // Its names are durable now: what they replaced is no longer kept.
+        let made_durable = self.replaced.extract_if(|(parent, _), _| *parent == ino);
+        self.discarded.extend(made_durable.map(|(_, kept)| kept));
         match self.write_journal() {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
