@@ -158,6 +158,9 @@ impl SledFiles {
     }
 }
 
+/// How long [`SledEngine::open`] waits for sled's lock once it holds its own.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn list_dir(dir: &Path) -> std::io::Result<BTreeSet<OsString>> {
     std::fs::read_dir(dir)?
         .map(|entry| entry.map(|e| e.file_name()))
@@ -195,7 +198,18 @@ impl SledEngine {
             .map_err(|e| io_failed("cannot tell which database is live", e))?;
         let path = live_dir::live_path(data_dir)
             .map_err(|e| io_failed("cannot open the live database", e))?;
-        let db = SledDb::open(data_dir, &path, CACHE_BYTES, true)?;
+        // Our lock is held, so no other process has the store open. sled's own lock on its
+        // files can still be held for a moment by an engine of this process just dropped
+        // (sled's I/O threads let go of its files last): wait for that, within a bound.
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let db = loop {
+            match SledDb::open(data_dir, &path, CACHE_BYTES, true) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => break opened?,
+            }
+        };
         for stale in live_dir::remove_stale(data_dir, &live_name)
             .map_err(|e| io_failed("cannot remove what an interrupted compaction left", e))?
         {
@@ -1376,6 +1390,25 @@ mod tests {
         let engine = SledEngine::open(dir.path()).unwrap();
         assert_eq!(engine.stats(Table::HubMeta).record_count, 1);
         assert_eq!(engine.stats(Table::HubMeta).logical_bytes, 2);
+    }
+
+    /// sled's lock still held (as by an engine of this process whose I/O threads have
+    /// not let go of its files yet) while the store's own lock is free: the open waits.
+    #[test]
+    fn an_open_waits_for_sleds_lock_to_be_released() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledEngine::open(dir.path()).unwrap());
+        let held = sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let engine = SledEngine::open(dir.path());
+        release.join().unwrap();
+        assert!(engine.is_ok(), "{:?}", engine.err());
     }
 
     #[test]
