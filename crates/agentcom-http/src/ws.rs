@@ -11,6 +11,7 @@ use agentcom_hub::sessions::{
 use agentcom_hub::waiting::{WaitingRoom, TRY_AGAIN_LATER};
 use agentcom_hub::{Hub, Principal};
 use bytes::Bytes;
+use futures_channel::mpsc;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderValue, StatusCode};
@@ -19,7 +20,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use ractor::ActorRef;
 use serde_json::Value;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -210,7 +211,8 @@ async fn open_socket(
         .max_frame_size(Some(limit));
     let stream =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
+    // futures' channel holds `buffer` frames plus one per sender (the session is the one).
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE - 1);
     let (close_tx, close_rx) = watch::channel(None);
     let args = SessionArgs {
         kind,
@@ -513,7 +515,7 @@ where
                     return WriterEnd::Broken;
                 }
             }
-            frame = outbound.recv() => match frame {
+            frame = outbound.next() => match frame {
                 Some(frame) => {
                     let text = crate::frames::encode_shared(&frame);
                     drop(frame);

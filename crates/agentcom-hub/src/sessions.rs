@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use agentcom_store::Table;
 
+use futures_channel::mpsc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::agent_session::AgentSession;
 use crate::events::{HubEvent, Topic};
@@ -362,8 +363,8 @@ impl SessionState {
 
     /// Queue a frame; a full queue means the client is not keeping up, so it is cut off.
     pub(crate) fn push(&mut self, myself: &ActorRef<SessionMsg>, frame: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.io.outbound.try_send(Box::new(frame))
-        {
+        let sent = self.io.outbound.try_send(Box::new(frame));
+        if sent.is_err_and(|e| e.is_full()) {
             tracing::warn!(
                 session = self.kind.as_str(),
                 "outbound queue full; disconnecting"
