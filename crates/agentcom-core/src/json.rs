@@ -20,21 +20,31 @@ const _: () = assert!(MAX_RECORD_DEPTH < DECODER_DEPTH_LIMIT);
 /// The nesting depth of a JSON text: the most arrays and objects open at once. Counts the
 /// brackets outside strings without validating the text, in one pass and constant memory,
 /// so it is safe to run before parsing a hostile document.
+///
+/// It runs on every write and every client document, and a backup's verification runs it
+/// over every stored byte: the contents of strings, most of a large record, are skipped
+/// with `memchr` (to the next quote or backslash) rather than looked at a byte at a time.
 pub fn nesting_depth(text: &[u8]) -> usize {
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in text {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut at = 0;
+    while let Some(&b) = text.get(at) {
+        at += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // An unterminated string runs to the end: no bracket after it counts.
+                let Some(rest) = text.get(at..) else {
+                    return deepest;
+                };
+                match memchr::memchr2(b'"', b'\\', rest) {
+                    None => return deepest,
+                    // A backslash escapes the byte after it, a quote included.
+                    Some(n) if rest[n] == b'\\' => at += n + 2,
+                    Some(n) => {
+                        at += n + 1;
+                        break;
+                    }
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
@@ -67,6 +77,56 @@ mod tests {
         assert_eq!(nesting_depth(br#"{"a":"[[[[\"[[[","b":[]}"#), 2);
         assert_eq!(nesting_depth(br#"["\\",[]]"#), 2);
         assert_eq!(nesting_depth(nested(200).as_bytes()), 200);
+    }
+
+    /// The byte-at-a-time scan `nesting_depth` replaced, as the reference.
+    fn depth_byte_by_byte(text: &[u8]) -> usize {
+        let (mut depth, mut deepest) = (0usize, 0usize);
+        let (mut in_string, mut escaped) = (false, false);
+        for &b in text {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        deepest
+    }
+
+    proptest::proptest! {
+        /// Same depth as the byte-at-a-time scan on any bytes, JSON or not: brackets,
+        /// quotes and backslashes in every order, unterminated strings, a trailing escape.
+        #[test]
+        fn skipping_strings_keeps_the_depth(text in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::sample::select(b"[]{}\"\\\\ax".to_vec()),
+                proptest::num::u8::ANY,
+            ],
+            0..200,
+        )) {
+            proptest::prop_assert_eq!(nesting_depth(&text), depth_byte_by_byte(&text));
+        }
+    }
+
+    #[test]
+    fn unterminated_strings_and_trailing_escapes_end_the_count() {
+        assert_eq!(nesting_depth(br#"[["abc"#), 2);
+        assert_eq!(nesting_depth(br#"[["abc\"#), 2);
+        assert_eq!(nesting_depth(br#"["\"[[[[]"#), 1);
+        assert_eq!(nesting_depth(br#"["a\\"[[]"#), 3);
     }
 
     #[test]
