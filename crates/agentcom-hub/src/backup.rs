@@ -195,7 +195,14 @@ impl Actor for BackupActor {
                         let c = &run.created;
                         let ok = c.results.iter().all(|r| r.outcome.is_ok());
                         if ok {
-                            let removed = backup::prune(&state.args.backup_dir, state.args.keep);
+                            // Off the async workers: pruning may read a backup through.
+                            let (dir, keep) = (state.args.backup_dir.clone(), state.args.keep);
+                            let verified = c.verified.then(|| c.id.clone());
+                            let removed = tokio::task::spawn_blocking(move || {
+                                backup::prune(&dir, keep, verified.as_deref())
+                            })
+                            .await
+                            .unwrap_or_default();
                             if !removed.is_empty() {
                                 tracing::info!(actor = "backup", ?removed, "old backups removed");
                             }

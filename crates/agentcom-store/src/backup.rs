@@ -597,12 +597,14 @@ fn deleted_name(id: &str) -> String {
 
 /// Delete all but the newest `keep` backups (never the newest verified one), and the
 /// hidden directories of runs that did not complete or of deletions a crash cut short.
-/// Call it only while no backup runs.
+/// Call it only while no backup runs. `verified` names a backup the caller has just
+/// verified (the one a run wrote), which is not read again to find the newest verified;
+/// nothing is verified at all when no backup is in excess.
 ///
 /// A backup leaves the listing in one step: it is renamed to a hidden name, then
 /// deleted. Deleted in place, it would be listed half-deleted (without its manifest)
 /// by a [`list`] running beside the deletion.
-pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
+pub fn prune(backup_dir: &Path, keep: usize, verified: Option<&str>) -> Vec<String> {
     if let Ok(entries) = fs::read_dir(backup_dir) {
         for e in entries.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().to_string();
@@ -617,13 +619,16 @@ pub fn prune(backup_dir: &Path, keep: usize) -> Vec<String> {
         }
     }
     let all = list(backup_dir);
+    let excess = all.len().saturating_sub(keep.max(1));
+    if excess == 0 {
+        return Vec::new();
+    }
     let newest_verified = all
         .iter()
         .rev()
-        .find(|b| verify_dir(&b.path).ok())
+        .find(|b| Some(b.id.as_str()) == verified || verify_dir(&b.path).ok())
         .map(|b| b.id.clone());
     let mut removed = Vec::new();
-    let excess = all.len().saturating_sub(keep.max(1));
     for b in all.into_iter().take(excess) {
         if Some(&b.id) == newest_verified.as_ref() {
             continue;
@@ -867,10 +872,32 @@ mod tests {
         let ids: Vec<String> = (0..4)
             .map(|i| create(&engine, &backups, 1000 + i, "t").unwrap().id)
             .collect();
-        let removed = prune(&backups, 3);
+        let removed = prune(&backups, 3, None);
         assert_eq!(removed, vec![ids[0].clone()]);
         let left: Vec<String> = list(&backups).into_iter().map(|b| b.id).collect();
         assert_eq!(left, ids[1..].to_vec());
+    }
+
+    /// The newest verified backup is kept; one the caller has just verified is taken at
+    /// its word (a run's own backup is not read through a second time).
+    #[test]
+    fn prune_keeps_the_newest_verified_and_trusts_a_backup_just_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SledEngine::open(&dir.path().join("a")).unwrap();
+        let backups = dir.path().join("backups");
+        let older = create(&engine, &backups, 1000, "t").unwrap().id;
+        let newer = create(&engine, &backups, 2000, "t").unwrap();
+        // Damage the newer backup: it no longer verifies when read again.
+        let file = newer.path.join(&newer.manifest.tables[0].file);
+        fs::write(&file, b"damaged").unwrap();
+        assert!(
+            prune(&backups, 1, None).is_empty(),
+            "the older one is the newest verified"
+        );
+        assert_eq!(list(&backups).len(), 2);
+        assert_eq!(prune(&backups, 1, Some(&newer.id)), vec![older]);
+        let left: Vec<String> = list(&backups).into_iter().map(|b| b.id).collect();
+        assert_eq!(left, vec![newer.id]);
     }
 
     #[test]
@@ -891,7 +918,7 @@ mod tests {
                     }
                     torn
                 });
-                prune(&backups, 1);
+                prune(&backups, 1, None);
                 done.store(true, std::sync::atomic::Ordering::Relaxed);
                 lister.join().unwrap()
             });

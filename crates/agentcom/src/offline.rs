@@ -191,7 +191,7 @@ pub fn backup(cmd: BackupCommand) -> Result<(), String> {
                     created.id, created.problems
                 ));
             }
-            backup::prune(&dirs.backups(), keep.max(1));
+            backup::prune(&dirs.backups(), keep.max(1), Some(&created.id));
             println!(
                 "backup {} written and verified: {}",
                 created.id,
