@@ -310,6 +310,7 @@ impl Actor for TaskQueue {
         match msg {
             TaskMsg::Submit(new, reply) => {
                 let task = Task::new(task_id(), new, now);
+                state.active.insert(task.id.clone(), task.clone());
                 state
                     .commit(
                         vec![put(Table::TaskQueue, &task)],
@@ -323,6 +324,7 @@ impl Actor for TaskQueue {
             TaskMsg::SubmitAssigned(id, new, agent_id, reply) => {
                 let mut task = Task::new(id, new, now);
                 task.assign(&agent_id, now).expect("a new task is queued");
+                state.active.insert(task.id.clone(), task.clone());
                 let events = [TaskEventKind::Submitted, TaskEventKind::Assigned];
                 state
                     .commit(
@@ -611,7 +613,9 @@ impl TaskQueueState {
     }
 
     /// Make `ops` durable, then publish `events` for `task`, tell `release`'s FSM that the
-    /// task left it, and answer with the task.
+    /// task left it, and answer with the task. `task` is a copy of what the queue now
+    /// holds: every caller has changed the task in place (`active_mut`), inserted it, or
+    /// moved it to the dead letter first.
     async fn commit(
         &mut self,
         ops: Vec<WriteOp>,
@@ -620,16 +624,14 @@ impl TaskQueueState {
         release: Option<String>,
         reply: RpcReplyPort<TaskResult<Task>>,
     ) {
-        if task.status != TaskStatus::DeadLetter {
-            self.active.insert(task.id.clone(), task.clone());
-        }
         let publisher = self.args.publisher.clone();
         let agents = self.args.agents.clone();
         let events = events.to_vec();
         let latency = self.args.latency.clone();
         write_then(&self.args.store, &self.order, ops, reply, move || {
-            let shared = Arc::new(task.clone());
-            for event in events {
+            // A shared copy for the events, when there are any (a touch has none).
+            let shared = (!events.is_empty()).then(|| Arc::new(task.clone()));
+            for (event, shared) in events.into_iter().zip(shared.iter().cycle()) {
                 match (event, task.assigned_at) {
                     (TaskEventKind::Assigned, Some(at)) => latency
                         .wait
