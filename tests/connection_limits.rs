@@ -61,10 +61,42 @@ async fn idle_connections(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
     socks
 }
 
+/// Wait until the hub has dealt with a burst of idle connections: all but `kept` of them
+/// closed by it (shed, or refused while too many others waited for a slot). A connection
+/// that arrives while the hub is still working through the burst may be refused at once,
+/// by design (connections.rs); once it is through, the cap holds only idle connections,
+/// and each newcomer sheds one of them.
+async fn until_the_hub_closed_all_but(socks: &[tokio::net::TcpStream], kept: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closed = vec![false; socks.len()];
+    let mut buf = [0u8; 512];
+    while closed.iter().filter(|c| !**c).count() > kept {
+        assert!(
+            Instant::now() < deadline,
+            "the hub kept more than {kept} of a burst of idle connections"
+        );
+        for (sock, closed) in socks.iter().zip(closed.iter_mut()) {
+            while !*closed {
+                match sock.try_read(&mut buf) {
+                    // End of stream, or a reset.
+                    Ok(0) => *closed = true,
+                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => *closed = true,
+                    // Nothing to read: still open.
+                    Err(_) => break,
+                    // A refusal's 503: read on to its close.
+                    Ok(_) => {}
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_answers_at_the_connection_cap() {
     let hub = TestHub::start_with(&["--max-connections", "16"]).await;
-    let _idle = idle_connections(&hub.addr, 64).await;
+    let idle = idle_connections(&hub.addr, 64).await;
+    until_the_hub_closed_all_but(&idle, 16).await;
     for _ in 0..3 {
         let r = tokio::time::timeout(Duration::from_secs(30), hub.get("/health", None))
             .await
