@@ -508,23 +508,24 @@ pub fn verify_dir(dir: &Path) -> VerifyReport {
 
 /// `f` for each of `tables` on two threads (this one and a scoped one), the tables shared
 /// out by `weight` (their bytes) so that both finish at about the same time; the results
-/// in the order of `tables`. Reading, hashing and checking records is CPU work a second
-/// core halves; the disk is not the limit (docs/BENCHMARKS.md, "Live backup").
+/// in the order of `tables`. Reading, hashing and checking records is CPU work that a
+/// second core shares (docs/BENCHMARKS.md, "Stop 14").
 fn on_two_threads<T: Send>(
     tables: &[Table],
     weight: impl Fn(Table) -> u64,
     f: impl Fn(Table) -> T + Sync,
 ) -> Vec<T> {
+    let weights: Vec<u64> = tables.iter().map(|&t| weight(t)).collect();
     let mut heaviest_first: Vec<usize> = (0..tables.len()).collect();
-    heaviest_first.sort_by_key(|&i| std::cmp::Reverse(weight(tables[i])));
+    heaviest_first.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
     let (mut here, mut there, mut loads) = (Vec::new(), Vec::new(), [0u64; 2]);
     for i in heaviest_first {
         // To the side with less so far.
         if loads[1] < loads[0] {
-            loads[1] += weight(tables[i]);
+            loads[1] += weights[i];
             there.push(i);
         } else {
-            loads[0] += weight(tables[i]);
+            loads[0] += weights[i];
             here.push(i);
         }
     }
